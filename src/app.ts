@@ -1,0 +1,90 @@
+/**
+ * createApp(deps) → Hono app. A pure factory: it imports nothing runtime-specific.
+ * The Node entry (src/node.ts) and the Workers entry (src/worker-entry.ts) differ
+ * only in the deps they pass.
+ *
+ * Middleware order: request id → security headers → audit trail (records the
+ * outcome of everything below it, fail closed) → Host allowlist → CORS → path
+ * safety → body limit → per-route guard (auth + scope) → handler.
+ */
+import { Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { Authenticator } from './auth/authenticate';
+import type { AppDeps, AppEnv } from './http/context';
+import { routeDefiner } from './http/define-route';
+import { ApiError, ErrorCode } from './http/errors';
+import { auditTrail } from './http/middleware/audit';
+import { corsAllowlist } from './http/middleware/cors';
+import type { GuardOptions } from './http/middleware/guard';
+import { hostAllowlist } from './http/middleware/host';
+import { pathSafety } from './http/middleware/paths';
+import { FailureLimiter } from './http/middleware/rate-limit';
+import { requestId } from './http/middleware/request-id';
+import { securityHeaders } from './http/middleware/security-headers';
+import { errorResponse } from './http/respond';
+import { auditRoutes } from './http/routes/audit';
+import { dashboardRoutes } from './http/routes/dashboard';
+import { systemRoutes } from './http/routes/system';
+import { tokenRoutes } from './http/routes/tokens';
+
+export interface LokiApp {
+  app: Hono<AppEnv>;
+  authenticator: Authenticator;
+  guardOptions: GuardOptions;
+}
+
+export function createLokiApp(deps: AppDeps): LokiApp {
+  const now = deps.now ?? Date.now;
+  const app = new Hono<AppEnv>();
+  const authenticator = new Authenticator(deps.store.tokens, { now, oidc: deps.oidc ?? null });
+  const guardOptions: GuardOptions = {
+    authRequired: deps.config.enterpriseAuth || deps.config.oidc !== null,
+    authenticator,
+    limiter: new FailureLimiter(20, 60_000, now),
+    clientAddress: deps.clientAddress,
+  };
+
+  app.use('*', requestId());
+  app.use('*', securityHeaders());
+  app.use(
+    '*',
+    auditTrail({
+      audit: deps.audit,
+      clientAddress: deps.clientAddress,
+      rawPath: deps.rawPath,
+      now,
+      onError: (err) => deps.logger.error('audit write failed', { err: String(err) }),
+    }),
+  );
+  app.use('*', hostAllowlist({ port: deps.config.port, enabled: deps.hostCheck }));
+  app.use('*', corsAllowlist({ origins: deps.config.corsOrigins, wildcard: deps.config.corsWildcard }));
+  app.use('*', pathSafety(deps.rawPath));
+  app.use(
+    '*',
+    bodyLimit({
+      maxSize: deps.config.bodyLimitBytes,
+      onError: (c) => errorResponse(c, 413, ErrorCode.payloadTooLarge, `request body exceeds ${deps.config.bodyLimitBytes} bytes`),
+    }),
+  );
+
+  const route = routeDefiner(app, guardOptions);
+  systemRoutes(app, route, deps);
+  tokenRoutes(route, deps);
+  auditRoutes(route, deps);
+  dashboardRoutes(route, deps);
+
+  app.notFound((c) => errorResponse(c, 404, ErrorCode.notFound, `no route for ${c.req.method} ${c.req.path}`));
+  app.onError((err, c) => {
+    if (err instanceof ApiError) return errorResponse(c, err.status, err.code, err.message, err.headers);
+    // Malformed JSON bodies and similar client faults surface as HTTPException(400).
+    const status = (err as { status?: number }).status;
+    if (status === 400) return errorResponse(c, 400, ErrorCode.badRequest, 'malformed request');
+    deps.logger.error('unhandled error', { request_id: c.get('requestId'), err: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+    return errorResponse(c, 500, ErrorCode.internal, 'internal error');
+  });
+  return { app, authenticator, guardOptions };
+}
+
+export function createApp(deps: AppDeps): Hono<AppEnv> {
+  return createLokiApp(deps).app;
+}

@@ -1,0 +1,102 @@
+/**
+ * The audit chain's canonical encoding and the pure checks on it. Runtime-free.
+ *
+ * entry text = JSON with keys in this fixed order, no whitespace, strings escaped
+ * as by JSON.stringify, `details` with object keys sorted recursively:
+ *   seq, ts, action, resource, actor, client, request, outcome, details
+ * hash = lowercase hex SHA-256 of the UTF-8 bytes of (prev_hash ‖ entry text),
+ * where prev_hash is the previous entry's hash in hex (64 zeros for seq 1).
+ */
+export const GENESIS_HASH = '0'.repeat(64);
+
+export interface AuditActor {
+  type: 'token' | 'oidc' | 'local' | 'system' | 'anonymous';
+  id: string | null;
+  name: string | null;
+}
+
+export interface AuditInput {
+  ts: number;
+  action: string;
+  resource?: { type: string; id: string | null } | null;
+  actor: AuditActor;
+  client?: { ip: string | null; user_agent: string | null } | null;
+  request?: { id: string | null; method: string | null; path: string | null } | null;
+  outcome: { status: number | null; success: boolean; error: string | null };
+  details?: Record<string, unknown> | null;
+}
+
+export interface AuditEntry extends AuditInput {
+  seq: number;
+}
+
+function sortKeys(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(sortKeys);
+  if (value && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const k of Object.keys(value as Record<string, unknown>).sort()) {
+      const v = (value as Record<string, unknown>)[k];
+      if (v !== undefined) out[k] = sortKeys(v);
+    }
+    return out;
+  }
+  if (typeof value === 'number' && !Number.isFinite(value)) return null;
+  return value;
+}
+
+/** The canonical bytes (as a string) of an entry. */
+export function canonicalEntry(seq: number, e: AuditInput): string {
+  return JSON.stringify({
+    seq,
+    ts: e.ts,
+    action: e.action,
+    resource: e.resource ? { type: e.resource.type, id: e.resource.id } : null,
+    actor: { type: e.actor.type, id: e.actor.id, name: e.actor.name },
+    client: e.client ? { ip: e.client.ip, user_agent: e.client.user_agent } : null,
+    request: e.request ? { id: e.request.id, method: e.request.method, path: e.request.path } : null,
+    outcome: { status: e.outcome.status, success: e.outcome.success, error: e.outcome.error },
+    details: e.details ? sortKeys(e.details) : null,
+  });
+}
+
+export interface ChainRow {
+  seq: number;
+  entry: string;
+  prevHash: string;
+  hash: string;
+}
+
+export type VerifyReason =
+  | 'hash_mismatch'
+  | 'chain_broken'
+  | 'missing_entry'
+  | 'seq_mismatch'
+  | 'malformed_entry'
+  | 'truncated'
+  | 'checkpoint_mismatch'
+  | 'bad_checkpoint_signature'
+  | 'prune_checkpoint_missing';
+
+export interface RangeFailure {
+  seq: number;
+  reason: VerifyReason;
+}
+
+export { checkRun } from './check-run';
+
+export interface CheckpointBody {
+  origin: string;
+  size: number;
+  head_hash: string;
+  time: number;
+  kind?: string;
+}
+
+export interface VerifyResult {
+  valid: boolean;
+  entries_checked: number;
+  first_invalid_seq: number | null;
+  reason: VerifyReason | string | null;
+  last_hash: string;
+  checkpoint: (CheckpointBody & { jws?: string; verified?: boolean }) | null;
+}

@@ -1,0 +1,19 @@
+// Worker thread of the parallel audit verifier: checks one seq range of the
+// chain read-only and posts the result. Plain JavaScript (see check-run.js).
+import { createHash } from 'node:crypto';
+import { parentPort, workerData } from 'node:worker_threads';
+import Database from 'better-sqlite3';
+import { checkRun } from './check-run.js';
+
+const { dbPath, from, to, expectedPrev } = workerData;
+const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+try {
+  const stmt = db.prepare('SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq BETWEEN ? AND ? ORDER BY seq').raw(true);
+  function* rows() {
+    for (const r of stmt.iterate(from, to)) yield { seq: r[0], entry: r[1], prevHash: r[2], hash: r[3] };
+  }
+  const sha256 = (s) => createHash('sha256').update(s).digest('hex');
+  parentPort.postMessage(checkRun(rows(), from, expectedPrev, sha256));
+} finally {
+  db.close();
+}

@@ -1,0 +1,63 @@
+import os from 'node:os';
+import path from 'node:path';
+import { AuditLog } from '../audit/log';
+import { createFileSigner } from '../audit/signer';
+import { createSqliteStore, migrate, openSqlite, type SqliteDb, tightenDbFiles } from '../db/sqlite';
+import { createSqliteAuditStorage, sha256Hex } from '../db/sqlite-audit';
+import type { Store } from '../db/store';
+import type { Config } from '../env';
+import { configOrExit } from '../node';
+import { createParallelChecker } from '../audit/parallel-verify';
+
+/** A one-line CLI error and exit (2: usage or operational error). */
+export function fail(message: string, code = 2): never {
+  process.stderr.write(`loki: ${message}\n`);
+  process.exit(code);
+}
+
+export interface LocalContext {
+  config: Config;
+  db: SqliteDb;
+  store: Store;
+  audit: AuditLog;
+  close(): Promise<void>;
+}
+
+/** Open the database directly (no server needed), migrated, with the audit log. */
+export async function openLocal(opts: { signer?: boolean } = {}): Promise<LocalContext> {
+  const config = configOrExit();
+  process.umask(0o077);
+  let db: SqliteDb;
+  try {
+    db = openSqlite(config.dbPath);
+    migrate(db);
+    tightenDbFiles(config.dbPath);
+  } catch (err) {
+    fail(`cannot open the database ${config.dbPath}: ${(err as Error).message}`);
+  }
+  const store = createSqliteStore(db);
+  const signer =
+    config.auditEnabled && opts.signer !== false ? await createFileSigner(path.join(path.dirname(config.dbPath), 'audit-signing-key')) : null;
+  const audit = new AuditLog({
+    storage: createSqliteAuditStorage(db),
+    enabled: config.auditEnabled,
+    signer,
+    sha256: sha256Hex,
+    rangeChecker: createParallelChecker(config.dbPath),
+  });
+  return {
+    config,
+    db,
+    store,
+    audit,
+    async close() {
+      await audit.drain();
+      db.close();
+    },
+  };
+}
+
+/** Actor for actions taken from the CLI on this machine. */
+export function cliActor() {
+  return { type: 'local' as const, id: null, name: `cli:${os.userInfo().username}` };
+}

@@ -1,0 +1,111 @@
+/**
+ * SQLite audit storage. An append batch is one IMMEDIATE transaction: it reads
+ * the tip, links and inserts every entry, and commits (fsync with
+ * synchronous=FULL). IMMEDIATE takes the write lock up front, so several
+ * processes appending to one file keep a single linear chain.
+ */
+import { createHash } from 'node:crypto';
+import { canonicalEntry, type ChainRow, GENESIS_HASH } from '../audit/chain';
+import type { AuditStorage, StoredCheckpoint, Tip } from '../audit/storage';
+import type { SqliteDb } from './sqlite';
+
+export function sha256Hex(s: string): string {
+  return createHash('sha256').update(s).digest('hex');
+}
+
+type RawRow = [number, string, string, string];
+const toRow = (r: RawRow): ChainRow => ({ seq: r[0], entry: r[1], prevHash: r[2], hash: r[3] });
+
+export function createSqliteAuditStorage(db: SqliteDb): AuditStorage {
+  const tipStmt = db.prepare('SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1');
+  const insertStmt = db.prepare('INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES (?, ?, ?, ?)');
+  const rangeStmt = db.prepare('SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq BETWEEN ? AND ? ORDER BY seq').raw(true);
+  const boundsStmt = db.prepare('SELECT min(seq) AS first, max(seq) AS last, count(*) AS count FROM audit_log');
+  const cpInsert = db.prepare('INSERT INTO audit_checkpoints (kind, size, head_hash, time, jws) VALUES (?, ?, ?, ?, ?)');
+  const cpLatest = db.prepare('SELECT id, kind, size, head_hash AS headHash, time, jws FROM audit_checkpoints ORDER BY size DESC, id DESC LIMIT 1');
+  const cpLatestKind = db.prepare(
+    'SELECT id, kind, size, head_hash AS headHash, time, jws FROM audit_checkpoints WHERE kind = ? ORDER BY size DESC, id DESC LIMIT 1',
+  );
+  const cpAll = db.prepare('SELECT id, kind, size, head_hash AS headHash, time, jws FROM audit_checkpoints ORDER BY id');
+  const lastBefore = db.prepare('SELECT seq, hash FROM audit_log WHERE ts < ? ORDER BY seq DESC LIMIT 1');
+
+  const currentTip = (): Tip => {
+    const r = tipStmt.get() as { seq: number; hash: string } | undefined;
+    if (r) return { seq: r.seq, hash: r.hash };
+    // After a prune the table can be empty: continue from the latest prune cut.
+    const cp = cpLatestKind.get('prune') as StoredCheckpoint | undefined;
+    return cp ? { seq: cp.size, hash: cp.headHash } : { seq: 0, hash: GENESIS_HASH };
+  };
+
+  const appendTx = db.transaction((inputs: Parameters<AuditStorage['appendBatch']>[0]) => {
+    let tip = currentTip();
+    const out: Tip[] = [];
+    for (const input of inputs) {
+      const seq = tip.seq + 1;
+      const entry = canonicalEntry(seq, input);
+      const hash = sha256Hex(tip.hash + entry);
+      insertStmt.run(seq, entry, tip.hash, hash);
+      tip = { seq, hash };
+      out.push(tip);
+    }
+    return out;
+  });
+
+  return {
+    async appendBatch(inputs) {
+      return appendTx.immediate(inputs);
+    },
+    async tip() {
+      return currentTip();
+    },
+    async query(q) {
+      const where: string[] = [];
+      const args: (string | number)[] = [];
+      if (q.order === 'desc') {
+        if (q.afterSeq > 0) {
+          where.push('seq < ?');
+          args.push(q.afterSeq);
+        }
+      } else {
+        where.push('seq > ?');
+        args.push(q.afterSeq);
+      }
+      if (q.action) {
+        where.push('action = ?');
+        args.push(q.action);
+      }
+      if (q.actor) {
+        where.push('actor = ?');
+        args.push(q.actor);
+      }
+      if (q.since !== undefined) {
+        where.push('ts >= ?');
+        args.push(q.since);
+      }
+      const sql = `SELECT seq, entry, prev_hash, hash FROM audit_log ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY seq ${q.order === 'desc' ? 'DESC' : 'ASC'} LIMIT ?`;
+      return (db.prepare(sql).raw(true).all(...args, q.limit) as RawRow[]).map(toRow);
+    },
+    async range(from, to) {
+      return (rangeStmt.all(from, to) as RawRow[]).map(toRow);
+    },
+    async bounds() {
+      const r = boundsStmt.get() as { first: number | null; last: number | null; count: number };
+      return r;
+    },
+    async insertCheckpoint(cp) {
+      cpInsert.run(cp.kind, cp.size, cp.headHash, cp.time, cp.jws);
+    },
+    async latestCheckpoint(kind) {
+      return ((kind ? cpLatestKind.get(kind) : cpLatest.get()) as StoredCheckpoint | undefined) ?? null;
+    },
+    async checkpoints() {
+      return cpAll.all() as StoredCheckpoint[];
+    },
+    async deleteThrough(cutSeq) {
+      return db.prepare('DELETE FROM audit_log WHERE seq <= ?').run(cutSeq).changes;
+    },
+    async lastSeqBefore(ts) {
+      return (lastBefore.get(ts) as Tip | undefined) ?? null;
+    },
+  };
+}

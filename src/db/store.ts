@@ -1,0 +1,142 @@
+/**
+ * The storage port. Handlers only see this interface; `db/` holds the
+ * implementations (better-sqlite3 on Node, D1 on Workers). Every method is a
+ * single statement or a batch: nothing depends on interactive transactions.
+ */
+import type { Role, Scope } from '../auth/roles';
+
+export interface TokenRecord {
+  id: string;
+  name: string;
+  hash: string;
+  legacySalt: string | null;
+  role: Role;
+  scopes: Scope[];
+  createdAt: number;
+  expiresAt: number | null;
+  lastUsedAt: number | null;
+  revokedAt: number | null;
+  createdBy: string | null;
+  source: 'native' | 'legacy';
+}
+
+export const SESSION_STATES = [
+  'queued',
+  'running',
+  'succeeded',
+  'failed',
+  'stopped',
+  'timed_out',
+  'budget_exceeded',
+  'oom_killed',
+  'lost',
+] as const;
+export type SessionState = (typeof SESSION_STATES)[number];
+export const TERMINAL_STATES: ReadonlySet<SessionState> = new Set([
+  'succeeded',
+  'failed',
+  'stopped',
+  'timed_out',
+  'budget_exceeded',
+  'oom_killed',
+  'lost',
+]);
+
+export interface SessionRecord {
+  id: string;
+  name: string | null;
+  workspace: string;
+  prd: string;
+  sandbox: boolean;
+  budgetUsd: number | null;
+  costUsd: number;
+  status: SessionState;
+  reason: string | null;
+  exitCode: number | null;
+  createdBy: string;
+  createdAt: number;
+  startedAt: number | null;
+  endedAt: number | null;
+  workerId: string | null;
+  leaseId: string | null;
+  leaseExpiresAt: number | null;
+  stopRequested: boolean;
+  lastEventSeq: number;
+  logBytes: number;
+  logLines: number;
+  containerId: string | null;
+  baseBranch: string | null;
+  agentBranch: string | null;
+}
+
+export interface LogLine {
+  line: number;
+  stream: string;
+  text: string;
+  ts: number;
+}
+
+export interface EventRecord {
+  id: number;
+  type: string;
+  sessionId: string | null;
+  data: unknown;
+  ts: number;
+}
+
+export interface TokenStore {
+  insert(t: TokenRecord): Promise<void>;
+  findByHash(hash: string): Promise<TokenRecord | null>;
+  listLegacySalted(): Promise<TokenRecord[]>;
+  rehash(id: string, newHash: string): Promise<void>;
+  get(idOrName: string): Promise<TokenRecord | null>;
+  list(includeRevoked: boolean): Promise<TokenRecord[]>;
+  revoke(id: string, at: number): Promise<boolean>;
+  touch(id: string, at: number): Promise<void>;
+}
+
+export interface SessionStore {
+  insert(s: SessionRecord): Promise<void>;
+  get(id: string): Promise<SessionRecord | null>;
+  list(opts: { limit: number; status?: SessionState }): Promise<SessionRecord[]>;
+  counts(): Promise<Record<string, number>>;
+  /** Atomically lease the oldest queued session to a worker. */
+  claim(workerId: string, leaseId: string, now: number, leaseUntil: number): Promise<SessionRecord | null>;
+  /** Extend a lease; false if the lease is no longer this worker's. */
+  renew(id: string, leaseId: string, leaseUntil: number): Promise<boolean>;
+  /** Update fields of a session still held by this lease (or any, when leaseId is null). */
+  update(id: string, leaseId: string | null, patch: Partial<SessionRecord>): Promise<boolean>;
+  /** Conditional move of the event sequence: only if current value === expected. */
+  advanceSeq(id: string, leaseId: string, expected: number, next: number): Promise<boolean>;
+  requestStop(id: string): Promise<boolean>;
+  /** Mark running sessions with expired leases as lost; returns them. */
+  expireLeases(now: number): Promise<SessionRecord[]>;
+  appendLogs(id: string, lines: LogLine[]): Promise<void>;
+  logs(id: string, afterLine: number, limit: number): Promise<LogLine[]>;
+  liveIdsForWorker(workerId: string): Promise<string[]>;
+}
+
+export interface EventFilter {
+  afterId: number;
+  sessionId?: string;
+  types?: string[];
+  limit: number;
+}
+
+export interface EventStore {
+  insert(type: string, sessionId: string | null, data: unknown, ts: number): Promise<number>;
+  after(f: EventFilter): Promise<EventRecord[]>;
+  maxId(): Promise<number>;
+  prune(olderThan: number, keepMax: number): Promise<number>;
+}
+
+export interface Store {
+  kind: 'sqlite' | 'd1';
+  tokens: TokenStore;
+  sessions: SessionStore;
+  events: EventStore;
+  ping(): Promise<void>;
+}
+
+/** Thrown by stores when a unique key is violated (e.g. a duplicate token name). */
+export class UniqueViolation extends Error {}

@@ -1,0 +1,260 @@
+/**
+ * LOKI_* configuration: parsed once, with zod, at start-up. This is the only
+ * module that reads process.env (through `readProcessEnv`). A bad value stops the
+ * process with exit code 2 and one line naming the variable, the value and what is
+ * allowed (see `ConfigError`).
+ */
+import { z } from 'zod';
+
+export type Role = 'admin' | 'operator' | 'viewer' | 'auditor' | 'worker';
+export type SyslogProto = 'udp' | 'tcp' | 'tls';
+
+export interface Config {
+  env: 'development' | 'production';
+  home: string;
+  dbPath: string;
+  host: string;
+  port: number;
+  allowInsecureBind: boolean;
+  /** Allowed origins; `['*']` means any (development only). */
+  corsOrigins: string[];
+  corsWildcard: boolean;
+  enterpriseAuth: boolean;
+  oidc: null | {
+    issuer: string;
+    clientId: string;
+    audience: string;
+    rolesClaims: string[];
+    defaultRole: Role;
+  };
+  auditEnabled: boolean;
+  syslog: null | { host: string; port: number; proto: SyslogProto };
+  sandboxMode: boolean;
+  branchProtection: boolean;
+  budgetLimitUsd: number | null;
+  workspaceRoots: string[];
+  url: string;
+  token: string | null;
+  workerToken: string | null;
+  shutdownTimeoutMs: number;
+  maxSseConnections: number;
+  maxWsClients: number;
+  bodyLimitBytes: number;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    readonly value: string,
+    readonly allowed: string,
+  ) {
+    super(`${variable}=${JSON.stringify(value)} is invalid: expected ${allowed}`);
+  }
+}
+
+const TRUE_WORDS = new Set(['1', 'true', 'yes', 'on']);
+const FALSE_WORDS = new Set(['0', 'false', 'no', 'off']);
+
+type Env = Record<string, string | undefined>;
+
+function read(env: Env, name: string): string | undefined {
+  const v = env[name];
+  return v === undefined || v.trim() === '' ? undefined : v.trim();
+}
+
+function bool(env: Env, name: string, dflt: boolean): boolean {
+  const v = read(env, name);
+  if (v === undefined) return dflt;
+  const w = v.toLowerCase();
+  if (TRUE_WORDS.has(w)) return true;
+  if (FALSE_WORDS.has(w)) return false;
+  throw new ConfigError(name, v, 'one of true, false, 1, 0, yes, no, on, off');
+}
+
+function int(env: Env, name: string, dflt: number, min: number, max: number): number {
+  const v = read(env, name);
+  if (v === undefined) return dflt;
+  const parsed = z.coerce.number().int().min(min).max(max).safeParse(/^-?\d+$/.test(v) ? v : Number.NaN);
+  if (!parsed.success) throw new ConfigError(name, v, `an integer from ${min} to ${max}`);
+  return parsed.data;
+}
+
+function oneOf<T extends string>(env: Env, name: string, values: readonly T[], dflt: T): T {
+  const v = read(env, name);
+  if (v === undefined) return dflt;
+  const w = v.toLowerCase() as T;
+  if (!values.includes(w)) throw new ConfigError(name, v, `one of ${values.join(', ')}`);
+  return w;
+}
+
+const HOST_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[?[0-9A-Fa-f:.]+\]?)$/;
+
+/** Parse an origin (`scheme://host[:port]`, no path) or return null. */
+export function parseOrigin(value: string): string | null {
+  if (!/^https?:\/\/[^/?#\s]+$/i.test(value)) return null;
+  try {
+    const u = new URL(value);
+    if (u.username || u.password || u.pathname !== '/' || u.search || u.hash) return null;
+    return u.origin;
+  } catch {
+    return null;
+  }
+}
+
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127(?:\.\d{1,3}){3}$/.test(h);
+}
+
+function url(env: Env, name: string, dflt: string): string {
+  const v = read(env, name);
+  if (v === undefined) return dflt;
+  try {
+    const u = new URL(v);
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error('scheme');
+    return v.replace(/\/+$/, '');
+  } catch {
+    throw new ConfigError(name, v, 'an http(s) URL');
+  }
+}
+
+/**
+ * Build the configuration from an environment map. Throws `ConfigError` on the
+ * first bad value. `defaults.home` and `defaults.cwd` come from the runtime.
+ */
+export function loadConfig(env: Env, defaults: { home: string; cwd: string }): Config {
+  const mode = oneOf(env, 'LOKI_ENV', ['development', 'production'] as const, 'development');
+  const home = read(env, 'LOKI_HOME') ?? `${defaults.home}/.loki`;
+  const host = read(env, 'LOKI_DASHBOARD_HOST') ?? '127.0.0.1';
+  if (!HOST_RE.test(host)) throw new ConfigError('LOKI_DASHBOARD_HOST', host, 'a host name or IP address');
+  const port = int(env, 'LOKI_DASHBOARD_PORT', 57374, 1, 65535);
+
+  const corsRaw = read(env, 'LOKI_DASHBOARD_CORS');
+  let corsOrigins: string[];
+  let corsWildcard = false;
+  if (corsRaw === undefined) {
+    corsOrigins = [`http://localhost:${port}`, `http://127.0.0.1:${port}`];
+  } else {
+    corsOrigins = [];
+    for (const part of corsRaw.split(',').map((s) => s.trim()).filter(Boolean)) {
+      if (part === '*') {
+        corsWildcard = true;
+        continue;
+      }
+      const o = parseOrigin(part);
+      if (!o) throw new ConfigError('LOKI_DASHBOARD_CORS', part, 'comma-separated origins like http://localhost:57374, or *');
+      corsOrigins.push(o);
+    }
+    if (corsWildcard && mode === 'production') {
+      throw new ConfigError('LOKI_DASHBOARD_CORS', corsRaw, 'explicit origins (a wildcard * is refused when LOKI_ENV=production)');
+    }
+  }
+
+  const enterpriseAuth = bool(env, 'LOKI_ENTERPRISE_AUTH', false);
+  const issuer = read(env, 'LOKI_OIDC_ISSUER');
+  const clientId = read(env, 'LOKI_OIDC_CLIENT_ID');
+  const roles = ['admin', 'operator', 'viewer', 'auditor', 'worker'] as const;
+  let oidc: Config['oidc'] = null;
+  if (issuer && clientId) {
+    const iss = url(env, 'LOKI_OIDC_ISSUER', issuer);
+    if (mode === 'production' && !iss.startsWith('https://')) {
+      throw new ConfigError('LOKI_OIDC_ISSUER', issuer, 'an https URL when LOKI_ENV=production');
+    }
+    const defaultRole = oneOf(env, 'LOKI_OIDC_DEFAULT_ROLE', roles, 'viewer');
+    if (defaultRole === 'admin') throw new ConfigError('LOKI_OIDC_DEFAULT_ROLE', 'admin', 'a role other than admin (operator, viewer, auditor)');
+    oidc = {
+      issuer: issuer.replace(/\/+$/, '') === iss ? issuer : iss,
+      clientId,
+      audience: read(env, 'LOKI_OIDC_AUDIENCE') ?? clientId,
+      rolesClaims: (read(env, 'LOKI_OIDC_ROLES_CLAIM') ?? 'roles,groups,realm_access.roles,cognito:groups')
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+      defaultRole,
+    };
+  }
+
+  const auditDisabled = bool(env, 'LOKI_AUDIT_DISABLED', false);
+  const auditForced = bool(env, 'LOKI_ENTERPRISE_AUDIT', false);
+
+  const syslogHost = read(env, 'LOKI_AUDIT_SYSLOG_HOST');
+  const syslogPort = int(env, 'LOKI_AUDIT_SYSLOG_PORT', 514, 1, 65535);
+  const syslogProto = oneOf(env, 'LOKI_AUDIT_SYSLOG_PROTO', ['udp', 'tcp', 'tls'] as const, 'udp');
+  if (syslogHost !== undefined && !HOST_RE.test(syslogHost)) {
+    throw new ConfigError('LOKI_AUDIT_SYSLOG_HOST', syslogHost, 'a host name or IP address');
+  }
+
+  const budgetRaw = read(env, 'LOKI_BUDGET_LIMIT');
+  let budgetLimitUsd: number | null = null;
+  if (budgetRaw !== undefined) {
+    if (!/^\d+(?:\.\d{1,2})?$/.test(budgetRaw) || Number(budgetRaw) <= 0 || Number(budgetRaw) > 10000) {
+      throw new ConfigError('LOKI_BUDGET_LIMIT', budgetRaw, 'a positive amount in USD with at most 2 decimals, at most 10000');
+    }
+    budgetLimitUsd = Number(budgetRaw);
+  }
+
+  const rootsRaw = read(env, 'LOKI_WORKSPACE_ROOTS');
+  const workspaceRoots = rootsRaw
+    ? rootsRaw
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean)
+    : [defaults.cwd];
+  for (const r of workspaceRoots) {
+    if (!r.startsWith('/')) throw new ConfigError('LOKI_WORKSPACE_ROOTS', r, 'absolute directory paths, comma-separated');
+  }
+
+  const token = read(env, 'LOKI_TOKEN') ?? null;
+  const config: Config = {
+    env: mode,
+    home,
+    dbPath: read(env, 'LOKI_DB') ?? `${home}/dashboard/loki.db`,
+    host,
+    port,
+    allowInsecureBind: bool(env, 'LOKI_DASHBOARD_ALLOW_INSECURE_BIND', false),
+    corsOrigins,
+    corsWildcard,
+    enterpriseAuth,
+    oidc,
+    auditEnabled: auditForced || !auditDisabled,
+    syslog: syslogHost ? { host: syslogHost, port: syslogPort, proto: syslogProto } : null,
+    sandboxMode: bool(env, 'LOKI_SANDBOX_MODE', false),
+    branchProtection: bool(env, 'LOKI_BRANCH_PROTECTION', true),
+    budgetLimitUsd,
+    workspaceRoots,
+    url: url(env, 'LOKI_URL', `http://127.0.0.1:${port}`),
+    token,
+    workerToken: read(env, 'LOKI_WORKER_TOKEN') ?? token,
+    shutdownTimeoutMs: int(env, 'LOKI_SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),
+    maxSseConnections: int(env, 'LOKI_MAX_SSE_CONNECTIONS', 100, 1, 100_000),
+    maxWsClients: int(env, 'LOKI_MAX_WS_CLIENTS', 100, 1, 100_000),
+    bodyLimitBytes: int(env, 'LOKI_BODY_LIMIT', 1024 * 1024, 1024, 64 * 1024 * 1024),
+  };
+  return config;
+}
+
+/** The bind guard: a non-loopback host needs auth, or an explicit opt-out. */
+export function checkBind(config: Config): void {
+  if (isLoopbackHost(config.host)) return;
+  if (config.enterpriseAuth || config.oidc || config.allowInsecureBind) return;
+  throw new ConfigError(
+    'LOKI_DASHBOARD_HOST',
+    config.host,
+    'a loopback address (127.0.0.1, localhost, ::1) unless LOKI_ENTERPRISE_AUTH or OIDC is on, or LOKI_DASHBOARD_ALLOW_INSECURE_BIND=1',
+  );
+}
+
+/** The only place that touches process.env. */
+export function readProcessEnv(): Env {
+  return { ...process.env };
+}
+
+/** Extra raw variables the sandbox worker forwards into sessions (allowlisted by config). */
+export function pickEnv(names: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const n of names) {
+    const v = process.env[n];
+    if (v !== undefined) out[n] = v;
+  }
+  return out;
+}

@@ -1,0 +1,71 @@
+import type { Context } from 'hono';
+import type { AuditActor } from '../audit/chain';
+import type { AuditLog } from '../audit/log';
+import type { Role, Scope } from '../auth/roles';
+import type { Store } from '../db/store';
+import type { Config } from '../env';
+import type { EventHub } from '../events/hub';
+
+export interface Identity {
+  actor: AuditActor;
+  role: Role | null;
+  scopes: Scope[];
+  /** When the credential stops being valid (ms), for long-lived streams. */
+  expiresAt: number | null;
+  tokenId: string | null;
+  via: 'token' | 'oidc' | 'loopback';
+}
+
+export interface Logger {
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+}
+
+export interface OidcVerifierPort {
+  verify(token: string): Promise<{ subject: string; email: string | null; role: Role }>;
+}
+
+export interface SessionValidator {
+  /** Resolve and check a workspace + PRD path; throws ApiError(400) when refused. */
+  validate(workspace: string, prd: string): Promise<{ workspace: string; prd: string; sandboxFromConfig: boolean }>;
+}
+
+export interface AppDeps {
+  config: Config;
+  store: Store;
+  audit: AuditLog;
+  events: EventHub;
+  logger: Logger;
+  version: string;
+  startedAt: number;
+  now?: () => number;
+  oidc?: OidcVerifierPort | null;
+  /** The caller's address (runtime-specific). */
+  clientAddress: (c: Context) => string | null;
+  /** The request path exactly as received, before URL normalisation (Node only). */
+  rawPath?: (c: Context) => string | null;
+  /** Whether to enforce the Host allowlist (Node bound to loopback). */
+  hostCheck: boolean;
+  /** Serves the dashboard's static files; absent: `/` answers 404. */
+  staticFiles?: (path: string) => Promise<Response | null>;
+  sessions?: SessionValidator;
+  /** Extra numbers for /api/status (syslog queue, stream listeners, …). */
+  statusExtras?: () => Record<string, unknown>;
+  /** Called by the shutdown path to close live streams. */
+  shutdownSignal?: AbortSignal;
+}
+
+export interface AppEnv {
+  Variables: {
+    requestId: string;
+    errorCode: string | null;
+    identity: Identity | null;
+    auditDetails: Record<string, unknown>;
+    auditAction: string | null;
+    auditResource: { type: string; id: string | null } | null;
+    deps: AppDeps;
+  };
+}
+
+export type AppContext = Context<AppEnv>;

@@ -1,0 +1,61 @@
+import type { MiddlewareHandler } from 'hono';
+import type { AppEnv } from '../context';
+import { ErrorCode } from '../errors';
+import { errorResponse } from '../respond';
+
+export interface CorsOptions {
+  /** Exact origins allowed, with credentials. */
+  origins: readonly string[];
+  /** `*`: any origin may read, never with credentials (development only). */
+  wildcard: boolean;
+  allowMethods?: readonly string[];
+  allowHeaders?: readonly string[];
+  maxAgeSeconds?: number;
+}
+
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+/**
+ * CORS allowlist. A disallowed origin gets no Access-Control-Allow-Origin, its
+ * preflight gets 403, and a state-changing request from it (which a browser may
+ * send without a preflight) is refused too. `Vary: Origin` always.
+ */
+export function corsAllowlist(opts: CorsOptions): MiddlewareHandler<AppEnv> {
+  const listed = new Set(opts.origins);
+  const methods = (opts.allowMethods ?? ['GET', 'POST', 'DELETE', 'OPTIONS']).join(', ');
+  const headers = (opts.allowHeaders ?? ['Authorization', 'Content-Type', 'Last-Event-ID', 'X-Request-Id']).join(', ');
+  return async (c, next) => {
+    const origin = c.req.header('origin');
+    const isListed = origin !== undefined && listed.has(origin);
+    const allowed = origin !== undefined && (isListed || opts.wildcard);
+    const isPreflight = c.req.method === 'OPTIONS' && c.req.header('access-control-request-method') !== undefined;
+
+    if (isPreflight) {
+      if (!allowed) {
+        const res = errorResponse(c, 403, ErrorCode.forbiddenOrigin, 'origin is not in the CORS allowlist');
+        res.headers.append('Vary', 'Origin');
+        return res;
+      }
+      const res = c.body(null, 204);
+      res.headers.set('Access-Control-Allow-Origin', isListed ? origin : '*');
+      if (isListed) res.headers.set('Access-Control-Allow-Credentials', 'true');
+      res.headers.set('Access-Control-Allow-Methods', methods);
+      res.headers.set('Access-Control-Allow-Headers', headers);
+      res.headers.set('Access-Control-Max-Age', String(opts.maxAgeSeconds ?? 600));
+      res.headers.append('Vary', 'Origin');
+      return res;
+    }
+    if (origin !== undefined && !allowed && !SAFE_METHODS.has(c.req.method)) {
+      const res = errorResponse(c, 403, ErrorCode.forbiddenOrigin, 'origin is not in the CORS allowlist');
+      res.headers.append('Vary', 'Origin');
+      return res;
+    }
+    await next();
+    if (allowed) {
+      c.res.headers.set('Access-Control-Allow-Origin', isListed ? origin : '*');
+      if (isListed) c.res.headers.set('Access-Control-Allow-Credentials', 'true');
+      c.res.headers.set('Access-Control-Expose-Headers', 'X-Request-Id, WWW-Authenticate, Retry-After');
+    }
+    c.res.headers.append('Vary', 'Origin');
+  };
+}

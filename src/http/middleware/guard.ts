@@ -1,0 +1,93 @@
+import type { MiddlewareHandler } from 'hono';
+import { type AuthFailure, type Authenticator, parseBearer } from '../../auth/authenticate';
+import { hasScope } from '../../auth/roles';
+import { isLoopbackHost } from '../../env';
+import type { AppContext, AppEnv, Identity } from '../context';
+import { ErrorCode } from '../errors';
+import { errorResponse } from '../respond';
+import { neededScope, type RouteSpec } from '../scopes';
+import type { FailureLimiter } from './rate-limit';
+
+export const WWW_INVALID = 'Bearer realm="loki", error="invalid_token"';
+export const wwwInsufficient = (scope: string) => `Bearer realm="loki", error="insufficient_scope", scope="${scope}"`;
+
+const FAILURE_TEXT: Record<AuthFailure, string> = {
+  missing: 'a bearer token is required',
+  malformed: 'the bearer token is malformed',
+  unknown: 'the bearer token is not recognised',
+  revoked: 'the bearer token has been revoked',
+  expired: 'the bearer token has expired',
+  oidc_rejected: 'the identity token was rejected',
+  oidc_unavailable: 'the identity provider cannot be reached',
+};
+
+export interface GuardOptions {
+  authRequired: boolean;
+  authenticator: Authenticator;
+  limiter: FailureLimiter;
+  clientAddress: (c: AppContext) => string | null;
+  /** Extra credential sources (e.g. the WebSocket subprotocol); returns the token or null. */
+  extraCredential?: (c: AppContext) => string | null;
+}
+
+/** Resolve who is calling; null identity + failure when the credential is refused. */
+export async function resolveIdentity(
+  c: AppContext,
+  opts: GuardOptions,
+): Promise<{ identity: Identity } | { failure: AuthFailure; status: 401 | 403 | 429; retryAfter?: number }> {
+  const addr = opts.clientAddress(c) ?? 'unknown';
+  if (!opts.authRequired) {
+    if (addr !== 'unknown' && isLoopbackHost(addr.replace(/^::ffff:/, ''))) {
+      return {
+        identity: { actor: { type: 'local', id: null, name: 'local' }, role: 'admin', scopes: ['*'], expiresAt: null, tokenId: null, via: 'loopback' },
+      };
+    }
+    return { failure: 'missing', status: 403 };
+  }
+  const retry = opts.limiter.retryAfter(addr);
+  if (retry > 0) return { failure: 'malformed', status: 429, retryAfter: retry };
+  const header = c.req.header('authorization');
+  let token = parseBearer(header);
+  if (token === null && header === undefined) token = opts.extraCredential?.(c) ?? null;
+  if (token === null) {
+    opts.limiter.fail(addr);
+    return { failure: header === undefined ? 'missing' : 'malformed', status: 401 };
+  }
+  const result = await opts.authenticator.authenticate(token);
+  if ('failure' in result) {
+    opts.limiter.fail(addr);
+    return { failure: result.failure, status: 401 };
+  }
+  return { identity: result };
+}
+
+/** Per-route guard: authenticate (or trust loopback when auth is off) and check the route's scope. */
+export function guard(spec: RouteSpec, opts: GuardOptions): MiddlewareHandler<AppEnv> {
+  const needed = neededScope(spec.scope);
+  return async (c, next) => {
+    if (needed === null) return next();
+    const r = await resolveIdentity(c, opts);
+    if ('failure' in r) {
+      c.set('auditAction', 'auth.failure');
+      c.set('auditDetails', { ...c.get('auditDetails'), reason: r.failure });
+      if (r.status === 429) {
+        return errorResponse(c, 429, ErrorCode.rateLimited, 'too many failed authentications; try again later', {
+          'Retry-After': String(r.retryAfter ?? 60),
+        });
+      }
+      if (r.status === 403) {
+        return errorResponse(c, 403, ErrorCode.forbidden, 'authentication is off: only loopback callers are served');
+      }
+      return errorResponse(c, 401, ErrorCode.invalidToken, FAILURE_TEXT[r.failure], { 'WWW-Authenticate': WWW_INVALID });
+    }
+    c.set('identity', r.identity);
+    if (!hasScope(r.identity.scopes, needed)) {
+      c.set('auditAction', 'scope.denied');
+      c.set('auditDetails', { ...c.get('auditDetails'), needed_scope: needed });
+      return errorResponse(c, 403, ErrorCode.insufficientScope, `this endpoint needs the "${needed}" scope`, {
+        'WWW-Authenticate': wwwInsufficient(needed),
+      });
+    }
+    return next();
+  };
+}

@@ -1,0 +1,37 @@
+/** Counts failures per key in a fixed one-minute window (brute-force guard). */
+export class FailureLimiter {
+  private windows = new Map<string, { start: number; count: number }>();
+
+  constructor(
+    private readonly limit: number,
+    private readonly windowMs: number,
+    private readonly now: () => number,
+  ) {}
+
+  /** Seconds to wait when the key is over the limit, else 0. */
+  retryAfter(key: string): number {
+    const w = this.windows.get(key);
+    if (!w) return 0;
+    const elapsed = this.now() - w.start;
+    if (elapsed >= this.windowMs) {
+      this.windows.delete(key);
+      return 0;
+    }
+    return w.count > this.limit ? Math.ceil((this.windowMs - elapsed) / 1000) : 0;
+  }
+
+  fail(key: string): void {
+    const now = this.now();
+    const w = this.windows.get(key);
+    if (!w || now - w.start >= this.windowMs) {
+      if (this.windows.size > 50_000) this.sweep(now);
+      this.windows.set(key, { start: now, count: 1 });
+    } else {
+      w.count++;
+    }
+  }
+
+  private sweep(now: number): void {
+    for (const [k, w] of this.windows) if (now - w.start >= this.windowMs) this.windows.delete(k);
+  }
+}

@@ -1,0 +1,43 @@
+import type { Hono } from 'hono';
+import type { AppDeps, AppEnv } from '../context';
+import type { DefineRoute } from '../define-route';
+
+export function systemRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps): void {
+  const now = deps.now ?? Date.now;
+  route('GET', '/health', (c) => c.json({ status: 'healthy', service: 'loki-dashboard' }));
+
+  route('GET', '/api/enterprise/status', (c) =>
+    c.json({
+      auth_enabled: deps.config.enterpriseAuth || deps.config.oidc !== null,
+      oidc_enabled: deps.config.oidc !== null,
+      audit_enabled: deps.audit.enabled,
+      sandbox_enabled: deps.config.sandboxMode,
+    }),
+  );
+
+  const status = async (c: Parameters<Parameters<DefineRoute>[2]>[0]) => {
+    const [sessions, tip] = await Promise.all([deps.store.sessions.counts(), deps.audit.enabled ? deps.audit.storage.tip() : null]);
+    return c.json({
+      status: 'running',
+      service: 'loki-dashboard',
+      version: deps.version,
+      uptime_seconds: Math.floor((now() - deps.startedAt) / 1000),
+      runtime: deps.store.kind === 'd1' ? 'workers' : 'node',
+      flags: {
+        auth_enabled: deps.config.enterpriseAuth || deps.config.oidc !== null,
+        oidc_enabled: deps.config.oidc !== null,
+        audit_enabled: deps.audit.enabled,
+        sandbox_mode: deps.config.sandboxMode,
+        branch_protection: deps.config.branchProtection,
+        env: deps.config.env,
+      },
+      sessions: { total: Object.values(sessions).reduce((a, b) => a + b, 0), by_status: sessions },
+      audit: tip ? { seq: tip.seq, head_hash: tip.hash, ...deps.audit.stats() } : null,
+      streams: { listeners: deps.events.listenerCount },
+      ...(deps.statusExtras?.() ?? {}),
+    });
+  };
+  route('GET', '/api/status', status);
+  route('GET', '/status', status);
+  void app;
+}

@@ -1,0 +1,177 @@
+/**
+ * `sandboxPolicyFromConfig`: a workspace config plus a session → the exact Docker
+ * create options. Every security property of the sandbox is written out here, in
+ * one object, so a test can compare it field by field and a reviewer can read it
+ * in one place. Pure apart from `realpath`/`stat` on the host paths it mounts.
+ */
+import { realpathSync, statSync } from 'node:fs';
+import path from 'node:path';
+import type { ContainerCreateOptions } from 'dockerode';
+import { isInside } from '../util/paths';
+import { CAP_ADD_ALLOWED, FORBIDDEN_ENV, providerArgv, type WorkspaceConfig } from './config';
+
+export const CONTAINER_WORKSPACE = '/workspace';
+export const LABEL_SESSION = 'loki.session';
+export const LABEL_WORKER = 'loki.worker';
+export const PIDS_LIMIT = 256;
+export const NOFILE_LIMIT = 4096;
+export const TMPFS_OPTIONS = 'rw,noexec,nosuid,size=64m';
+export const NO_NEW_PRIVILEGES = 'no-new-privileges:true';
+export const DEFAULT_DOCKER_SOCKET = '/var/run/docker.sock';
+
+export type MountRule =
+  | 'not_found'
+  | 'root'
+  | 'etc'
+  | 'system'
+  | 'docker_socket'
+  | 'home'
+  | 'ssh'
+  | 'loki_home'
+  | 'gh_config'
+  | 'aws';
+
+export class SandboxPolicyError extends Error {
+  readonly code = 'sandbox_policy';
+  constructor(
+    message: string,
+    readonly rule: MountRule | 'env' | 'cap_add',
+  ) {
+    super(message);
+  }
+}
+
+export interface PolicyContext {
+  sessionId: string;
+  workerId: string;
+  /** Absolute host path of the workspace, mounted read-write at /workspace. */
+  workspace: string;
+  /** The PRD path relative to the workspace, substituted for `{prd}`. */
+  prd: string;
+  /** Where allowlisted variables are read from (normally the worker's environment). */
+  env: Readonly<Record<string, string | undefined>>;
+  /** The worker user's home directory (for `$HOME`, `~/.ssh`, `~/.aws`, …). */
+  home: string;
+  /** `LOKI_HOME` when it is not `~/.loki`. */
+  lokiHome?: string;
+  /** The Docker socket the worker talks to, if not the default. */
+  dockerSocket?: string;
+}
+
+function realOrSelf(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return p;
+  }
+}
+
+/** Both spellings of a protected path: as written and through symlinks. */
+function spellings(p: string): string[] {
+  const abs = path.resolve(p);
+  return [...new Set([abs, realOrSelf(abs)])];
+}
+
+interface ProtectedPath {
+  rule: MountRule;
+  paths: string[];
+  why: string;
+}
+
+function protectedPaths(ctx: PolicyContext): ProtectedPath[] {
+  const home = ctx.home;
+  const sockets = [ctx.dockerSocket ?? DEFAULT_DOCKER_SOCKET, DEFAULT_DOCKER_SOCKET, '/run/docker.sock'];
+  return [
+    { rule: 'docker_socket', paths: sockets.flatMap(spellings), why: 'the Docker socket (or a directory holding it) is never mounted' },
+    { rule: 'ssh', paths: spellings(path.join(home, '.ssh')), why: '~/.ssh is never mounted' },
+    { rule: 'loki_home', paths: [path.join(home, '.loki'), ...(ctx.lokiHome ? [ctx.lokiHome] : [])].flatMap(spellings), why: 'the Loki state directory (~/.loki) is never mounted' },
+    { rule: 'gh_config', paths: spellings(path.join(home, '.config', 'gh')), why: '~/.config/gh (GitHub CLI credentials) is never mounted' },
+    { rule: 'aws', paths: spellings(path.join(home, '.aws')), why: '~/.aws is never mounted' },
+  ];
+}
+
+const SYSTEM_DIRS = ['/proc', '/sys', '/dev', '/boot'];
+
+/**
+ * Check one host path the sandbox would mount; returns its real path. Refuses, with
+ * the rule's name: a missing path, `/`, `/etc` and below, kernel file systems, `$HOME`
+ * itself, and anything that is or lies inside or contains the Docker socket, `~/.ssh`,
+ * `~/.loki`, `~/.config/gh` or `~/.aws`.
+ */
+export function validateHostMount(hostPath: string, ctx: PolicyContext, label = hostPath): string {
+  let real: string;
+  try {
+    real = realpathSync(hostPath);
+    statSync(real);
+  } catch {
+    throw new SandboxPolicyError(`mount ${label} refused (rule not_found): ${hostPath} does not exist`, 'not_found');
+  }
+  const refuse = (rule: MountRule, why: string): never => {
+    throw new SandboxPolicyError(`mount ${label} refused (rule ${rule}): ${why}`, rule);
+  };
+  if (real === '/') refuse('root', 'the host root file system is never mounted');
+  if (isInside('/etc', real)) refuse('etc', '/etc and anything inside it are never mounted');
+  for (const dir of SYSTEM_DIRS) if (isInside(dir, real)) refuse('system', `${dir} is never mounted`);
+  if (spellings(ctx.home).includes(real)) refuse('home', 'the home directory itself is never mounted');
+  for (const p of protectedPaths(ctx)) {
+    if (p.paths.some((q) => isInside(q, real) || isInside(real, q))) refuse(p.rule, p.why);
+  }
+  return real;
+}
+
+/** `NAME=value` for each allowlisted variable present in `env`; never a Loki credential. */
+export function sandboxEnv(allowlist: readonly string[], env: PolicyContext['env']): string[] {
+  const out: string[] = [];
+  for (const name of allowlist) {
+    if (FORBIDDEN_ENV.test(name)) continue;
+    const value = env[name];
+    if (value !== undefined) out.push(`${name}=${value}`);
+  }
+  return out;
+}
+
+/** The container create options for one session. Throws `SandboxPolicyError` on a refused mount. */
+export function sandboxPolicyFromConfig(cfg: WorkspaceConfig, ctx: PolicyContext): ContainerCreateOptions {
+  const s = cfg.sandbox;
+  for (const cap of s.capAdd) {
+    if (!CAP_ADD_ALLOWED.includes(cap)) throw new SandboxPolicyError(`cap_add ${cap} is never allowed`, 'cap_add');
+  }
+  const workspace = validateHostMount(ctx.workspace, ctx, `workspace ${ctx.workspace}`);
+  const binds = [`${workspace}:${CONTAINER_WORKSPACE}:rw`];
+  for (const m of s.mounts) {
+    binds.push(`${validateHostMount(m.host, ctx, m.source)}:${m.container}:${m.mode}`);
+  }
+  return {
+    Image: s.image,
+    Cmd: providerArgv(cfg.provider.command, ctx.prd),
+    User: s.user,
+    WorkingDir: CONTAINER_WORKSPACE,
+    Env: sandboxEnv(s.envAllowlist, ctx.env),
+    Labels: { [LABEL_SESSION]: ctx.sessionId, [LABEL_WORKER]: ctx.workerId },
+    AttachStdin: false,
+    AttachStdout: true,
+    AttachStderr: true,
+    OpenStdin: false,
+    Tty: false,
+    HostConfig: {
+      CapDrop: ['ALL'],
+      CapAdd: [...s.capAdd],
+      SecurityOpt: [NO_NEW_PRIVILEGES],
+      Privileged: false,
+      ReadonlyRootfs: true,
+      Tmpfs: { '/tmp': TMPFS_OPTIONS },
+      NetworkMode: s.network ? 'bridge' : 'none',
+      PortBindings: {},
+      PublishAllPorts: false,
+      Memory: s.memoryBytes,
+      MemorySwap: s.memoryBytes,
+      NanoCpus: s.nanoCpus,
+      PidsLimit: PIDS_LIMIT,
+      Ulimits: [{ Name: 'nofile', Soft: NOFILE_LIMIT, Hard: NOFILE_LIMIT }],
+      Binds: binds,
+      AutoRemove: false,
+      // The worker stores output itself, redacted and capped; nothing unredacted on disk.
+      LogConfig: { Type: 'none', Config: {} },
+    },
+  };
+}

@@ -1,0 +1,181 @@
+/**
+ * Node runtime wiring: SQLite storage, the audit writer and signer, syslog,
+ * static files, and the HTTP server. `startServer` is used by `loki dashboard`,
+ * `npm start`, `npm run dev` and the tests (with a temporary LOKI_HOME).
+ */
+import { readFile } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createAdaptorServer } from '@hono/node-server';
+import type { Context } from 'hono';
+import { createLokiApp, type LokiApp } from './app';
+import { AuditLog } from './audit/log';
+import { createParallelChecker } from './audit/parallel-verify';
+import { createFileSigner } from './audit/signer';
+import { openSqlite, migrate, createSqliteStore, tightenDbFiles, type SqliteDb } from './db/sqlite';
+import { createSqliteAuditStorage, sha256Hex } from './db/sqlite-audit';
+import type { Config } from './env';
+import { EventHub } from './events/hub';
+import type { AppDeps, Logger } from './http/context';
+import { createLogger } from './util/logger';
+import { VERSION } from './version';
+
+const PUBLIC_DIR = fileURLToPath(new URL('../public', import.meta.url));
+const CONTENT_TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.ico': 'image/x-icon',
+};
+
+export function nodeClientAddress(c: Context): string | null {
+  const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
+  return incoming?.socket?.remoteAddress ?? null;
+}
+
+export function nodeRawPath(c: Context): string | null {
+  const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
+  return incoming?.url ?? null;
+}
+
+async function staticFile(rel: string): Promise<Response | null> {
+  // `rel` comes from the route table (index.html or a name matched by a strict pattern).
+  const file = path.join(PUBLIC_DIR, rel);
+  if (!file.startsWith(PUBLIC_DIR + path.sep)) return null;
+  try {
+    const body = await readFile(file);
+    return new Response(body, {
+      headers: { 'Content-Type': CONTENT_TYPES[path.extname(file)] ?? 'application/octet-stream', 'Cache-Control': 'no-cache' },
+    });
+  } catch {
+    return null;
+  }
+}
+
+export interface NodeRuntime {
+  db: SqliteDb;
+  deps: AppDeps;
+  loki: LokiApp;
+  audit: AuditLog;
+  events: EventHub;
+  shutdown: AbortController;
+  applied: string[];
+  close(): Promise<void>;
+}
+
+/** Open the database, migrate, and build the app with its Node deps. */
+export async function buildNodeRuntime(config: Config, opts: { logger?: Logger } = {}): Promise<NodeRuntime> {
+  const logger = opts.logger ?? createLogger();
+  const db = openSqlite(config.dbPath);
+  const applied = migrate(db);
+  tightenDbFiles(config.dbPath);
+  const store = createSqliteStore(db);
+  const signer = config.auditEnabled ? await createFileSigner(path.join(path.dirname(config.dbPath), 'audit-signing-key')) : null;
+  const audit = new AuditLog({
+    storage: createSqliteAuditStorage(db),
+    enabled: config.auditEnabled,
+    signer,
+    sha256: sha256Hex,
+    onError: (err) => logger.error('audit', { err: String(err) }),
+    rangeChecker: createParallelChecker(config.dbPath),
+  });
+  const events = new EventHub(store.events);
+  events.startPolling(250);
+  const shutdown = new AbortController();
+  const deps: AppDeps = {
+    config,
+    store,
+    audit,
+    events,
+    logger,
+    version: VERSION,
+    startedAt: Date.now(),
+    clientAddress: nodeClientAddress,
+    rawPath: nodeRawPath,
+    hostCheck: isLoopbackBind(config.host),
+    staticFiles: staticFile,
+    shutdownSignal: shutdown.signal,
+  };
+  const loki = createLokiApp(deps);
+  return {
+    db,
+    deps,
+    loki,
+    audit,
+    events,
+    shutdown,
+    applied,
+    async close() {
+      shutdown.abort();
+      events.stop();
+      await audit.close();
+      db.close();
+    },
+  };
+}
+
+function isLoopbackBind(host: string): boolean {
+  return host === '127.0.0.1' || host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
+export interface RunningServer {
+  runtime: NodeRuntime;
+  port: number;
+  url: string;
+  /** Stop accepting, end streams, let in-flight requests finish (until the deadline), close the database. */
+  stop(deadlineMs?: number): Promise<void>;
+}
+
+export async function startServer(config: Config, opts: { logger?: Logger } = {}): Promise<RunningServer> {
+  const runtime = await buildNodeRuntime(config, opts);
+  const logger = runtime.deps.logger;
+  if (runtime.applied.length) logger.info('migrations applied', { applied: runtime.applied });
+  if (config.corsWildcard) {
+    logger.warn('LOKI_DASHBOARD_CORS contains "*": any web origin may read API responses (development only)');
+    await runtime.audit
+      .append({
+        ts: Date.now(),
+        action: 'config.insecure',
+        actor: { type: 'system', id: null, name: 'dashboard' },
+        outcome: { status: null, success: true, error: null },
+        details: { setting: 'LOKI_DASHBOARD_CORS', value: '*' },
+      })
+      .catch(() => {});
+  }
+  const server = createAdaptorServer({ fetch: runtime.loki.app.fetch, hostname: config.host });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  let stopping: Promise<void> | null = null;
+  return {
+    runtime,
+    port: addr.port,
+    url: `http://${host}:${addr.port}`,
+    stop(deadlineMs = config.shutdownTimeoutMs) {
+      stopping ??= (async () => {
+        runtime.shutdown.abort();
+        const closed = new Promise<void>((r) => server.close(() => r()));
+        (server as unknown as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+        let timer: NodeJS.Timeout | undefined;
+        const deadline = new Promise<'deadline'>((r) => {
+          timer = setTimeout(() => r('deadline'), deadlineMs);
+        });
+        const outcome = await Promise.race([closed.then(() => 'closed' as const), deadline]);
+        clearTimeout(timer);
+        if (outcome === 'deadline') {
+          logger.warn('shutdown deadline reached; closing remaining connections');
+          (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
+        }
+        await runtime.close();
+      })();
+      return stopping;
+    },
+  };
+}

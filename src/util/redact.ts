@@ -1,0 +1,55 @@
+/**
+ * The one redaction helper. Everything that leaves the process as text (audit
+ * details and paths, logs, syslog, session output) goes through here.
+ */
+export const REDACTED = '[REDACTED]';
+
+// Order matters: URL-shaped secrets first, then prefixed tokens, then generic forms.
+const PATTERNS: RegExp[] = [
+  // Slack and Discord webhook URLs
+  /https:\/\/hooks\.slack\.com\/(?:services|workflows|triggers)\/[A-Za-z0-9_/-]+/g,
+  /https:\/\/(?:[a-z]+\.)?discord(?:app)?\.com\/api\/webhooks\/[0-9]+\/[A-Za-z0-9_-]+/g,
+  // Authorization header values (Bearer/Basic/Token …)
+  /\b(authorization\s*[:=]\s*"?)(?:bearer|basic|token|digest)?\s*[^\s",;]+/gi,
+  // Loki tokens (new and legacy formats), Anthropic, OpenAI-style, GitHub, AWS
+  /\bloki_[A-Za-z0-9_-]{8,}/g,
+  /\bsk-ant-[A-Za-z0-9_-]{8,}/g,
+  /\bsk-[A-Za-z0-9_-]{16,}/g,
+  /\b(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}/g,
+  /\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b/g,
+  // token-like query parameters
+  /([?&](?:token|access_token|api_key|apikey|key|secret|password)=)[^&#\s"]*/gi,
+];
+
+/** Redact secrets from a string. Idempotent. */
+export function redactString(input: string): string {
+  let out = input;
+  for (const re of PATTERNS) {
+    out = out.replace(re, (match: string, prefix?: unknown) =>
+      typeof prefix === 'string' && match.startsWith(prefix) ? `${prefix}${REDACTED}` : REDACTED,
+    );
+  }
+  return out;
+}
+
+const SECRET_KEYS = /^(?:authorization|token|access_token|refresh_token|id_token|api_key|apikey|password|secret|client_secret|cookie|set-cookie|x-api-key)$/i;
+
+/** Deep-redact a JSON-like value: secret-named keys are replaced, strings scrubbed. */
+export function redactValue<T>(value: T, depth = 0): T {
+  if (depth > 32) return REDACTED as unknown as T;
+  if (typeof value === 'string') return redactString(value) as unknown as T;
+  if (Array.isArray(value)) return value.map((v) => redactValue(v, depth + 1)) as unknown as T;
+  if (value && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+      out[k] = SECRET_KEYS.test(k) && v != null ? REDACTED : redactValue(v, depth + 1);
+    }
+    return out as T;
+  }
+  return value;
+}
+
+/** Redact a URL path with query string (e.g. `/ws?token=…`). */
+export function redactPath(pathWithQuery: string): string {
+  return redactString(pathWithQuery);
+}
