@@ -59,13 +59,14 @@ export function createLokiApp(deps: AppDeps): LokiApp {
   app.use('*', hostAllowlist({ port: deps.config.port, enabled: deps.hostCheck }));
   app.use('*', corsAllowlist({ origins: deps.config.corsOrigins, wildcard: deps.config.corsWildcard }));
   app.use('*', pathSafety(deps.rawPath));
-  app.use(
-    '*',
-    bodyLimit({
-      maxSize: deps.config.bodyLimitBytes,
-      onError: (c) => errorResponse(c, 413, ErrorCode.payloadTooLarge, `request body exceeds ${deps.config.bodyLimitBytes} bytes`),
-    }),
-  );
+  const limitBody = bodyLimit({
+    maxSize: deps.config.bodyLimitBytes,
+    // Connection: close, since the rest of the unread body would corrupt a kept-alive connection.
+    onError: (c) =>
+      errorResponse(c, 413, ErrorCode.payloadTooLarge, `request body exceeds ${deps.config.bodyLimitBytes} bytes`, { Connection: 'close' }),
+  });
+  // GET and HEAD carry no body; skipping them avoids materialising the full Request.
+  app.use('*', (c, next) => (c.req.method === 'GET' || c.req.method === 'HEAD' ? next() : limitBody(c, next)));
 
   const route = routeDefiner(app, guardOptions);
   systemRoutes(app, route, deps);

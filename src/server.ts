@@ -8,7 +8,8 @@ import type { IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createAdaptorServer } from '@hono/node-server';
+import { createServer } from 'node:http';
+import { createAdaptorServer, getRequestListener } from '@hono/node-server';
 import type { Context } from 'hono';
 import { createLokiApp, type LokiApp } from './app';
 import { AuditLog } from './audit/log';
@@ -21,6 +22,9 @@ import { EventHub } from './events/hub';
 import type { AppDeps, Logger } from './http/context';
 import { createLogger } from './util/logger';
 import { VERSION } from './version';
+import { errorBody } from './http/errors';
+import { API_CSP } from './http/middleware/security-headers';
+import { randomId } from './auth/tokens';
 
 const PUBLIC_DIR = fileURLToPath(new URL('../public', import.meta.url));
 const CONTENT_TYPES: Record<string, string> = {
@@ -122,6 +126,25 @@ function isLoopbackBind(host: string): boolean {
   return host === '127.0.0.1' || host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
+function adapterError(err: unknown): Response {
+  const msg = err instanceof Error ? err.message : '';
+  const [status, code, message] = /backslash/i.test(msg)
+    ? [400, 'invalid_path', 'invalid path: backslash in path']
+    : /host/i.test(msg)
+      ? [403, 'forbidden_host', 'Host header is not valid for this server']
+      : [400, 'bad_request', 'malformed request'];
+  return new Response(JSON.stringify(errorBody(code, message, randomId('req_', 10))), {
+    status,
+    headers: {
+      'Content-Type': 'application/json',
+      'Content-Security-Policy': API_CSP,
+      'X-Content-Type-Options': 'nosniff',
+      'Referrer-Policy': 'no-referrer',
+      'Cache-Control': 'no-store',
+    },
+  });
+}
+
 export interface RunningServer {
   runtime: NodeRuntime;
   port: number;
@@ -146,7 +169,14 @@ export async function startServer(config: Config, opts: { logger?: Logger } = {}
       })
       .catch(() => {});
   }
-  const server = createAdaptorServer({ fetch: runtime.loki.app.fetch, hostname: config.host });
+  // Requests the adapter cannot turn into a Request (a raw backslash in the path,
+  // a bad Host) never reach the app: answer them in the same JSON error shape.
+  const listener = getRequestListener(runtime.loki.app.fetch, { hostname: config.host, errorHandler: adapterError });
+  const server = createAdaptorServer({
+    fetch: runtime.loki.app.fetch,
+    hostname: config.host,
+    createServer: ((opts: object) => createServer(opts, listener)) as never,
+  });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.port, config.host, () => resolve());

@@ -117,7 +117,7 @@ export class AuditLog {
           continue;
         }
         this.committedSinceStart += tips.length;
-        batch.forEach((p, i) => p.resolve(tips[i]!));
+        for (const [i, p] of batch.entries()) p.resolve(tips[i]!);
         try {
           this.opts.onCommitted?.(batch.map((p, i) => ({ seq: tips[i]!.seq, hash: tips[i]!.hash, input: p.input })));
         } catch (err) {

@@ -377,7 +377,7 @@ function streamTransport(o: SyslogForwarderOptions): Transport {
 
   return {
     enqueue(message) {
-      if (queue.length + inflight >= maxQueue) {
+      if (queue.length + inflight + retry.length >= maxQueue) {
         dropped++;
         return;
       }
@@ -387,23 +387,35 @@ function streamTransport(o: SyslogForwarderOptions): Transport {
     drop: () => void dropped++,
     stats: () => ({ queued: queue.length + inflight + retry.length, sent, dropped, connected }),
     async close(timeoutMs) {
-      closing = true; // no more reconnects; a live connection may still flush
+      closing = true; // no more reconnects; a live or starting connection may still flush
       if (timer) clearTimeout(timer);
       timer = null;
+      const deadline = Date.now() + timeoutMs;
+      const left = () => Math.max(0, deadline - Date.now());
       const s = socket;
+      const pending = () => queue.length > 0 || inflight > 0 || retry.length > 0;
+      if (s && !connected && pending()) {
+        await withTimeout(
+          new Promise<void>((r) => {
+            s.once(o.proto === 'tls' ? 'secureConnect' : 'connect', () => r());
+            s.once('close', () => r());
+          }),
+          left(),
+        );
+      }
       if (s && connected) {
-        if (queue.length > 0 || inflight > 0 || retry.length > 0) {
+        if (pending()) {
           await withTimeout(
             new Promise<void>((r) => {
               onIdle = r;
               flush();
             }),
-            timeoutMs,
+            left(),
           );
         }
         const ended = new Promise<void>((r) => s.once('close', () => r()));
         s.end();
-        await withTimeout(ended, timeoutMs);
+        await withTimeout(ended, left());
       }
       s?.destroy();
       finished = true;

@@ -4,7 +4,8 @@
  *
  * - Discovery (`<issuer>/.well-known/openid-configuration`) happens once, lazily,
  *   shared by concurrent callers; a failure is retried with exponential backoff,
- *   never on every request. The document's `issuer` must equal the configured one.
+ *   never on every request. The document's `issuer` must equal the configured one
+ *   (up to a trailing slash); tokens' `iss` must equal the document's.
  * - Keys come from `jwks_uri` through jose's `createRemoteJWKSet`: cached for
  *   `cacheMaxAgeMs`, an unknown `kid` triggers a refetch at most once per
  *   `cooldownMs`. If the provider is unreachable, the last good key set keeps
@@ -225,6 +226,7 @@ export function createOidcVerifier(options: OidcVerifierOptions): OidcVerifier {
   // ---- discovery + JWKS, with backoff ---------------------------------------------------------
 
   let remote: RemoteJwks | null = null;
+  let tokenIssuer = issuer;
   let discovering: Promise<RemoteJwks> | null = null;
   let discoveryFailures = 0;
   let discoveryRetryAt = 0;
@@ -250,7 +252,11 @@ export function createOidcVerifier(options: OidcVerifierOptions): OidcVerifier {
     } catch {
       throw new OidcError('unavailable', 'discovery document is not valid JSON with issuer and jwks_uri');
     }
-    if (doc.issuer !== issuer) throw new OidcError('unavailable', 'discovery document names a different issuer');
+    // Spec: identical. Tolerated: a trailing-slash difference (Auth0-style issuers); tokens must then carry the discovered form.
+    if (doc.issuer !== issuer && doc.issuer.replace(/\/+$/, '') !== issuer.replace(/\/+$/, '')) {
+      throw new OidcError('unavailable', 'discovery document names a different issuer');
+    }
+    tokenIssuer = doc.issuer;
     let jwksUrl: URL;
     try {
       jwksUrl = new URL(doc.jwks_uri);
@@ -391,10 +397,11 @@ export function createOidcVerifier(options: OidcVerifierOptions): OidcVerifier {
     if (typeof header.alg !== 'string' || !allowedAlgs.has(header.alg)) throw new OidcError('bad_algorithm');
     if (header.kid !== undefined && typeof header.kid !== 'string') throw new OidcError('malformed');
 
+    await getRemote(); // discovery first: it settles the issuer tokens must carry
     let payload: JWTPayload;
     try {
       ({ payload } = await jwtVerify(token, getKey, {
-        issuer,
+        issuer: tokenIssuer,
         audience,
         algorithms,
         requiredClaims: ['exp', 'iss', 'aud', 'sub'],

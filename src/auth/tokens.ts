@@ -105,7 +105,6 @@ export function validateTokenName(raw: unknown): { name: string } | { error: str
   if (typeof raw !== 'string') return { error: 'name must be a string' };
   const name = raw.trim();
   if (name.length < 1 || name.length > 255) return { error: 'name must be 1 to 255 characters' };
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: that is the point
   if (/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(name)) return { error: 'name must not contain control characters' };
   return { name };
 }

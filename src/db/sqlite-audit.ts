@@ -7,6 +7,7 @@
 import { createHash } from 'node:crypto';
 import { canonicalEntry, type ChainRow, GENESIS_HASH } from '../audit/chain';
 import type { AuditStorage, StoredCheckpoint, Tip } from '../audit/storage';
+import { auditQuerySql } from './audit-sql';
 import type { SqliteDb } from './sqlite';
 
 export function sha256Hex(s: string): string {
@@ -59,31 +60,8 @@ export function createSqliteAuditStorage(db: SqliteDb): AuditStorage {
       return currentTip();
     },
     async query(q) {
-      const where: string[] = [];
-      const args: (string | number)[] = [];
-      if (q.order === 'desc') {
-        if (q.afterSeq > 0) {
-          where.push('seq < ?');
-          args.push(q.afterSeq);
-        }
-      } else {
-        where.push('seq > ?');
-        args.push(q.afterSeq);
-      }
-      if (q.action) {
-        where.push('action = ?');
-        args.push(q.action);
-      }
-      if (q.actor) {
-        where.push('actor = ?');
-        args.push(q.actor);
-      }
-      if (q.since !== undefined) {
-        where.push('ts >= ?');
-        args.push(q.since);
-      }
-      const sql = `SELECT seq, entry, prev_hash, hash FROM audit_log ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY seq ${q.order === 'desc' ? 'DESC' : 'ASC'} LIMIT ?`;
-      return (db.prepare(sql).raw(true).all(...args, q.limit) as RawRow[]).map(toRow);
+      const { sql, args } = auditQuerySql(q);
+      return (db.prepare(sql).raw(true).all(...args) as RawRow[]).map(toRow);
     },
     async range(from, to) {
       return (rangeStmt.all(from, to) as RawRow[]).map(toRow);

@@ -170,6 +170,9 @@ export function sandboxPolicyFromConfig(cfg: WorkspaceConfig, ctx: PolicyContext
       Ulimits: [{ Name: 'nofile', Soft: NOFILE_LIMIT, Hard: NOFILE_LIMIT }],
       Binds: binds,
       AutoRemove: false,
+      // A real init as PID 1: it reaps orphaned children (zombies count against the pids
+      // limit in a long session) and forwards SIGTERM to the provider.
+      Init: true,
       // The worker stores output itself, redacted and capped; nothing unredacted on disk.
       LogConfig: { Type: 'none', Config: {} },
     },

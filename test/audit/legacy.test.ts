@@ -150,7 +150,7 @@ describe('verifyLegacyDir finds tampering at the exact file and line', () => {
     expect((await verifyLegacyDir(dir)).first_invalid).toMatchObject({ file: SINGLE_FILE, line: 242 });
   });
 
-  it('a float rewritten as an equal int (1.5 → 15e-1 is equal, 1.0 → 1 is not the same bytes)', async () => {
+  it('a float respelled (15e-1) still verifies; a float changed to an int does not', async () => {
     const dir = await copyFixture('single');
     // 15e-1 reads as the float 1.5, which Python prints as 1.5: the hash still matches.
     await editLine(join(dir, SINGLE_FILE), 243, (l) => l.replace('"f": 1.5', '"f": 15e-1'));

@@ -209,7 +209,7 @@ describe('refused tokens (exact reasons)', () => {
 
   it('HS256 signed with the RSA public key (key confusion): bad_algorithm', async () => {
     const { kid, publicJwk } = rsaKey();
-    const pem = await exportSPKI(await importJWK(publicJwk, 'RS256', { extractable: true }));
+    const pem = await exportSPKI((await importJWK(publicJwk, 'RS256', { extractable: true })) as CryptoKey);
     const der = createPublicKey({ key: publicJwk as never, format: 'jwk' }).export({ type: 'spki', format: 'der' });
     const secrets: Uint8Array[] = [
       new TextEncoder().encode(pem),
@@ -286,23 +286,29 @@ describe('JWKS caching', () => {
   });
 
   it('an unknown kid triggers at most one refetch within the cooldown', async () => {
-    const v = createOidcVerifier({ issuer: idp.issuer, clientId: idp.clientId, cooldownMs: 300 });
-    await v.ready();
+    const cooldownMs = 1_000;
     const { privateKey } = await generateKeyPair('RS256');
     const forge = (i: number) => new SignJWT(claims()).setProtectedHeader({ alg: 'RS256', kid: `unknown-${i}` }).sign(privateKey);
+    const early = await Promise.all(Array.from({ length: 20 }, (_, i) => forge(i)));
+    const late = await Promise.all(Array.from({ length: 20 }, (_, i) => forge(100 + i)));
 
-    // Right after a fetch the cooldown is in effect: no refetch at all.
+    const v = createOidcVerifier({ issuer: idp.issuer, clientId: idp.clientId, cooldownMs });
     const jwks0 = idp.jwksFetchCount();
-    for (let i = 0; i < 20; i++) expect(await refusal(await forge(i), v)).toBe('bad_signature');
-    expect(idp.jwksFetchCount()).toBe(jwks0);
-
-    // Once the cooldown has passed: a burst of unknown kids (sequential and concurrent) → exactly one refetch.
-    await new Promise((r) => setTimeout(r, 350));
-    const tokens = await Promise.all(Array.from({ length: 20 }, (_, i) => forge(100 + i)));
-    for (const t of tokens.slice(0, 10)) expect(await refusal(t, v)).toBe('bad_signature');
-    const codes = await Promise.all(tokens.slice(10).map((t) => refusal(t, v)));
-    expect(new Set(codes)).toEqual(new Set(['bad_signature']));
+    await v.ready();
+    const fetchedAt = Date.now();
     expect(idp.jwksFetchCount() - jwks0).toBe(1);
+
+    // Right after a fetch the cooldown is in effect: unknown kids cause no refetch at all.
+    for (const t of early) expect(await refusal(t, v)).toBe('bad_signature');
+    expect(Date.now() - fetchedAt).toBeLessThan(cooldownMs); // (the phase really ran inside the cooldown)
+    expect(idp.jwksFetchCount() - jwks0).toBe(1);
+
+    // Once the cooldown has passed: a burst of unknown kids (sequential, then concurrent) → exactly one refetch.
+    await new Promise((r) => setTimeout(r, cooldownMs + 100));
+    for (const t of late.slice(0, 10)) expect(await refusal(t, v)).toBe('bad_signature');
+    const codes = await Promise.all(late.slice(10).map((t) => refusal(t, v)));
+    expect(new Set(codes)).toEqual(new Set(['bad_signature']));
+    expect(idp.jwksFetchCount() - jwks0).toBe(2);
   });
 
   it('picks up a rotated signing key with one refetch', async () => {
@@ -340,9 +346,22 @@ describe('JWKS caching', () => {
 
 describe('discovery', () => {
   it('refuses a discovery document naming a different issuer: unavailable', async () => {
-    const v = createOidcVerifier({ issuer: `${idp.issuer}/`, clientId: idp.clientId });
+    const lying: typeof fetch = async (input, init) => {
+      const res = await fetch(input, init);
+      if (!String(input).endsWith('/openid-configuration')) return res;
+      const doc = (await res.json()) as Record<string, unknown>;
+      return Response.json({ ...doc, issuer: 'https://evil.example' });
+    };
+    const v = createOidcVerifier({ issuer: idp.issuer, clientId: idp.clientId, fetch: lying });
     expect(await refusal(await idp.getToken(), v)).toBe('unavailable');
     await expect(v.ready()).rejects.toMatchObject({ code: 'unavailable' });
+  });
+
+  it('tolerates a trailing-slash difference in the configured issuer', async () => {
+    const v = createOidcVerifier({ issuer: `${idp.issuer}/`, clientId: idp.clientId });
+    expect((await v.verify(await idp.getToken({ roles: ['auditor'] }))).role).toBe('auditor');
+    // …but the token's iss must still be the provider's exact issuer.
+    expect(await refusal(await idp.getToken({ claims: { iss: `${idp.issuer}/` } }), v)).toBe('bad_issuer');
   });
 
   it('retries a failed discovery with backoff, never on every request', async () => {

@@ -31,31 +31,25 @@ export function corsAllowlist(opts: CorsOptions): MiddlewareHandler<AppEnv> {
     const isPreflight = c.req.method === 'OPTIONS' && c.req.header('access-control-request-method') !== undefined;
 
     if (isPreflight) {
-      if (!allowed) {
-        const res = errorResponse(c, 403, ErrorCode.forbiddenOrigin, 'origin is not in the CORS allowlist');
-        res.headers.append('Vary', 'Origin');
-        return res;
-      }
-      const res = c.body(null, 204);
-      res.headers.set('Access-Control-Allow-Origin', isListed ? origin : '*');
-      if (isListed) res.headers.set('Access-Control-Allow-Credentials', 'true');
-      res.headers.set('Access-Control-Allow-Methods', methods);
-      res.headers.set('Access-Control-Allow-Headers', headers);
-      res.headers.set('Access-Control-Max-Age', String(opts.maxAgeSeconds ?? 600));
-      res.headers.append('Vary', 'Origin');
-      return res;
+      c.header('Vary', 'Origin', { append: true });
+      if (!allowed) return errorResponse(c, 403, ErrorCode.forbiddenOrigin, 'origin is not in the CORS allowlist');
+      c.header('Access-Control-Allow-Origin', isListed ? origin : '*');
+      if (isListed) c.header('Access-Control-Allow-Credentials', 'true');
+      c.header('Access-Control-Allow-Methods', methods);
+      c.header('Access-Control-Allow-Headers', headers);
+      c.header('Access-Control-Max-Age', String(opts.maxAgeSeconds ?? 600));
+      return c.body(null, 204);
     }
     if (origin !== undefined && !allowed && !SAFE_METHODS.has(c.req.method)) {
-      const res = errorResponse(c, 403, ErrorCode.forbiddenOrigin, 'origin is not in the CORS allowlist');
-      res.headers.append('Vary', 'Origin');
-      return res;
+      c.header('Vary', 'Origin', { append: true });
+      return errorResponse(c, 403, ErrorCode.forbiddenOrigin, 'origin is not in the CORS allowlist');
+    }
+    c.header('Vary', 'Origin', { append: true });
+    if (allowed) {
+      c.header('Access-Control-Allow-Origin', isListed ? origin : '*');
+      if (isListed) c.header('Access-Control-Allow-Credentials', 'true');
+      c.header('Access-Control-Expose-Headers', 'X-Request-Id, WWW-Authenticate, Retry-After');
     }
     await next();
-    if (allowed) {
-      c.res.headers.set('Access-Control-Allow-Origin', isListed ? origin : '*');
-      if (isListed) c.res.headers.set('Access-Control-Allow-Credentials', 'true');
-      c.res.headers.set('Access-Control-Expose-Headers', 'X-Request-Id, WWW-Authenticate, Retry-After');
-    }
-    c.res.headers.append('Vary', 'Origin');
   };
 }

@@ -11,8 +11,13 @@ const ENCODED_DANGER = /%(?:2e|2f|5c|00|25|c0|c1|e0%80|u[0-9a-f]{4})/i;
  * Why a raw request path is refused, or null when it is clean. Checks the path
  * exactly as received (before URL normalisation removes `..`).
  */
+const PLAIN_PATH = /^(?:\/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*\/?$/;
+
 export function pathViolation(rawPath: string): string | null {
-  const path = rawPath.split('?')[0] ?? '';
+  const q = rawPath.indexOf('?');
+  const path = q < 0 ? rawPath : rawPath.slice(0, q);
+  // Fast path: plain segments that do not start with a dot cannot traverse.
+  if (PLAIN_PATH.test(path)) return null;
   if (path.includes('\\')) return 'backslash in path';
   if (path.includes('\0')) return 'NUL in path';
   if (ENCODED_DANGER.test(path)) return 'encoded traversal characters in path';
@@ -31,8 +36,7 @@ export function pathViolation(rawPath: string): string | null {
       if (next === decoded) break;
       decoded = next;
     }
-    if (decoded === '..' || decoded === '.' || /[/\\\0]/.test(decoded)) return 'traversal in path segment';
-    // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters
+    if (decoded === '.' || decoded.startsWith('..') || /[/\\\0]/.test(decoded)) return 'traversal in path segment';
     if (/[\u0000-\u001f\u007f]/.test(decoded)) return 'control character in path';
   }
   return null;

@@ -1,6 +1,10 @@
 import type { MiddlewareHandler } from 'hono';
-import { randomId } from '../../auth/tokens';
 import type { AppEnv } from '../context';
+
+/** `req_` + 20 hex characters (randomUUID draws from a cached entropy pool: cheap per request). */
+export function newRequestId(): string {
+  return `req_${crypto.randomUUID().replace(/-/g, '').slice(0, 20)}`;
+}
 
 const SAFE_ID = /^[A-Za-z0-9._-]{8,64}$/;
 
@@ -8,9 +12,9 @@ const SAFE_ID = /^[A-Za-z0-9._-]{8,64}$/;
 export function requestId(): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const incoming = c.req.header('x-request-id');
-    const id = incoming && SAFE_ID.test(incoming) ? incoming : randomId('req_', 10);
+    const id = incoming && SAFE_ID.test(incoming) ? incoming : newRequestId();
     c.set('requestId', id);
+    c.header('X-Request-Id', id);
     await next();
-    c.res.headers.set('X-Request-Id', id);
   };
 }

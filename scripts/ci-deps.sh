@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# System packages the test suite needs: rsyslog (+ TLS driver) for the syslog
+# tests, Chromium for the browser tests, openssl for test certificates, git for
+# branch protection. Idempotent: installs only what is missing.
+set -euo pipefail
+
+need=()
+command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
+[ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v git >/dev/null 2>&1 || need+=(git)
+
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "ci-deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,64 @@
+import { statSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { runCli, tempHome } from '../helpers/server';
+
+describe('loki CLI skeleton', () => {
+  it('--version', async () => {
+    const r = await runCli(['--version']);
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe('0.1.0');
+  });
+
+  it.each([[['--help']], [['dashboard', '--help']], [['db', 'migrate', '--help']], [['enterprise', 'token', 'generate', '--help']], [['enterprise', 'audit', 'verify', '--help']]])(
+    '%j prints usage and exits 0',
+    async (args) => {
+      const r = await runCli(args);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain('Usage: loki');
+    },
+  );
+
+  it('an unknown command is a usage error: exit 2, one line on stderr', async () => {
+    const r = await runCli(['frobnicate']);
+    expect(r.code).toBe(2);
+    expect(r.stderr.split('\n')[0]).toBe("error: unknown command 'frobnicate'");
+  });
+
+  it('an unknown option is a usage error', async () => {
+    const r = await runCli(['dashboard', '--bogus']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("unknown option '--bogus'");
+  });
+
+  it('db migrate applies, then says it is up to date; dir 0700, db 0600', async () => {
+    const home = tempHome();
+    const first = await runCli(['db', 'migrate'], { LOKI_HOME: home });
+    expect(first.code).toBe(0);
+    expect(first.stdout).toBe(`applied 1 migration(s) to ${home}/dashboard/loki.db: 0000_init\n`);
+    const again = await runCli(['db', 'migrate'], { LOKI_HOME: home });
+    expect(again.stdout).toBe(`database ${home}/dashboard/loki.db is up to date\n`);
+    expect(statSync(`${home}/dashboard`).mode & 0o777).toBe(0o700);
+    expect(statSync(`${home}/dashboard/loki.db`).mode & 0o777).toBe(0o600);
+  });
+
+  it.each([
+    [{ LOKI_DASHBOARD_PORT: 'abc' }, 'loki: LOKI_DASHBOARD_PORT="abc" is invalid: expected an integer from 1 to 65535\n'],
+    [{ LOKI_DASHBOARD_PORT: '70000' }, 'loki: LOKI_DASHBOARD_PORT="70000" is invalid: expected an integer from 1 to 65535\n'],
+    [{ LOKI_DASHBOARD_CORS: 'localhost' }, 'loki: LOKI_DASHBOARD_CORS="localhost" is invalid: expected comma-separated origins like http://localhost:57374, or *\n'],
+    [{ LOKI_ENTERPRISE_AUTH: 'sure' }, 'loki: LOKI_ENTERPRISE_AUTH="sure" is invalid: expected one of true, false, 1, 0, yes, no, on, off\n'],
+    [
+      { LOKI_DASHBOARD_HOST: '0.0.0.0' },
+      'loki: LOKI_DASHBOARD_HOST="0.0.0.0" is invalid: expected a loopback address (127.0.0.1, localhost, ::1) unless LOKI_ENTERPRISE_AUTH or OIDC is on, or LOKI_DASHBOARD_ALLOW_INSECURE_BIND=1\n',
+    ],
+  ])('dashboard refuses %j: exit 2 with one line', async (env, line) => {
+    const r = await runCli(['dashboard'], { LOKI_HOME: tempHome(), ...env });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(line);
+  });
+
+  it('--port on the command line is validated like the variable', async () => {
+    const r = await runCli(['dashboard', '--port', 'abc'], { LOKI_HOME: tempHome() });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe('loki: LOKI_DASHBOARD_PORT="abc" is invalid: expected an integer from 1 to 65535\n');
+  });
+});

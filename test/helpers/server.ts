@@ -1,0 +1,139 @@
+/**
+ * Real servers for tests: in-process (`startTestServer`, the full Node wiring on
+ * a temporary LOKI_HOME and a free loopback port) and as a spawned process
+ * (`spawnServer`, for signals and SIGKILL).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { createServer } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { loadConfig } from '../../src/env';
+import { type RunningServer, startServer } from '../../src/server';
+import type { Logger } from '../../src/http/context';
+
+export const ROOT = path.resolve(import.meta.dirname, '../..');
+export const LOKI_BIN = path.join(ROOT, 'bin/loki.js');
+
+export function tempHome(prefix = 'loki-test-'): string {
+  return mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export interface CapturedLogger extends Logger {
+  lines: { level: string; msg: string; fields?: Record<string, unknown> }[];
+}
+
+export function captureLogger(): CapturedLogger {
+  const lines: CapturedLogger['lines'] = [];
+  return {
+    lines,
+    info: (msg, fields) => lines.push({ level: 'info', msg, fields }),
+    warn: (msg, fields) => lines.push({ level: 'warn', msg, fields }),
+    error: (msg, fields) => lines.push({ level: 'error', msg, fields }),
+  };
+}
+
+export interface TestServer extends RunningServer {
+  home: string;
+  logger: CapturedLogger;
+  /** fetch against the server with the right Host header. */
+  req(pathname: string, init?: RequestInit & { token?: string }): Promise<Response>;
+}
+
+export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+  const home = env.LOKI_HOME ?? tempHome();
+  const port = env.LOKI_DASHBOARD_PORT ? Number(env.LOKI_DASHBOARD_PORT) : await freePort();
+  const config = loadConfig({ LOKI_HOME: home, ...env, LOKI_DASHBOARD_PORT: String(port) }, { home, cwd: home });
+  const logger = captureLogger();
+  const server = await startServer(config, { logger });
+  return Object.assign(server, {
+    home,
+    logger,
+    req(pathname: string, init: RequestInit & { token?: string } = {}) {
+      const headers = new Headers(init.headers);
+      if (init.token) headers.set('Authorization', `Bearer ${init.token}`);
+      return fetch(`${server.url}${pathname}`, { ...init, headers });
+    },
+  });
+}
+
+export interface SpawnedServer {
+  child: ChildProcess;
+  port: number;
+  url: string;
+  home: string;
+  output(): string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Spawn `loki dashboard` as a real process and wait until /health answers. */
+export async function spawnServer(env: Record<string, string> = {}, home = tempHome()): Promise<SpawnedServer> {
+  const port = env.LOKI_DASHBOARD_PORT ? Number(env.LOKI_DASHBOARD_PORT) : await freePort();
+  const child = spawn(process.execPath, [LOKI_BIN, 'dashboard'], {
+    env: { PATH: process.env.PATH ?? '', HOME: home, LOKI_HOME: home, ...env, LOKI_DASHBOARD_PORT: String(port) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout?.on('data', (d) => {
+    out += d;
+  });
+  child.stderr?.on('data', (d) => {
+    out += d;
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`server exited early (${child.exitCode}): ${out}`);
+    try {
+      const r = await fetch(`${url}/health`);
+      if (r.ok) break;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`server did not start: ${out}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { child, port, url, home, output: () => out, exited };
+}
+
+/** Run the CLI as a real process. */
+export function runCli(
+  args: string[],
+  env: Record<string, string> = {},
+  opts: { input?: string; timeoutMs?: number } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [LOKI_BIN, ...args], {
+      env: { PATH: process.env.PATH ?? '', HOME: env.LOKI_HOME ?? os.tmpdir(), ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+      timeout: opts.timeoutMs ?? 60_000,
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => {
+      stdout += d;
+    });
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    child.stdin.end(opts.input ?? '');
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}

@@ -1,0 +1,174 @@
+import { mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defaultWorkspaceConfig, type WorkspaceConfig } from '../../src/sandbox/config';
+import { type PolicyContext, SandboxPolicyError, sandboxPolicyFromConfig, validateHostMount } from '../../src/sandbox/policy';
+
+let root: string;
+let home: string;
+let ws: string;
+let data: string;
+let ctx: PolicyContext;
+
+beforeAll(() => {
+  root = realpathSync(mkdtempSync(path.join(tmpdir(), 'loki-policy-')));
+  home = path.join(root, 'home');
+  ws = path.join(root, 'ws');
+  data = path.join(root, 'data');
+  for (const d of [home, ws, data, path.join(home, '.ssh'), path.join(home, '.aws'), path.join(home, '.config', 'gh'), path.join(home, '.loki', 'dashboard'), path.join(home, 'projects')]) {
+    mkdirSync(d, { recursive: true });
+  }
+  writeFileSync(path.join(ws, 'prd.md'), '# PRD\n');
+  symlinkSync(path.join(home, '.ssh'), path.join(root, 'innocent-link'));
+  ctx = {
+    sessionId: 'sess1',
+    workerId: 'worker-a',
+    workspace: ws,
+    prd: 'prd.md',
+    env: { ANTHROPIC_API_KEY: 'sk-ant-xyz', LOKI_WORKER_TOKEN: 'loki_secret', LOKI_TOKEN: 'loki_other', PATH: '/bin' },
+    home,
+  };
+});
+afterAll(() => {
+  rmSync(root, { recursive: true, force: true });
+});
+
+function config(patch: Partial<WorkspaceConfig['sandbox']> = {}, command?: string[]): WorkspaceConfig {
+  const base = defaultWorkspaceConfig({ workspaceDir: ws, home });
+  return { sandbox: { ...base.sandbox, ...patch }, provider: { command: command ?? ['agent', '--prd', '{prd}'] } };
+}
+
+describe('sandboxPolicyFromConfig', () => {
+  it('builds the exact create options from the defaults', () => {
+    expect(sandboxPolicyFromConfig(config(), ctx)).toEqual({
+      Image: 'loki-sandbox:local',
+      Cmd: ['agent', '--prd', 'prd.md'],
+      User: '1000:1000',
+      WorkingDir: '/workspace',
+      Env: [],
+      Labels: { 'loki.session': 'sess1', 'loki.worker': 'worker-a' },
+      AttachStdin: false,
+      AttachStdout: true,
+      AttachStderr: true,
+      OpenStdin: false,
+      Tty: false,
+      HostConfig: {
+        CapDrop: ['ALL'],
+        CapAdd: [],
+        SecurityOpt: ['no-new-privileges:true'],
+        Privileged: false,
+        ReadonlyRootfs: true,
+        Tmpfs: { '/tmp': 'rw,noexec,nosuid,size=64m' },
+        NetworkMode: 'none',
+        PortBindings: {},
+        PublishAllPorts: false,
+        Memory: 4 * 1024 ** 3,
+        MemorySwap: 4 * 1024 ** 3,
+        NanoCpus: 2e9,
+        PidsLimit: 256,
+        Ulimits: [{ Name: 'nofile', Soft: 4096, Hard: 4096 }],
+        Binds: [`${ws}:/workspace:rw`],
+        AutoRemove: false,
+        Init: true,
+        LogConfig: { Type: 'none', Config: {} },
+      },
+    });
+  });
+
+  it('applies config values: network, limits, caps, env allowlist, mounts', () => {
+    const opts = sandboxPolicyFromConfig(
+      config({
+        network: true,
+        memoryBytes: 16 * 1024 ** 2,
+        nanoCpus: 5e8,
+        capAdd: ['CHOWN'],
+        envAllowlist: ['ANTHROPIC_API_KEY', 'MISSING', 'LOKI_WORKER_TOKEN', 'LOKI_TOKEN'],
+        mounts: [{ host: data, container: '/data', mode: 'ro', source: `${data}:/data:ro` }],
+        user: '1001:1002',
+        image: 'other:1',
+      }),
+      ctx,
+    );
+    expect(opts.Image).toBe('other:1');
+    expect(opts.User).toBe('1001:1002');
+    expect(opts.Env).toEqual(['ANTHROPIC_API_KEY=sk-ant-xyz']);
+    expect(opts.HostConfig).toMatchObject({
+      NetworkMode: 'bridge',
+      Memory: 16 * 1024 ** 2,
+      MemorySwap: 16 * 1024 ** 2,
+      NanoCpus: 5e8,
+      CapAdd: ['CHOWN'],
+      CapDrop: ['ALL'],
+      Binds: [`${ws}:/workspace:rw`, `${data}:/data:ro`],
+    });
+  });
+
+  it('passes a hostile PRD name as one argument', () => {
+    const name = "a b'; rm -rf ~; $(touch /tmp/pwned).md";
+    expect(sandboxPolicyFromConfig(config({}, ['cat', '{prd}']), { ...ctx, prd: name }).Cmd).toEqual(['cat', name]);
+  });
+
+  it('refuses a capability outside the allowlist even if the config object was built by hand', () => {
+    expect(() => sandboxPolicyFromConfig(config({ capAdd: ['SETUID'] }), ctx)).toThrow(SandboxPolicyError);
+  });
+});
+
+describe('mount rules', () => {
+  const refused = (host: string, extra: Partial<PolicyContext> = {}): string => {
+    try {
+      validateHostMount(host, { ...ctx, ...extra });
+    } catch (err) {
+      expect(err).toBeInstanceOf(SandboxPolicyError);
+      return (err as SandboxPolicyError).rule;
+    }
+    throw new Error(`mount ${host} was accepted`);
+  };
+
+  it.each([
+    ['/nonexistent/path', 'not_found'],
+    ['/', 'root'],
+    ['/etc', 'etc'],
+    ['/etc/ssl', 'etc'],
+    ['/proc', 'system'],
+  ])('refuses %s (rule %s)', (host, rule) => {
+    expect(refused(host)).toBe(rule);
+  });
+
+  it('refuses home and its credential directories, inside and around them', () => {
+    expect(refused(home)).toBe('home');
+    expect(refused(path.join(home, '.ssh'))).toBe('ssh');
+    expect(refused(path.join(home, '.aws'))).toBe('aws');
+    expect(refused(path.join(home, '.config', 'gh'))).toBe('gh_config');
+    expect(refused(path.join(home, '.config'))).toBe('gh_config');
+    expect(refused(path.join(home, '.loki', 'dashboard'))).toBe('loki_home');
+    expect(refused(root)).toBe('ssh');
+    expect(refused(path.join(root, 'innocent-link'))).toBe('ssh');
+  });
+
+  it('refuses the Docker socket and directories holding it', () => {
+    const sockDir = path.join(root, 'run');
+    mkdirSync(sockDir, { recursive: true });
+    writeFileSync(path.join(sockDir, 'docker.sock'), '');
+    expect(refused(path.join(sockDir, 'docker.sock'), { dockerSocket: path.join(sockDir, 'docker.sock') })).toBe('docker_socket');
+    expect(refused(sockDir, { dockerSocket: path.join(sockDir, 'docker.sock') })).toBe('docker_socket');
+    expect(refused('/var/run')).toBe('docker_socket');
+  });
+
+  it('refuses a LOKI_HOME elsewhere', () => {
+    expect(refused(data, { lokiHome: data })).toBe('loki_home');
+  });
+
+  it('accepts an ordinary directory and returns its real path', () => {
+    expect(validateHostMount(path.join(home, 'projects'), ctx)).toBe(path.join(home, 'projects'));
+  });
+
+  it('names the rule and the entry in the message', () => {
+    const cfg = config({ mounts: [{ host: path.join(home, '.ssh'), container: '/k', mode: 'ro', source: '~/.ssh:/k:ro' }] });
+    expect(() => sandboxPolicyFromConfig(cfg, ctx)).toThrow('mount ~/.ssh:/k:ro refused (rule ssh): ~/.ssh is never mounted');
+  });
+
+  it('applies the same rules to the workspace', () => {
+    expect(() => sandboxPolicyFromConfig(config(), { ...ctx, workspace: home })).toThrow(/rule home/);
+  });
+});
