@@ -10,6 +10,7 @@
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { Authenticator } from './auth/authenticate';
+import { createOidcVerifier } from './auth/oidc';
 import type { AppDeps, AppEnv } from './http/context';
 import { routeDefiner } from './http/define-route';
 import { ApiError, ErrorCode } from './http/errors';
@@ -36,7 +37,18 @@ export interface LokiApp {
 export function createLokiApp(deps: AppDeps): LokiApp {
   const now = deps.now ?? Date.now;
   const app = new Hono<AppEnv>();
-  const authenticator = new Authenticator(deps.store.tokens, { now, oidc: deps.oidc ?? null });
+  const oidc =
+    deps.oidc ??
+    (deps.config.oidc
+      ? createOidcVerifier({
+          issuer: deps.config.oidc.issuer,
+          clientId: deps.config.oidc.clientId,
+          audience: deps.config.oidc.audience,
+          rolesClaims: deps.config.oidc.rolesClaims,
+          defaultRole: deps.config.oidc.defaultRole,
+        })
+      : null);
+  const authenticator = new Authenticator(deps.store.tokens, { now, oidc });
   const guardOptions: GuardOptions = {
     authRequired: deps.config.enterpriseAuth || deps.config.oidc !== null,
     authenticator,

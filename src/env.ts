@@ -161,7 +161,9 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
       throw new ConfigError('LOKI_OIDC_ISSUER', issuer, 'an https URL when LOKI_ENV=production');
     }
     const defaultRole = oneOf(env, 'LOKI_OIDC_DEFAULT_ROLE', roles, 'viewer');
-    if (defaultRole === 'admin') throw new ConfigError('LOKI_OIDC_DEFAULT_ROLE', 'admin', 'a role other than admin (operator, viewer, auditor)');
+    if (defaultRole === 'admin' || defaultRole === 'worker') {
+      throw new ConfigError('LOKI_OIDC_DEFAULT_ROLE', defaultRole, 'a role other than admin (operator, viewer, auditor)');
+    }
     oidc = {
       issuer: issuer.replace(/\/+$/, '') === iss ? issuer : iss,
       clientId,

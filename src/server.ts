@@ -12,11 +12,9 @@ import { createServer } from 'node:http';
 import { createAdaptorServer, getRequestListener } from '@hono/node-server';
 import type { Context } from 'hono';
 import { createLokiApp, type LokiApp } from './app';
-import { AuditLog } from './audit/log';
-import { createParallelChecker } from './audit/parallel-verify';
-import { createFileSigner } from './audit/signer';
+import type { AuditLog } from './audit/log';
+import { createNodeAudit } from './audit/node-audit';
 import { openSqlite, migrate, createSqliteStore, tightenDbFiles, type SqliteDb } from './db/sqlite';
-import { createSqliteAuditStorage, sha256Hex } from './db/sqlite-audit';
 import type { Config } from './env';
 import { EventHub } from './events/hub';
 import type { AppDeps, Logger } from './http/context';
@@ -78,15 +76,8 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger }
   const applied = migrate(db);
   tightenDbFiles(config.dbPath);
   const store = createSqliteStore(db);
-  const signer = config.auditEnabled ? await createFileSigner(path.join(path.dirname(config.dbPath), 'audit-signing-key')) : null;
-  const audit = new AuditLog({
-    storage: createSqliteAuditStorage(db),
-    enabled: config.auditEnabled,
-    signer,
-    sha256: sha256Hex,
-    onError: (err) => logger.error('audit', { err: String(err) }),
-    rangeChecker: createParallelChecker(config.dbPath),
-  });
+  const nodeAudit = await createNodeAudit(config, db, { logger });
+  const audit = nodeAudit.audit;
   const events = new EventHub(store.events);
   events.startPolling(250);
   const shutdown = new AbortController();
@@ -103,6 +94,7 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger }
     hostCheck: isLoopbackBind(config.host),
     staticFiles: staticFile,
     shutdownSignal: shutdown.signal,
+    statusExtras: () => ({ syslog: nodeAudit.syslog ? nodeAudit.syslog.stats() : null }),
   };
   const loki = createLokiApp(deps);
   return {
@@ -116,7 +108,7 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger }
     async close() {
       shutdown.abort();
       events.stop();
-      await audit.close();
+      await nodeAudit.close();
       db.close();
     },
   };

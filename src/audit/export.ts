@@ -93,7 +93,7 @@ export async function readExport(file: string): Promise<{ header: ExportHeader; 
       });
     } else throw new ExportFormatError(`line ${lineNo}: unknown record type ${JSON.stringify(obj.type)}`);
   }
-  if (!header || header.format !== 'loki-audit-export/1') throw new ExportFormatError('not a Loki audit export (no header line)');
+  if (header?.format !== 'loki-audit-export/1') throw new ExportFormatError('not a Loki audit export (no header line)');
   return { header, rows, checkpoints };
 }
 

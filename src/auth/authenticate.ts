@@ -4,18 +4,18 @@
  */
 import type { TokenRecord, TokenStore } from '../db/store';
 import type { Identity, OidcVerifierPort } from '../http/context';
+import { looksLikeJwt } from './oidc';
 import { ROLE_SCOPES } from './roles';
 import { sha256Hex, timingSafeEqualHex, tokenShape } from './tokens';
 
 export type AuthFailure = 'missing' | 'malformed' | 'unknown' | 'revoked' | 'expired' | 'oidc_rejected' | 'oidc_unavailable';
 
-const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 const TOUCH_INTERVAL_MS = 60_000;
 
 /** Parse `Authorization: Bearer <token>` strictly: one space, exact scheme, visible ASCII. */
 export function parseBearer(header: string | undefined): string | null {
   if (header === undefined) return null;
-  const m = /^Bearer ([\x21-\x7e]{1,4096})$/.exec(header);
+  const m = /^Bearer ([\x21-\x7e]{1,8192})$/.exec(header);
   return m ? m[1]! : null;
 }
 
@@ -30,7 +30,7 @@ export class Authenticator {
   async authenticate(token: string): Promise<Identity | { failure: AuthFailure }> {
     const shape = tokenShape(token);
     if (shape === 'invalid') {
-      if (this.opts.oidc && JWT_SHAPE.test(token)) return this.viaOidc(token);
+      if (this.opts.oidc && looksLikeJwt(token)) return this.viaOidc(token);
       return { failure: 'malformed' };
     }
     const hash = await sha256Hex(token);
@@ -88,7 +88,7 @@ export class Authenticator {
         actor: { type: 'oidc', id: id.subject, name: id.email ?? id.subject },
         role: id.role,
         scopes: [...ROLE_SCOPES[id.role]],
-        expiresAt: null,
+        expiresAt: id.expiresAt,
         tokenId: null,
         via: 'oidc',
       };

@@ -1,13 +1,10 @@
 import os from 'node:os';
-import path from 'node:path';
-import { AuditLog } from '../audit/log';
-import { createFileSigner } from '../audit/signer';
 import { createSqliteStore, migrate, openSqlite, type SqliteDb, tightenDbFiles } from '../db/sqlite';
-import { createSqliteAuditStorage, sha256Hex } from '../db/sqlite-audit';
 import type { Store } from '../db/store';
 import type { Config } from '../env';
+import type { AuditLog } from '../audit/log';
+import { createNodeAudit } from '../audit/node-audit';
 import { configOrExit } from '../node';
-import { createParallelChecker } from '../audit/parallel-verify';
 
 /** A one-line CLI error and exit (2: usage or operational error). */
 export function fail(message: string, code = 2): never {
@@ -36,15 +33,8 @@ export async function openLocal(opts: { signer?: boolean } = {}): Promise<LocalC
     fail(`cannot open the database ${config.dbPath}: ${(err as Error).message}`);
   }
   const store = createSqliteStore(db);
-  const signer =
-    config.auditEnabled && opts.signer !== false ? await createFileSigner(path.join(path.dirname(config.dbPath), 'audit-signing-key')) : null;
-  const audit = new AuditLog({
-    storage: createSqliteAuditStorage(db),
-    enabled: config.auditEnabled,
-    signer,
-    sha256: sha256Hex,
-    rangeChecker: createParallelChecker(config.dbPath),
-  });
+  const nodeAudit = await createNodeAudit(config, db, { signer: opts.signer });
+  const audit = nodeAudit.audit;
   return {
     config,
     db,
@@ -52,6 +42,7 @@ export async function openLocal(opts: { signer?: boolean } = {}): Promise<LocalC
     audit,
     async close() {
       await audit.drain();
+      await nodeAudit.syslog?.close();
       db.close();
     },
   };

@@ -23,7 +23,7 @@ export interface Logger {
 }
 
 export interface OidcVerifierPort {
-  verify(token: string): Promise<{ subject: string; email: string | null; role: Role }>;
+  verify(token: string): Promise<{ subject: string; email: string | null; role: Role; expiresAt: number }>;
 }
 
 export interface SessionValidator {

@@ -1,0 +1,13 @@
+import { createToken } from '../../src/auth/token-service';
+import type { Role } from '../../src/auth/roles';
+import type { TestServer } from './server';
+
+/** Create a token straight in the server's store (as the CLI would); returns the plaintext. */
+export async function makeToken(s: TestServer, name: string, role: Role, extra: { scopes?: string[]; expiresDays?: number } = {}) {
+  const { record, plaintext } = await createToken(
+    s.runtime.deps.store.tokens,
+    { name, role, scopes: extra.scopes, expiresDays: extra.expiresDays, createdBy: 'test' },
+    Date.now(),
+  );
+  return { id: record.id, token: plaintext };
+}
