@@ -11,6 +11,7 @@ import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { Authenticator } from './auth/authenticate';
 import { createOidcVerifier } from './auth/oidc';
+import { cachedTokenStore } from './auth/token-cache';
 import type { AppDeps, AppEnv } from './http/context';
 import { routeDefiner } from './http/define-route';
 import { ApiError, ErrorCode } from './http/errors';
@@ -25,8 +26,12 @@ import { securityHeaders } from './http/middleware/security-headers';
 import { errorResponse } from './http/respond';
 import { auditRoutes } from './http/routes/audit';
 import { dashboardRoutes } from './http/routes/dashboard';
+import { eventsRoutes } from './http/routes/events';
+import { sandboxRoutes } from './http/routes/sandbox';
+import { sessionRoutes } from './http/routes/sessions';
 import { systemRoutes } from './http/routes/system';
 import { tokenRoutes } from './http/routes/tokens';
+import { wsCredential, wsRoutes } from './http/routes/ws';
 
 export interface LokiApp {
   app: Hono<AppEnv>;
@@ -34,7 +39,9 @@ export interface LokiApp {
   guardOptions: GuardOptions;
 }
 
-export function createLokiApp(deps: AppDeps): LokiApp {
+export function createLokiApp(appDeps: AppDeps): LokiApp {
+  // Token lookups go through a short-lived cache; routes share it so an API revocation clears it.
+  const deps: AppDeps = { ...appDeps, store: { ...appDeps.store, tokens: cachedTokenStore(appDeps.store.tokens) } };
   const now = deps.now ?? Date.now;
   const app = new Hono<AppEnv>();
   const oidc =
@@ -48,12 +55,14 @@ export function createLokiApp(deps: AppDeps): LokiApp {
           defaultRole: deps.config.oidc.defaultRole,
         })
       : null);
-  const authenticator = new Authenticator(deps.store.tokens, { now, oidc });
+  const authenticator = new Authenticator(deps.store.tokens, { now, oidc, sha256: deps.sha256 });
   const guardOptions: GuardOptions = {
     authRequired: deps.config.enterpriseAuth || deps.config.oidc !== null,
     authenticator,
     limiter: new FailureLimiter(20, 60_000, now),
     clientAddress: deps.clientAddress,
+    // The WebSocket handshake may carry its token as a subprotocol or ?token= (only on /ws).
+    extraCredential: wsCredential,
   };
 
   app.use('*', requestId());
@@ -84,6 +93,10 @@ export function createLokiApp(deps: AppDeps): LokiApp {
   systemRoutes(app, route, deps);
   tokenRoutes(route, deps);
   auditRoutes(route, deps);
+  sessionRoutes(route, deps);
+  sandboxRoutes(route, deps);
+  eventsRoutes(route, deps, authenticator);
+  wsRoutes(app, route, deps, authenticator);
   dashboardRoutes(route, deps);
 
   app.notFound((c) => errorResponse(c, 404, ErrorCode.notFound, `no route for ${c.req.method} ${c.req.path}`));

@@ -36,9 +36,26 @@ export interface Config {
   url: string;
   token: string | null;
   workerToken: string | null;
+  /** `LOKI_WORKER_ID`: names this worker's containers (label `loki.worker`); default: the host name. */
+  workerId: string | null;
+  /** `LOKI_SANDBOX_KILL_GRACE_MS`: between SIGTERM and SIGKILL when a session is stopped. */
+  sandboxKillGraceMs: number;
+  /** `LOKI_SANDBOX_LEASE_MS`: how long a claimed job stays leased without a heartbeat. */
+  sandboxLeaseMs: number;
+  /** `LOKI_SESSION_MAX_OUTPUT_BYTES`: stored output per session, then a truncation marker. */
+  sessionOutputLimitBytes: number;
   shutdownTimeoutMs: number;
   maxSseConnections: number;
   maxWsClients: number;
+  /** `LOKI_WS_ATTEMPTS_PER_MINUTE`: WebSocket connection attempts per address per minute. */
+  wsAttemptsPerMinute: number;
+  /** `LOKI_WS_PING_INTERVAL_MS`: server ping interval; a client missing two in a row is dropped. */
+  wsPingIntervalMs: number;
+  /** `LOKI_EVENTS_MAX_AGE_HOURS` / `LOKI_EVENTS_MAX_ROWS`: events older or beyond the newest N are pruned. */
+  eventsMaxAgeMs: number;
+  eventsMaxRows: number;
+  /** `LOKI_EVENTS_PRUNE_INTERVAL_S`: how often the Node server prunes the events table. */
+  eventsPruneIntervalMs: number;
   bodyLimitBytes: number;
 }
 
@@ -227,12 +244,30 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     url: url(env, 'LOKI_URL', `http://127.0.0.1:${port}`),
     token,
     workerToken: read(env, 'LOKI_WORKER_TOKEN') ?? token,
+    workerId: workerIdFrom(env),
+    sandboxKillGraceMs: int(env, 'LOKI_SANDBOX_KILL_GRACE_MS', 10_000, 0, 60_000),
+    sandboxLeaseMs: int(env, 'LOKI_SANDBOX_LEASE_MS', 30_000, 1_000, 600_000),
+    sessionOutputLimitBytes: int(env, 'LOKI_SESSION_MAX_OUTPUT_BYTES', 50 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     shutdownTimeoutMs: int(env, 'LOKI_SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),
     maxSseConnections: int(env, 'LOKI_MAX_SSE_CONNECTIONS', 100, 1, 100_000),
     maxWsClients: int(env, 'LOKI_MAX_WS_CLIENTS', 100, 1, 100_000),
+    wsAttemptsPerMinute: int(env, 'LOKI_WS_ATTEMPTS_PER_MINUTE', 60, 1, 100_000),
+    wsPingIntervalMs: int(env, 'LOKI_WS_PING_INTERVAL_MS', 30_000, 100, 600_000),
+    eventsMaxAgeMs: int(env, 'LOKI_EVENTS_MAX_AGE_HOURS', 168, 1, 87_600) * 3_600_000,
+    eventsMaxRows: int(env, 'LOKI_EVENTS_MAX_ROWS', 100_000, 100, 100_000_000),
+    eventsPruneIntervalMs: int(env, 'LOKI_EVENTS_PRUNE_INTERVAL_S', 300, 1, 86_400) * 1000,
     bodyLimitBytes: int(env, 'LOKI_BODY_LIMIT', 1024 * 1024, 1024, 64 * 1024 * 1024),
   };
   return config;
+}
+
+const WORKER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+function workerIdFrom(env: Env): string | null {
+  const v = read(env, 'LOKI_WORKER_ID');
+  if (v === undefined) return null;
+  if (!WORKER_ID_RE.test(v)) throw new ConfigError('LOKI_WORKER_ID', v, 'letters, digits, ".", "_" and "-", starting with a letter or digit, at most 64 characters');
+  return v;
 }
 
 /** The bind guard: a non-loopback host needs auth, or an explicit opt-out. */

@@ -4,19 +4,25 @@
  * `npm start`, `npm run dev` and the tests (with a temporary LOKI_HOME).
  */
 import { readFile } from 'node:fs/promises';
+import os from 'node:os';
 import type { IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:http';
-import { createAdaptorServer, getRequestListener } from '@hono/node-server';
+import { createAdaptorServer, getRequestListener, upgradeWebSocket } from '@hono/node-server';
+import { WebSocketServer } from 'ws';
 import type { Context } from 'hono';
 import { createLokiApp, type LokiApp } from './app';
 import type { AuditLog } from './audit/log';
 import { createNodeAudit } from './audit/node-audit';
+import { sha256Hex } from './db/sqlite-audit';
 import { openSqlite, migrate, createSqliteStore, tightenDbFiles, type SqliteDb } from './db/sqlite';
 import type { Config } from './env';
 import { EventHub } from './events/hub';
+import { createNodeSessionValidator } from './sessions/node-validator';
+import { SessionService } from './sessions/service';
+import { selectWsProtocol } from './http/routes/ws';
 import type { AppDeps, Logger } from './http/context';
 import { createLogger } from './util/logger';
 import { VERSION } from './version';
@@ -80,6 +86,16 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger }
   const audit = nodeAudit.audit;
   const events = new EventHub(store.events);
   events.startPolling(250);
+  const pruneEvents = () =>
+    events
+      .prune(config.eventsMaxAgeMs, config.eventsMaxRows)
+      .then((n) => {
+        if (n > 0) logger.info('events pruned', { deleted: n });
+      })
+      .catch((err) => logger.error('events prune failed', { err: String(err) }));
+  void pruneEvents();
+  const pruneTimer = setInterval(pruneEvents, config.eventsPruneIntervalMs);
+  pruneTimer.unref();
   const shutdown = new AbortController();
   const deps: AppDeps = {
     config,
@@ -89,14 +105,24 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger }
     logger,
     version: VERSION,
     startedAt: Date.now(),
+    sha256: sha256Hex,
     clientAddress: nodeClientAddress,
     rawPath: nodeRawPath,
     hostCheck: isLoopbackBind(config.host),
     staticFiles: staticFile,
     shutdownSignal: shutdown.signal,
+    sessions: createNodeSessionValidator({ roots: config.workspaceRoots, home: os.homedir() }),
+    upgradeWebSocket,
     statusExtras: () => ({ syslog: nodeAudit.syslog ? nodeAudit.syslog.stats() : null }),
   };
   const loki = createLokiApp(deps);
+  // Running sessions whose worker stopped heartbeating become `lost` (never re-run).
+  const leases = new SessionService(deps);
+  const sweepTimer = setInterval(
+    () => void leases.sweepExpiredLeases().catch((err) => logger.error('lease sweep failed', { err: String(err) })),
+    Math.max(250, Math.min(5_000, Math.floor(config.sandboxLeaseMs / 4))),
+  );
+  sweepTimer.unref();
   return {
     db,
     deps,
@@ -107,6 +133,8 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger }
     applied,
     async close() {
       shutdown.abort();
+      clearInterval(pruneTimer);
+      clearInterval(sweepTimer);
       events.stop();
       await nodeAudit.close();
       db.close();
@@ -164,7 +192,15 @@ export async function startServer(config: Config, opts: { logger?: Logger } = {}
   // Requests the adapter cannot turn into a Request (a raw backslash in the path,
   // a bad Host) never reach the app: answer them in the same JSON error shape.
   const listener = getRequestListener(runtime.loki.app.fetch, { hostname: config.host, errorHandler: adapterError });
+  // WebSocket: the adapter hands upgrades to the app (GET /ws); `ws` does the handshake.
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: 64 * 1024,
+    perMessageDeflate: false,
+    handleProtocols: (offered) => selectWsProtocol(offered),
+  });
   const server = createAdaptorServer({
+    websocket: { server: wss },
     fetch: runtime.loki.app.fetch,
     hostname: config.host,
     createServer: ((opts: object) => createServer(opts, listener)) as never,

@@ -24,7 +24,7 @@ export class Authenticator {
 
   constructor(
     private readonly tokens: TokenStore,
-    private readonly opts: { now: () => number; oidc?: OidcVerifierPort | null },
+    private readonly opts: { now: () => number; oidc?: OidcVerifierPort | null; sha256?: ((s: string) => string) | undefined },
   ) {}
 
   async authenticate(token: string): Promise<Identity | { failure: AuthFailure }> {
@@ -33,7 +33,7 @@ export class Authenticator {
       if (this.opts.oidc && looksLikeJwt(token)) return this.viaOidc(token);
       return { failure: 'malformed' };
     }
-    const hash = await sha256Hex(token);
+    const hash = this.opts.sha256 ? this.opts.sha256(token) : await sha256Hex(token);
     let row = await this.tokens.findByHash(hash);
     if (!row && shape === 'legacy') row = await this.legacySalted(token, hash);
     if (!row) return { failure: 'unknown' };
@@ -64,7 +64,7 @@ export class Authenticator {
     // Loki Mode stored sha256(salt + token). Compare against each salted import
     // once; on a match, re-hash it so later lookups are a single index probe.
     for (const cand of await this.tokens.listLegacySalted()) {
-      const h = await sha256Hex(cand.legacySalt + token);
+      const h = this.opts.sha256 ? this.opts.sha256(cand.legacySalt + token) : await sha256Hex(cand.legacySalt + token);
       if (timingSafeEqualHex(h, cand.hash)) {
         await this.tokens.rehash(cand.id, plainHash);
         return { ...cand, hash: plainHash, legacySalt: null };

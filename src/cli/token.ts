@@ -40,6 +40,7 @@ export function tokenCommands(enterprise: Command): void {
           outcome: { status: null, success: true, error: null },
           details: { name: record.name, role: record.role, scopes: record.scopes, expires_at: record.expiresAt, via: 'cli' },
         });
+        await ctx.store.events.insert('token_created', null, { id: record.id, name: record.name, role: record.role }, Date.now());
         if (o.json) {
           process.stdout.write(`${JSON.stringify({ ...publicToken(record), token: plaintext }, null, 2)}\n`);
         } else {

@@ -29,7 +29,7 @@ interface RowShape {
 
 const CHECKPOINT_COLUMNS = 'id, kind, size, head_hash AS headHash, time, jws';
 const toRow = (r: RowShape): ChainRow => ({ seq: r.seq, entry: r.entry, prevHash: r.prev_hash, hash: r.hash });
-const defaultBackoff = (attempt: number) => Math.min(200, Math.random() * 5 * 2 ** attempt);
+const defaultBackoff = (attempt: number) => Math.random() * Math.min(100, 2 * 2 ** attempt);
 
 /** True when a D1 error is the `seq` primary key taken by another writer. */
 export function isSeqConflict(err: unknown): boolean {
@@ -39,7 +39,7 @@ export function isSeqConflict(err: unknown): boolean {
 }
 
 export function createD1AuditStorage(db: D1Database, opts: D1AuditOptions = {}): AuditStorage {
-  const maxAttempts = opts.maxAttempts ?? 8;
+  const maxAttempts = opts.maxAttempts ?? 40;
   const backoff = opts.backoffMs ?? defaultBackoff;
 
   const latestCheckpoint = async (kind?: string): Promise<StoredCheckpoint | null> => {

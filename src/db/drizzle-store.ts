@@ -103,12 +103,19 @@ export function createDrizzleStore(db: AnyDb, kind: 'sqlite' | 'd1'): Store {
         const rows = await db.select().from(sessions).where(eq(sessions.id, id)).limit(1);
         return rows[0] ? toSession(rows[0]) : null;
       },
-      async list({ limit, status }) {
+      async list({ limit, status, before }) {
         const rows = await db
           .select()
           .from(sessions)
-          .where(status ? eq(sessions.status, status) : undefined)
-          .orderBy(desc(sessions.createdAt))
+          .where(
+            and(
+              status ? eq(sessions.status, status) : undefined,
+              before
+                ? or(lt(sessions.createdAt, before.createdAt), and(eq(sessions.createdAt, before.createdAt), lt(sessions.id, before.id)))
+                : undefined,
+            ),
+          )
+          .orderBy(desc(sessions.createdAt), desc(sessions.id))
           .limit(limit);
         return rows.map(toSession);
       },
@@ -162,6 +169,29 @@ export function createDrizzleStore(db: AnyDb, kind: 'sqlite' | 'd1'): Store {
           .where(and(eq(sessions.id, id), eq(sessions.leaseId, leaseId), eq(sessions.lastEventSeq, expected)))
           .returning({ id: sessions.id });
         return rows.length > 0;
+      },
+      async transition(id, cond, patch) {
+        const rows = await db
+          .update(sessions)
+          .set(patch)
+          .where(
+            and(
+              eq(sessions.id, id),
+              inArray(sessions.status, [...cond.from]),
+              cond.leaseId !== undefined ? eq(sessions.leaseId, cond.leaseId) : undefined,
+            ),
+          )
+          .returning();
+        return rows[0] ? toSession(rows[0]) : null;
+      },
+      async reserveLogLines(id, count, bytes) {
+        const rows = await db
+          .update(sessions)
+          .set({ logLines: sql`${sessions.logLines} + ${count}`, logBytes: sql`${sessions.logBytes} + ${bytes}` })
+          .where(eq(sessions.id, id))
+          .returning({ logLines: sessions.logLines, logBytes: sessions.logBytes });
+        const r = rows[0];
+        return r ? { firstLine: r.logLines - count + 1, logBytes: r.logBytes } : null;
       },
       async requestStop(id) {
         const rows = await db

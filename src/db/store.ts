@@ -98,7 +98,8 @@ export interface TokenStore {
 export interface SessionStore {
   insert(s: SessionRecord): Promise<void>;
   get(id: string): Promise<SessionRecord | null>;
-  list(opts: { limit: number; status?: SessionState }): Promise<SessionRecord[]>;
+  /** Newest first; `before` is the (createdAt, id) of the last row of the previous page. */
+  list(opts: { limit: number; status?: SessionState; before?: { createdAt: number; id: string } }): Promise<SessionRecord[]>;
   counts(): Promise<Record<string, number>>;
   /** Atomically lease the oldest queued session to a worker. */
   claim(workerId: string, leaseId: string, now: number, leaseUntil: number): Promise<SessionRecord | null>;
@@ -108,6 +109,16 @@ export interface SessionStore {
   update(id: string, leaseId: string | null, patch: Partial<SessionRecord>): Promise<boolean>;
   /** Conditional move of the event sequence: only if current value === expected. */
   advanceSeq(id: string, leaseId: string, expected: number, next: number): Promise<boolean>;
+  /**
+   * Conditional state change: applies `patch` only while the session is in one of
+   * `from` (and, when given, still held by `leaseId`). Returns the updated row or null.
+   */
+  transition(id: string, cond: { from: readonly SessionState[]; leaseId?: string }, patch: Partial<SessionRecord>): Promise<SessionRecord | null>;
+  /**
+   * Atomically add `count` lines and `bytes` to the session's log counters; returns
+   * the first line number reserved and the new byte total (null: no such session).
+   */
+  reserveLogLines(id: string, count: number, bytes: number): Promise<{ firstLine: number; logBytes: number } | null>;
   requestStop(id: string): Promise<boolean>;
   /** Mark running sessions with expired leases as lost; returns them. */
   expireLeases(now: number): Promise<SessionRecord[]>;

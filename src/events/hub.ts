@@ -102,6 +102,11 @@ export class EventHub {
     return this.store.after({ afterId, limit: opts.limit ?? 500, sessionId: opts.sessionId, types: opts.types });
   }
 
+  /** The newest event id in the table (0 when empty): where a fresh stream starts. */
+  latestId(): Promise<number> {
+    return this.store.maxId();
+  }
+
   /** Delete events older than `maxAgeMs` and all but the newest `keepMax`. */
   prune(maxAgeMs: number, keepMax: number): Promise<number> {
     return this.store.prune(this.now() - maxAgeMs, keepMax);

@@ -1,4 +1,5 @@
 import type { Context } from 'hono';
+import type { UpgradeWebSocket } from 'hono/ws';
 import type { AuditActor } from '../audit/chain';
 import type { AuditLog } from '../audit/log';
 import type { Role, Scope } from '../auth/roles';
@@ -40,6 +41,8 @@ export interface AppDeps {
   version: string;
   startedAt: number;
   now?: () => number;
+  /** A synchronous SHA-256 (hex) where the runtime has one (Node); Web Crypto otherwise. */
+  sha256?: (s: string) => string;
   oidc?: OidcVerifierPort | null;
   /** The caller's address (runtime-specific). */
   clientAddress: (c: Context) => string | null;
@@ -54,6 +57,13 @@ export interface AppDeps {
   statusExtras?: () => Record<string, unknown>;
   /** Called by the shutdown path to close live streams. */
   shutdownSignal?: AbortSignal;
+  /**
+   * The runtime's WebSocket upgrade helper (Node: `upgradeWebSocket` from
+   * @hono/node-server, with its WebSocketServer wired in src/server.ts). Absent:
+   * `GET /ws` answers 501 and clients use `GET /api/events`.
+   */
+  // biome-ignore lint/suspicious/noExplicitAny: each runtime's helper has its own socket and option types
+  upgradeWebSocket?: UpgradeWebSocket<any, any>;
 }
 
 export interface AppEnv {

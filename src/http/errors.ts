@@ -17,11 +17,13 @@ export const ErrorCode = {
   rateLimited: 'rate_limited',
   auditUnavailable: 'audit_unavailable',
   unavailable: 'service_unavailable',
+  upgradeRequired: 'upgrade_required',
+  notImplemented: 'not_implemented',
   internal: 'internal_error',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
-export type ErrorStatus = 400 | 401 | 403 | 404 | 405 | 409 | 413 | 429 | 500 | 503;
+export type ErrorStatus = 400 | 401 | 403 | 404 | 405 | 409 | 413 | 426 | 429 | 500 | 501 | 503;
 
 /** An error a handler throws to produce a specific JSON error response. */
 export class ApiError extends Error {

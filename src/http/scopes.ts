@@ -36,6 +36,7 @@ export const ROUTES: readonly RouteSpec[] = [
   { method: 'GET', path: '/ws', scope: 'read' },
   { method: 'POST', path: '/api/sandbox/jobs/claim', scope: 'sandbox' },
   { method: 'POST', path: '/api/sandbox/jobs/:id/events', scope: 'sandbox' },
+  { method: 'GET', path: '/api/sandbox/jobs', scope: 'sandbox' },
   { method: 'GET', path: '/', scope: 'public' },
   { method: 'GET', path: '/assets/:file', scope: 'public' },
 ];

@@ -199,8 +199,9 @@ describe('token auth and RBAC on a real server', () => {
     it('an expired token is refused', async () => {
       const t = await makeToken(s, 'short-lived', 'viewer', { expiresDays: 1 });
       expect((await s.req('/api/status', { token: t.token })).status).toBe(200);
-      await s.runtime.deps.store.sessions; // no-op: keep the store warm
+      // As if the clock had passed expires_at (written behind the server's back: the lookup cache lives ≤ 500 ms).
       s.runtime.db.prepare('UPDATE tokens SET expires_at = ? WHERE id = ?').run(Date.now() - 1, t.id);
+      await new Promise((r) => setTimeout(r, 600));
       const r = await s.req('/api/status', { token: t.token });
       expect(r.status).toBe(401);
       expect((await r.json()).error.message).toBe('the bearer token has expired');

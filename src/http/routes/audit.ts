@@ -53,6 +53,9 @@ export function auditRoutes(route: DefineRoute, deps: AppDeps): void {
     const result = await deps.audit.verify({ external: q.checkpoint ?? null });
     c.set('auditDetails', { valid: result.valid, first_invalid_seq: result.first_invalid_seq, reason: result.reason });
     if (!result.valid) c.set('auditAction', 'audit.verify_failed');
+    await deps.events
+      .publish('audit_verified', null, { valid: result.valid, entries_checked: result.entries_checked, first_invalid_seq: result.first_invalid_seq, reason: result.reason })
+      .catch(() => {});
     return c.json(result);
   });
 

@@ -33,7 +33,7 @@ export function systemRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDep
       },
       sessions: { total: Object.values(sessions).reduce((a, b) => a + b, 0), by_status: sessions },
       audit: tip ? { seq: tip.seq, head_hash: tip.hash, ...deps.audit.stats() } : null,
-      streams: { listeners: deps.events.listenerCount },
+      streams: { listeners: deps.events.listenerCount, ...deps.events.connections },
       ...(deps.statusExtras?.() ?? {}),
     });
   };

@@ -1,0 +1,170 @@
+/**
+ * API access for the dashboard. The token lives in sessionStorage (this tab
+ * only) and travels in the Authorization header, never in a URL. Live events
+ * come from GET /api/events read with fetch streaming, since EventSource cannot
+ * send headers.
+ */
+
+const TOKEN_KEY = 'loki.token';
+
+export function getToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) ?? '';
+  } catch {
+    return '';
+  }
+}
+
+export function setToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // storage disabled: the token is simply not remembered
+  }
+}
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+function headers(extra) {
+  const h = new Headers(extra);
+  const token = getToken();
+  if (token) h.set('Authorization', `Bearer ${token}`);
+  return h;
+}
+
+/** Call the API; resolves to the JSON body, rejects with ApiError (its message is shown as text). */
+export async function api(path, { method = 'GET', body, signal } = {}) {
+  const init = { method, headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }), signal, cache: 'no-store' };
+  if (body !== undefined) init.body = JSON.stringify(body);
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, 'network', `cannot reach the server (${err?.message ?? 'network error'})`);
+  }
+  let data = null;
+  const type = res.headers.get('content-type') ?? '';
+  if (type.includes('application/json')) {
+    try {
+      data = await res.json();
+    } catch {
+      data = null;
+    }
+  }
+  if (!res.ok) {
+    const e = data?.error;
+    throw new ApiError(res.status, e?.code ?? `http_${res.status}`, e?.message ? `${e.message} (HTTP ${res.status})` : `HTTP ${res.status}`);
+  }
+  return data;
+}
+
+/** Build a query string from an object, skipping empty values. */
+export function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== '') q.set(k, String(v));
+  const s = q.toString();
+  return s ? `?${s}` : '';
+}
+
+/**
+ * Follow GET /api/events with fetch streaming; reconnects with Last-Event-ID so
+ * nothing is lost or repeated. Returns a stop function.
+ * onEvent({id, type, session_id, data, ts}); onState('open' | 'closed' | text of an error).
+ */
+export function followEvents({ types, session, onEvent, onState }) {
+  const controller = new AbortController();
+  let lastId = null;
+  let delay = 1000;
+  let stopped = false;
+
+  const run = async () => {
+    while (!stopped) {
+      let message = 'disconnected';
+      try {
+        const h = headers({ Accept: 'text/event-stream' });
+        if (lastId !== null) h.set('Last-Event-ID', String(lastId));
+        const res = await fetch(`/api/events${query({ types, session })}`, { headers: h, signal: controller.signal, cache: 'no-store' });
+        if (!res.ok || !res.body) {
+          let text = `HTTP ${res.status}`;
+          try {
+            const body = await res.json();
+            if (body?.error?.message) text = `${body.error.message} (HTTP ${res.status})`;
+          } catch {
+            // not JSON
+          }
+          onState(text);
+          if (res.status === 401 || res.status === 403) return;
+        } else {
+          onState('open');
+          delay = 1000;
+          message = await readStream(res.body, (frame) => {
+            if (frame.event === 'close') return;
+            if (frame.id !== null) lastId = frame.id;
+            try {
+              onEvent(JSON.parse(frame.data));
+            } catch {
+              // a frame that is not JSON is skipped
+            }
+          });
+          onState(message);
+        }
+      } catch (err) {
+        if (stopped || err?.name === 'AbortError') return;
+        onState(`stream error: ${err?.message ?? err}`);
+      }
+      if (stopped) return;
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 15000);
+    }
+  };
+  void run();
+  return () => {
+    stopped = true;
+    controller.abort();
+  };
+}
+
+async function readStream(body, onFrame) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  let closeReason = 'disconnected';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return closeReason;
+    buffer += decoder.decode(value, { stream: true });
+    let end = buffer.indexOf('\n\n');
+    while (end >= 0) {
+      const raw = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const frame = { id: null, event: 'message', data: '' };
+      const data = [];
+      for (const line of raw.split('\n')) {
+        if (line.startsWith(':')) continue;
+        const i = line.indexOf(':');
+        const field = i < 0 ? line : line.slice(0, i);
+        const val = i < 0 ? '' : line.slice(i + 1).replace(/^ /, '');
+        if (field === 'id') frame.id = val;
+        else if (field === 'event') frame.event = val;
+        else if (field === 'data') data.push(val);
+      }
+      frame.data = data.join('\n');
+      if (frame.event === 'close') {
+        try {
+          closeReason = `closed by the server: ${JSON.parse(frame.data).reason}`;
+        } catch {
+          closeReason = 'closed by the server';
+        }
+      }
+      if (data.length > 0) onFrame(frame);
+      end = buffer.indexOf('\n\n');
+    }
+  }
+}

@@ -1,0 +1,138 @@
+/**
+ * GET /api/events: server-sent events from the durable events table.
+ *
+ * - Each event is one `message` event: `id:` is the table id, `data:` is
+ *   `{"id","type","session_id","data","ts"}`. Control frames are named:
+ *   `event: close` (data `{"reason"}`) just before the server ends a stream.
+ * - Resume with `Last-Event-ID` (what EventSource sends) or `?after=<id>`;
+ *   without either the stream starts at the newest event (only new ones follow).
+ * - Filters: `?session=<id>`, `?types=a,b`.
+ * - A `: keep-alive` comment every 15 s; at most config.maxSseConnections
+ *   streams (then 503); closed within 5 s of a revocation or expiry.
+ */
+import type { Authenticator } from '../../auth/authenticate';
+import type { EventRecord } from '../../db/store';
+import { type CloseReason, type LiveSink, LiveStream, parseCursor, parseSession, parseTypes } from '../../events/live';
+import type { AppContext, AppDeps } from '../context';
+import type { DefineRoute } from '../define-route';
+import { ErrorCode } from '../errors';
+import { errorResponse } from '../respond';
+
+export const SSE_KEEPALIVE_MS = 15_000;
+const HIGH_WATER = 64 * 1024;
+
+/** One SSE frame per event; `data` is JSON on one line, so no field can break the framing. */
+export function sseFrame(e: EventRecord): string {
+  return `id: ${e.id}\ndata: ${JSON.stringify(eventJson(e))}\n\n`;
+}
+
+export function eventJson(e: EventRecord) {
+  return { id: e.id, type: e.type, session_id: e.sessionId, data: e.data, ts: e.ts };
+}
+
+export interface LiveQuery {
+  after?: number;
+  sessionId?: string;
+  types?: string[];
+}
+
+/** Validate the stream parameters shared by SSE and the WebSocket; a string is the error message. */
+export function parseLiveQuery(c: AppContext, opts: { lastEventId: boolean }): LiveQuery | string {
+  const header = opts.lastEventId ? c.req.header('last-event-id') : undefined;
+  const after = parseCursor(header ?? c.req.query('after'));
+  if (after === 'invalid') return `${header !== undefined ? 'Last-Event-ID' : 'after'} must be a non-negative integer event id`;
+  const sessionId = parseSession(c.req.query('session'));
+  if (sessionId === 'invalid') return 'session must be a session id';
+  const types = parseTypes(c.req.query('types'));
+  if (types === 'invalid') return 'types must be a comma-separated list of at most 32 event type names';
+  return { after, sessionId, types };
+}
+
+export function eventsRoutes(route: DefineRoute, deps: AppDeps, authenticator: Authenticator): void {
+  const now = deps.now ?? Date.now;
+  const encoder = new TextEncoder();
+
+  route('GET', '/api/events', async (c) => {
+    c.set('auditAction', 'events.stream');
+    const q = parseLiveQuery(c, { lastEventId: true });
+    if (typeof q === 'string') return errorResponse(c, 400, ErrorCode.validation, q);
+    c.set('auditDetails', { after: q.after ?? null, session: q.sessionId ?? null, types: q.types ?? null });
+    const identity = c.get('identity');
+    if (!identity) return errorResponse(c, 500, ErrorCode.internal, 'no identity');
+    const release = deps.events.admit('sse', deps.config.maxSseConnections);
+    if (!release) {
+      return errorResponse(c, 503, ErrorCode.unavailable, `too many event streams (at most ${deps.config.maxSseConnections})`, { 'Retry-After': '5' });
+    }
+    let after: number;
+    try {
+      after = q.after ?? (await deps.events.latestId());
+    } catch (err) {
+      release();
+      throw err;
+    }
+
+    let controller: ReadableStreamDefaultController<Uint8Array> | null = null;
+    let lastWrite = now();
+    const write = (text: string) => {
+      if (!controller) return;
+      try {
+        controller.enqueue(encoder.encode(text));
+        lastWrite = now();
+      } catch {
+        // the client went away; cancel() closes the stream
+      }
+    };
+    const sink: LiveSink = {
+      send(events) {
+        write(events.map(sseFrame).join(''));
+      },
+      buffered: () => (controller ? Math.max(0, HIGH_WATER - (controller.desiredSize ?? 0)) : 0),
+      tick(t) {
+        if (t - lastWrite >= SSE_KEEPALIVE_MS) write(': keep-alive\n\n');
+      },
+      closed(reason: CloseReason) {
+        if (!controller) return;
+        const ctl = controller;
+        controller = null;
+        if (reason === 'client') return;
+        try {
+          ctl.enqueue(encoder.encode(`event: close\ndata: ${JSON.stringify({ reason })}\n\n`));
+          ctl.close();
+        } catch {
+          // already cancelled
+        }
+      },
+    };
+    const live = new LiveStream({
+      hub: deps.events,
+      identity,
+      stillValid: (id) => authenticator.stillValid(id),
+      after,
+      filter: { sessionId: q.sessionId, types: q.types },
+      sink,
+      now,
+      release,
+      shutdownSignal: deps.shutdownSignal,
+    });
+    const body = new ReadableStream<Uint8Array>(
+      {
+        start(ctl) {
+          controller = ctl;
+          // The first bytes go out at once, so clients see the stream open.
+          write(`retry: 3000\n: connected after ${after}\n\n`);
+        },
+        cancel() {
+          live.close('client');
+        },
+      },
+      new ByteLengthQueuingStrategy({ highWaterMark: HIGH_WATER }),
+    );
+    c.req.raw.signal?.addEventListener('abort', () => live.close('client'), { once: true });
+    live.start();
+    return c.body(body, 200, {
+      'Content-Type': 'text/event-stream; charset=utf-8',
+      'Cache-Control': 'no-store',
+      'X-Accel-Buffering': 'no',
+    });
+  });
+}

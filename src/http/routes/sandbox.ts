@@ -1,0 +1,53 @@
+import { z } from 'zod';
+import type { AuditActor } from '../../audit/chain';
+import { claimBody, eventsBody, workerIdSchema } from '../../sessions/api';
+import { SessionService } from '../../sessions/service';
+import type { AppContext, AppDeps } from '../context';
+import type { DefineRoute } from '../define-route';
+import { validate } from '../validate';
+
+const jobsQuery = z.object({ worker_id: workerIdSchema });
+
+function actorOf(c: AppContext): AuditActor {
+  return c.get('identity')?.actor ?? { type: 'anonymous', id: null, name: null };
+}
+
+/**
+ * The worker protocol (scope `sandbox`): long-poll claim with a lease, sequenced
+ * event posts (heartbeat, output, state, container, branch, budget, notice), and
+ * the list of sessions a worker id still holds (for its orphan check).
+ */
+export function sandboxRoutes(route: DefineRoute, deps: AppDeps): void {
+  const sessions = new SessionService(deps);
+
+  route('POST', '/api/sandbox/jobs/claim', validate('json', claimBody), async (c) => {
+    const body = c.req.valid('json' as never) as z.infer<typeof claimBody>;
+    c.set('auditAction', 'sandbox.claim');
+    c.set('auditDetails', { worker_id: body.worker_id });
+    const signals = [c.req.raw.signal, deps.shutdownSignal].filter((s): s is AbortSignal => s !== undefined);
+    const job = await sessions.claim(body.worker_id, body.wait_ms ?? 0, signals.length ? AbortSignal.any(signals) : undefined);
+    if (!job) return c.body(null, 204);
+    c.set('auditResource', { type: 'session', id: job.session.id });
+    c.set('auditDetails', { worker_id: body.worker_id, prd: job.session.prd, sandbox: job.session.sandbox });
+    return c.json({ job }, 200);
+  });
+
+  route('POST', '/api/sandbox/jobs/:id/events', validate('json', eventsBody), async (c) => {
+    const id = c.req.param('id') ?? '';
+    const body = c.req.valid('json' as never) as z.infer<typeof eventsBody>;
+    c.set('auditAction', 'sandbox.events');
+    c.set('auditResource', { type: 'session', id });
+    const counts: Record<string, number> = {};
+    for (const e of body.events) counts[e.type] = (counts[e.type] ?? 0) + 1;
+    c.set('auditDetails', { worker_id: body.worker_id, first_seq: body.events[0]?.seq ?? null, events: counts });
+    const ack = await sessions.applyEvents(id, body, actorOf(c), c.get('requestId') ?? null);
+    c.set('auditDetails', { worker_id: body.worker_id, first_seq: body.events[0]?.seq ?? null, events: counts, applied: ack.applied });
+    return c.json(ack, 200);
+  });
+
+  route('GET', '/api/sandbox/jobs', validate('query', jobsQuery), async (c) => {
+    const q = c.req.valid('query' as never) as z.infer<typeof jobsQuery>;
+    c.set('auditAction', 'sandbox.jobs');
+    return c.json({ worker_id: q.worker_id, session_ids: await sessions.liveSessionIds(q.worker_id) });
+  });
+}

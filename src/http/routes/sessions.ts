@@ -1,0 +1,98 @@
+import { z } from 'zod';
+import { SESSION_STATES, TERMINAL_STATES } from '../../db/store';
+import { createSessionBody } from '../../sessions/api';
+import { SessionService, sessionView } from '../../sessions/service';
+import type { AppContext, AppDeps } from '../context';
+import type { DefineRoute } from '../define-route';
+import { validate } from '../validate';
+
+const intParam = (max: number, what: string) =>
+  z
+    .string()
+    .regex(/^\d{1,15}$/, `must be ${what}`)
+    .transform(Number)
+    .pipe(z.number().int().min(0).max(max, `must be ${what}`));
+
+const listQuery = z.object({
+  limit: intParam(200, 'an integer from 1 to 200').pipe(z.number().min(1, 'must be an integer from 1 to 200')).optional(),
+  status: z.enum(SESSION_STATES).optional(),
+  cursor: z
+    .string()
+    .regex(/^\d{1,15}:[A-Za-z0-9_-]{1,64}$/, 'must be a next_cursor value from a previous page')
+    .optional(),
+});
+
+const logsQuery = z.object({
+  after: intParam(Number.MAX_SAFE_INTEGER, 'a non-negative integer').optional(),
+  limit: intParam(5000, 'an integer from 1 to 5000').pipe(z.number().min(1, 'must be an integer from 1 to 5000')).optional(),
+});
+
+const idParam = z.object({ id: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'is not a session id') });
+
+function actorName(c: AppContext): string {
+  return c.get('identity')?.actor.name ?? 'anonymous';
+}
+
+/** The sessions API: start, list, read, logs, stop. */
+export function sessionRoutes(route: DefineRoute, deps: AppDeps): void {
+  const sessions = new SessionService(deps);
+
+  route('POST', '/api/sessions', validate('json', createSessionBody), async (c) => {
+    const body = c.req.valid('json' as never) as z.infer<typeof createSessionBody>;
+    c.set('auditAction', 'session.start');
+    c.set('auditResource', { type: 'session', id: null });
+    c.set('auditDetails', { workspace: body.workspace, prd: body.prd, sandbox: body.sandbox ?? null, name: body.name ?? null });
+    const s = await sessions.create(body, actorName(c));
+    c.set('auditResource', { type: 'session', id: s.id });
+    c.set('auditDetails', { workspace: s.workspace, prd: s.prd, sandbox: s.sandbox, budget_usd: s.budgetUsd, name: s.name });
+    return c.json(sessionView(s), 201);
+  });
+
+  route('GET', '/api/sessions', validate('query', listQuery), async (c) => {
+    const q = c.req.valid('query' as never) as z.infer<typeof listQuery>;
+    const limit = q.limit ?? 50;
+    let before: { createdAt: number; id: string } | undefined;
+    if (q.cursor) {
+      const [at, id] = q.cursor.split(':') as [string, string];
+      before = { createdAt: Number(at), id };
+    }
+    const rows = await deps.store.sessions.list({ limit, status: q.status, before });
+    const last = rows[rows.length - 1];
+    return c.json({
+      sessions: rows.map(sessionView),
+      next_cursor: rows.length === limit && last ? `${last.createdAt}:${last.id}` : null,
+    });
+  });
+
+  route('GET', '/api/sessions/:id', validate('param', idParam), async (c) => {
+    const { id } = c.req.valid('param' as never) as z.infer<typeof idParam>;
+    return c.json(sessionView(await sessions.get(id)));
+  });
+
+  route('GET', '/api/sessions/:id/logs', validate('param', idParam), validate('query', logsQuery), async (c) => {
+    const { id } = c.req.valid('param' as never) as z.infer<typeof idParam>;
+    const q = c.req.valid('query' as never) as z.infer<typeof logsQuery>;
+    // Read the status first: when it is terminal, every line was stored before it.
+    const s = await sessions.get(id);
+    const after = q.after ?? 0;
+    const lines = await deps.store.sessions.logs(id, after, q.limit ?? 1000);
+    return c.json({
+      session_id: id,
+      status: s.status,
+      ended: TERMINAL_STATES.has(s.status),
+      lines: lines.map((l) => ({ line: l.line, stream: l.stream, text: l.text, ts: new Date(l.ts).toISOString() })),
+      next_after: lines.length ? lines[lines.length - 1]!.line : after,
+    });
+  });
+
+  route('POST', '/api/sessions/:id/stop', validate('param', idParam), async (c) => {
+    const { id } = c.req.valid('param' as never) as z.infer<typeof idParam>;
+    c.set('auditAction', 'session.stop');
+    c.set('auditResource', { type: 'session', id });
+    const before = await deps.store.sessions.get(id);
+    if (before) c.set('auditDetails', { prd: before.prd, workspace: before.workspace, status: before.status });
+    const { session, pending } = await sessions.stop(id, actorName(c));
+    c.set('auditDetails', { prd: session.prd, workspace: session.workspace, previous_status: before?.status ?? null, status: session.status });
+    return c.json({ session: sessionView(session), stop_requested: true }, pending ? 202 : 200);
+  });
+}

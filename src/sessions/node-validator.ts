@@ -1,0 +1,83 @@
+/**
+ * The Node implementation of the `SessionValidator` port: the checks that need
+ * the host file system, done before a session is queued.
+ *
+ * - the workspace's real path lies inside the real path of one of
+ *   `LOKI_WORKSPACE_ROOTS` and is a directory;
+ * - the PRD resolves inside the workspace through `resolveInside` (symlinks
+ *   followed, so a link pointing out is refused) and is a regular file;
+ * - the workspace's `.loki/config.yaml` is valid, and says whether it forces the sandbox.
+ */
+import { realpathSync, statSync } from 'node:fs';
+import path from 'node:path';
+import type { SessionValidator } from '../http/context';
+import { ApiError, ErrorCode } from '../http/errors';
+import { loadWorkspaceConfig, SandboxConfigError } from '../sandbox/config';
+import { isInside, PathError, resolveInside } from '../util/paths';
+import { checkSessionPaths } from './service';
+
+export interface NodeSessionValidatorOptions {
+  /** `LOKI_WORKSPACE_ROOTS` (absolute). Roots that do not exist are skipped. */
+  roots: readonly string[];
+  /** Home directory for `~` in the workspace config's mounts. */
+  home: string;
+}
+
+function invalidPath(message: string): never {
+  throw new ApiError(400, ErrorCode.invalidPath, message);
+}
+
+function realRoots(roots: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const r of roots) {
+    try {
+      out.push(realpathSync(r));
+    } catch {
+      // a root that does not exist (yet) admits nothing
+    }
+  }
+  return out;
+}
+
+export function createNodeSessionValidator(opts: NodeSessionValidatorOptions): SessionValidator {
+  return {
+    async validate(workspace, prd) {
+      checkSessionPaths(workspace, prd);
+      let realWorkspace: string;
+      try {
+        realWorkspace = realpathSync(workspace);
+      } catch {
+        invalidPath(`workspace does not exist: ${workspace}`);
+      }
+      if (!statSync(realWorkspace).isDirectory()) invalidPath(`workspace is not a directory: ${workspace}`);
+      const roots = realRoots(opts.roots);
+      if (!roots.some((root) => isInside(root, realWorkspace))) {
+        invalidPath(`workspace ${workspace} is outside the allowed roots (LOKI_WORKSPACE_ROOTS: ${opts.roots.join(', ')})`);
+      }
+
+      let realPrd: string;
+      try {
+        realPrd = resolveInside(realWorkspace, prd);
+      } catch (err) {
+        if (err instanceof PathError) {
+          invalidPath(/escapes/.test(err.message) ? `prd escapes the workspace: ${prd}` : `prd does not exist in the workspace: ${prd}`);
+        }
+        throw err;
+      }
+      if (realPrd === realWorkspace || !statSync(realPrd).isFile()) invalidPath(`prd is not a regular file: ${prd}`);
+
+      let sandboxFromConfig: boolean;
+      try {
+        sandboxFromConfig = loadWorkspaceConfig(realWorkspace, { home: opts.home }).sandbox.enabled;
+      } catch (err) {
+        if (err instanceof SandboxConfigError) throw new ApiError(400, ErrorCode.validation, err.message);
+        throw err;
+      }
+      return {
+        workspace: realWorkspace,
+        prd: path.posix.normalize(prd.split(path.sep).join('/')),
+        sandboxFromConfig,
+      };
+    },
+  };
+}
