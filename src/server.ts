@@ -84,6 +84,7 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger }
   const store = createSqliteStore(db);
   const nodeAudit = await createNodeAudit(config, db, { logger });
   const audit = nodeAudit.audit;
+  audit.startCheckpointTimer(60_000);
   const events = new EventHub(store.events);
   events.startPolling(250);
   const pruneEvents = () =>

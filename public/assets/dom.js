@@ -24,6 +24,7 @@ const SAFE_ATTRS = new Set([
   'colspan',
   'tabindex',
   'maxlength',
+  'scope',
 ]);
 const BOOLEAN_ATTRS = new Set(['disabled', 'checked', 'readonly', 'hidden', 'required', 'selected', 'open']);
 

@@ -65,7 +65,7 @@ export class AuditLog {
   readonly enabled: boolean;
   private queue: Pending[] = [];
   private flushing: Promise<void> | null = null;
-  private lastCheckpointSize = -1;
+  private timer: ReturnType<typeof setInterval> | null = null;
   private committedSinceStart = 0;
   private failures = 0;
   private readonly every: number;
@@ -123,8 +123,9 @@ export class AuditLog {
         } catch (err) {
           this.opts.onError?.(err);
         }
-        const last = tips[tips.length - 1];
-        if (last && this.opts.signer) await this.maybeCheckpoint(last);
+        // A signed checkpoint at every multiple of `checkpointEvery` (whichever process wrote it).
+        const due = this.opts.signer ? tips.filter((t) => t.seq % this.every === 0).pop() : undefined;
+        if (due) await this.checkpoint('periodic', due).catch((err) => this.opts.onError?.(err));
       }
     } finally {
       this.flushing = null;
@@ -132,14 +133,13 @@ export class AuditLog {
     }
   }
 
-  private async maybeCheckpoint(tip: Tip): Promise<void> {
-    if (this.lastCheckpointSize < 0) {
-      const cp = await this.opts.storage.latestCheckpoint();
-      this.lastCheckpointSize = cp?.size ?? 0;
-    }
-    if (Math.floor(tip.seq / this.every) > Math.floor(this.lastCheckpointSize / this.every)) {
-      await this.checkpoint('periodic').catch((err) => this.opts.onError?.(err));
-    }
+  /** Also checkpoint on a timer (when anything new was committed since the last one). */
+  startCheckpointTimer(intervalMs = 60_000): void {
+    if (!this.opts.signer || !this.enabled || this.timer) return;
+    this.timer = setInterval(() => {
+      void this.checkpoint('periodic').catch((err) => this.opts.onError?.(err));
+    }, intervalMs);
+    (this.timer as { unref?: () => void }).unref?.();
   }
 
   /** Wait for everything queued to be committed. */
@@ -159,12 +159,13 @@ export class AuditLog {
     const jws = await signer.sign(body);
     const cp = { kind, size: body.size, headHash: body.head_hash, time: body.time, jws };
     await this.opts.storage.insertCheckpoint(cp);
-    this.lastCheckpointSize = Math.max(this.lastCheckpointSize, tip.seq);
     this.opts.onCheckpoint?.(body);
     return { id: 0, ...cp };
   }
 
   async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
     await this.drain();
     if (this.enabled && this.opts.signer) await this.checkpoint('shutdown').catch((e) => this.opts.onError?.(e));
   }

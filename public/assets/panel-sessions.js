@@ -1,0 +1,174 @@
+import { api, query } from './api.js';
+import { el, replace, time } from './dom.js';
+
+const MAX_LINES = 5000;
+
+const pick = (o, ...keys) => {
+  for (const k of keys) if (o && o[k] !== undefined && o[k] !== null) return o[k];
+  return null;
+};
+const listOf = (body, ...keys) => {
+  if (Array.isArray(body)) return body;
+  for (const k of keys) if (Array.isArray(body?.[k])) return body[k];
+  return [];
+};
+/** Output lines in an `output` event or a logs response, whatever the batch shape. */
+const linesOf = (data) => {
+  if (typeof data === 'string') return [{ text: data }];
+  const list = listOf(data, 'lines', 'logs', 'entries');
+  if (list.length > 0) return list;
+  return data && typeof data.text === 'string' ? [data] : [];
+};
+
+/** Sessions: start, list, stop, and the live output of one session. */
+export function sessionsPanel() {
+  const error = el('p', { class: 'error', role: 'alert', hidden: true });
+  const showError = (err) => {
+    error.hidden = !err;
+    error.textContent = err ? err.message : '';
+  };
+  const f = {
+    workspace: el('input', { type: 'text', name: 'workspace', required: true, autocomplete: 'off', spellcheck: 'false' }),
+    prd: el('input', { type: 'text', name: 'prd', required: true, autocomplete: 'off', spellcheck: 'false', placeholder: 'prd.md' }),
+    budget: el('input', { type: 'number', name: 'budget', min: '0.01', step: '0.01', placeholder: 'USD' }),
+    name: el('input', { type: 'text', name: 'name', maxlength: '255', autocomplete: 'off' }),
+    sandbox: el('input', { type: 'checkbox', name: 'sandbox' }),
+  };
+  const form = el(
+    'form',
+    { class: 'inline-form', on: { submit: (ev) => start(ev) } },
+    el('label', {}, 'Workspace ', f.workspace),
+    el('label', {}, 'PRD ', f.prd),
+    el('label', {}, 'Budget ', f.budget),
+    el('label', {}, 'Name ', f.name),
+    el('label', {}, f.sandbox, ' sandbox'),
+    el('button', { type: 'submit' }, 'Start session'),
+  );
+  const tbody = el('tbody', { id: 'session-rows' });
+  const outputTitle = el('h3', {}, 'Output');
+  const output = el('pre', { id: 'session-output', class: 'output' });
+  let selected = null;
+  let lastLine = 0;
+
+  async function start(ev) {
+    ev.preventDefault();
+    const body = { workspace: f.workspace.value.trim(), prd: f.prd.value.trim() };
+    if (f.name.value.trim()) body.name = f.name.value.trim();
+    if (f.budget.value) body.budget_usd = Number(f.budget.value);
+    if (f.sandbox.checked) body.sandbox = true;
+    try {
+      await api('/api/sessions', { method: 'POST', body });
+      showError(null);
+      await refresh();
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  async function stop(id, button) {
+    button.disabled = true;
+    try {
+      await api(`/api/sessions/${encodeURIComponent(id)}/stop`, { method: 'POST' });
+      showError(null);
+      await refresh();
+    } catch (err) {
+      showError(err);
+      button.disabled = false;
+    }
+  }
+
+  function appendLines(lines) {
+    for (const l of lines) {
+      const n = Number(pick(l, 'line'));
+      if (Number.isFinite(n) && n > 0) {
+        if (n <= lastLine) continue;
+        lastLine = n;
+      }
+      const stream = pick(l, 'stream');
+      output.appendChild(el('span', { class: stream === 'stderr' ? 'line stderr' : 'line' }, `${pick(l, 'text') ?? ''}\n`));
+    }
+    while (output.childElementCount > MAX_LINES) output.firstElementChild?.remove();
+    output.scrollTop = output.scrollHeight;
+  }
+
+  async function show(session) {
+    selected = pick(session, 'id');
+    lastLine = 0;
+    replace(outputTitle, 'Output of ', pick(session, 'name') ?? selected);
+    replace(output);
+    try {
+      const body = await api(`/api/sessions/${encodeURIComponent(selected)}/logs${query({ limit: 1000 })}`);
+      appendLines(linesOf(body));
+      showError(null);
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  const rowFor = (s) => {
+    const id = pick(s, 'id');
+    const status = pick(s, 'status', 'state') ?? '';
+    const budget = pick(s, 'budget_usd', 'budgetUsd');
+    const cost = pick(s, 'cost_usd', 'costUsd');
+    const stopButton = el('button', { type: 'button', class: 'danger', on: { click: () => stop(id, stopButton) } }, 'Stop');
+    const terminal = ['succeeded', 'failed', 'stopped', 'timed_out', 'budget_exceeded', 'oom_killed', 'lost'].includes(status);
+    return el(
+      'tr',
+      { 'data-session': id },
+      el('td', {}, id),
+      el('td', { class: 'name' }, pick(s, 'name') ?? ''),
+      el('td', {}, status),
+      el('td', { class: 'path' }, pick(s, 'workspace') ?? ''),
+      el('td', { class: 'path' }, pick(s, 'prd') ?? ''),
+      el('td', {}, cost === null ? '' : `$${Number(cost).toFixed(2)}${budget === null ? '' : ` / $${Number(budget).toFixed(2)}`}`),
+      el('td', {}, time(pick(s, 'created_at', 'createdAt'))),
+      el('td', {}, el('button', { type: 'button', on: { click: () => show(s) } }, 'Output'), terminal ? null : stopButton),
+    );
+  };
+
+  async function refresh() {
+    try {
+      const body = await api(`/api/sessions${query({ limit: 100 })}`);
+      replace(tbody, listOf(body, 'sessions', 'items').map(rowFor));
+      showError(null);
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  const node = el(
+    'section',
+    { id: 'panel-sessions', class: 'panel', 'aria-labelledby': 'h-sessions' },
+    el('h2', { id: 'h-sessions' }, 'Sessions'),
+    error,
+    form,
+    el(
+      'table',
+      { class: 'list' },
+      el(
+        'thead',
+        {},
+        el('tr', {}, el('th', {}, 'ID'), el('th', {}, 'Name'), el('th', {}, 'Status'), el('th', {}, 'Workspace'), el('th', {}, 'PRD'), el('th', {}, 'Cost'), el('th', {}, 'Created'), el('th', {}, '')),
+      ),
+      tbody,
+    ),
+    outputTitle,
+    output,
+  );
+
+  let refreshTimer = null;
+  return {
+    id: 'sessions',
+    title: 'Sessions',
+    node,
+    refresh,
+    onEvent(e) {
+      if (e.type === 'output' && selected !== null && e.session_id === selected) appendLines(linesOf(e.data));
+      if (e.type === 'session_state' || e.type === 'session_created' || e.type === 'budget_warning') {
+        // Coalesce bursts of state changes into one list refresh.
+        clearTimeout(refreshTimer);
+        refreshTimer = setTimeout(refresh, 300);
+      }
+    },
+  };
+}

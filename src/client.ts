@@ -1,0 +1,181 @@
+/**
+ * The typed fetch client for the Loki API, used by `loki start` and the sandbox
+ * worker. Every response is parsed with the same zod schemas the server's wire
+ * types come from (src/sessions/api.ts); every failure is an `ApiClientError`
+ * carrying the contract's error `code` (or `unreachable` / `timeout` /
+ * `bad_response` when there is no contract answer). Runtime-free (global fetch).
+ */
+import type { z } from 'zod';
+import {
+  type ClaimInput,
+  type CreateSessionInput,
+  claimResponseSchema,
+  type EventsAck,
+  type EventsInput,
+  eventsAckSchema,
+  type Job,
+  type LogsPage,
+  logsPageSchema,
+  type SessionList,
+  type SessionView,
+  type StopResult,
+  sessionListSchema,
+  sessionSchema,
+  stopResultSchema,
+  workerJobsSchema,
+} from './sessions/api';
+
+export class ApiClientError extends Error {
+  constructor(
+    /** HTTP status; 0 when no response arrived. */
+    readonly status: number,
+    /** The contract's error code, or `unreachable`, `timeout`, `bad_response`. */
+    readonly code: string,
+    message: string,
+    readonly requestId: string | null = null,
+  ) {
+    super(message);
+    this.name = 'ApiClientError';
+  }
+}
+
+export interface LokiClientOptions {
+  /** `LOKI_URL`, e.g. http://127.0.0.1:57374 */
+  url: string;
+  /** Bearer token (`LOKI_TOKEN`, or `LOKI_WORKER_TOKEN` for the worker). */
+  token?: string | null;
+  /** Per-request timeout (the claim long-poll adds its wait). Default 30 s. */
+  timeoutMs?: number;
+  fetch?: typeof fetch;
+}
+
+interface RequestOptions<S extends z.ZodType> {
+  body?: unknown;
+  query?: Record<string, string | number | undefined>;
+  schema: S;
+  signal?: AbortSignal;
+  timeoutMs?: number;
+  /** Resolve null on 204 instead of parsing a body. */
+  allowNoContent?: boolean;
+}
+
+export class LokiClient {
+  readonly url: string;
+  private readonly token: string | null;
+  private readonly timeoutMs: number;
+  private readonly fetchImpl: typeof fetch;
+
+  constructor(opts: LokiClientOptions) {
+    this.url = opts.url.replace(/\/+$/, '');
+    this.token = opts.token ?? null;
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
+    this.fetchImpl = opts.fetch ?? fetch;
+  }
+
+  // ---- sessions ----------------------------------------------------------
+
+  createSession(input: CreateSessionInput, signal?: AbortSignal): Promise<SessionView> {
+    return this.request('POST', '/api/sessions', { body: input, schema: sessionSchema, signal });
+  }
+
+  listSessions(q: { limit?: number; status?: string; cursor?: string } = {}): Promise<SessionList> {
+    return this.request('GET', '/api/sessions', { query: q, schema: sessionListSchema });
+  }
+
+  getSession(id: string, signal?: AbortSignal): Promise<SessionView> {
+    return this.request('GET', `/api/sessions/${encodeURIComponent(id)}`, { schema: sessionSchema, signal });
+  }
+
+  sessionLogs(id: string, q: { after?: number; limit?: number } = {}, signal?: AbortSignal): Promise<LogsPage> {
+    return this.request('GET', `/api/sessions/${encodeURIComponent(id)}/logs`, { query: q, schema: logsPageSchema, signal });
+  }
+
+  stopSession(id: string): Promise<StopResult> {
+    return this.request('POST', `/api/sessions/${encodeURIComponent(id)}/stop`, { schema: stopResultSchema });
+  }
+
+  // ---- worker protocol ---------------------------------------------------
+
+  /** Long-poll for a job; null when none came within `wait_ms`. */
+  async claimJob(input: ClaimInput, signal?: AbortSignal): Promise<Job | null> {
+    const r = await this.request('POST', '/api/sandbox/jobs/claim', {
+      body: input,
+      schema: claimResponseSchema,
+      signal,
+      timeoutMs: this.timeoutMs + (input.wait_ms ?? 0),
+      allowNoContent: true,
+    });
+    return r ? r.job : null;
+  }
+
+  postJobEvents(sessionId: string, input: EventsInput, signal?: AbortSignal): Promise<EventsAck> {
+    return this.request('POST', `/api/sandbox/jobs/${encodeURIComponent(sessionId)}/events`, { body: input, schema: eventsAckSchema, signal });
+  }
+
+  /** Running sessions the server has leased to this worker id. */
+  async workerSessionIds(workerId: string, signal?: AbortSignal): Promise<string[]> {
+    const r = await this.request('GET', '/api/sandbox/jobs', { query: { worker_id: workerId }, schema: workerJobsSchema, signal });
+    return r.session_ids;
+  }
+
+  // ---- transport ---------------------------------------------------------
+
+  async request<S extends z.ZodType>(method: string, path: string, opts: RequestOptions<S> & { allowNoContent: true }): Promise<z.infer<S> | null>;
+  async request<S extends z.ZodType>(method: string, path: string, opts: RequestOptions<S>): Promise<z.infer<S>>;
+  async request<S extends z.ZodType>(method: string, path: string, opts: RequestOptions<S>): Promise<z.infer<S> | null> {
+    const url = new URL(this.url + path);
+    for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
+    const headers: Record<string, string> = { Accept: 'application/json' };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
+    const timeout = AbortSignal.timeout(opts.timeoutMs ?? this.timeoutMs);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
+
+    let res: Response;
+    try {
+      res = await this.fetchImpl(url, {
+        method,
+        headers,
+        body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+        signal,
+      });
+    } catch (err) {
+      if (opts.signal?.aborted) throw opts.signal.reason ?? err;
+      if (timeout.aborted) throw new ApiClientError(0, 'timeout', `the Loki server at ${this.url} did not answer ${method} ${path} in time`);
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+      const why = cause?.code ?? cause?.message ?? (err as Error).message;
+      throw new ApiClientError(0, 'unreachable', `cannot reach the Loki server at ${this.url} (${why})`);
+    }
+    const requestId = res.headers.get('x-request-id');
+    let text: string;
+    try {
+      text = await res.text();
+    } catch (err) {
+      if (opts.signal?.aborted) throw opts.signal.reason ?? err;
+      throw new ApiClientError(res.status, 'unreachable', `the connection to ${this.url} broke while reading the response`, requestId);
+    }
+    if (res.status === 204 && opts.allowNoContent) return null;
+    let json: unknown;
+    try {
+      json = text.length ? JSON.parse(text) : null;
+    } catch {
+      json = undefined;
+    }
+    if (!res.ok) {
+      const e = (json as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
+      if (e && typeof e.code === 'string' && typeof e.message === 'string') throw new ApiClientError(res.status, e.code, e.message, requestId);
+      throw new ApiClientError(res.status, `http_${res.status}`, `${method} ${path} failed with HTTP ${res.status}`, requestId);
+    }
+    const parsed = opts.schema.safeParse(json);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new ApiClientError(
+        res.status,
+        'bad_response',
+        `unexpected response to ${method} ${path}: ${issue ? `${issue.path.join('.') || 'body'}: ${issue.message}` : 'invalid'}`,
+        requestId,
+      );
+    }
+    return parsed.data;
+  }
+}

@@ -1,0 +1,57 @@
+import path from 'node:path';
+import type { AuditInput } from '../../src/audit/chain';
+import { AuditLog, sequentialChecker } from '../../src/audit/log';
+import { createParallelChecker } from '../../src/audit/parallel-verify';
+import { createFileSigner } from '../../src/audit/signer';
+import { migrate, openSqlite, type SqliteDb } from '../../src/db/sqlite';
+import { createSqliteAuditStorage, sha256Hex } from '../../src/db/sqlite-audit';
+import { tempHome } from './server';
+
+export function sampleEntry(i: number): AuditInput {
+  return {
+    ts: 1_790_000_000_000 + i * 1000,
+    action: i % 7 === 0 ? 'token.create' : 'http.request',
+    resource: { type: 'token', id: `tok_${i}` },
+    actor: { type: 'token', id: `tok_${i % 5}`, name: `user-${i % 5}` },
+    client: { ip: '127.0.0.1', user_agent: 'vitest' },
+    request: { id: `req_${i}`, method: 'GET', path: `/api/status?i=${i}` },
+    outcome: { status: 200, success: true, error: null },
+    details: { i, unicode: 'ünïcödé ✓', nested: { b: [1, 2, null], a: true } },
+  };
+}
+
+export interface TestAudit {
+  dir: string;
+  dbPath: string;
+  keyPath: string;
+  db: SqliteDb;
+  audit: AuditLog;
+  /** The same log verified by the sequential checker (single thread). */
+  sequential: AuditLog;
+  close(): void;
+}
+
+export async function makeAuditLog(opts: { entries?: number; checkpointEvery?: number; dir?: string } = {}): Promise<TestAudit> {
+  const dir = opts.dir ?? tempHome('loki-audit-');
+  const dbPath = path.join(dir, 'dashboard', 'loki.db');
+  const keyPath = path.join(dir, 'dashboard', 'audit-signing-key');
+  const db = openSqlite(dbPath);
+  migrate(db);
+  const signer = await createFileSigner(keyPath);
+  const storage = createSqliteAuditStorage(db);
+  const audit = new AuditLog({
+    storage,
+    enabled: true,
+    signer,
+    sha256: sha256Hex,
+    checkpointEvery: opts.checkpointEvery ?? 1000,
+    rangeChecker: createParallelChecker(dbPath, { threads: 2, minPerThread: 100 }),
+  });
+  const sequential = new AuditLog({ storage, enabled: true, signer, sha256: sha256Hex, rangeChecker: sequentialChecker(storage, sha256Hex) });
+  const n = opts.entries ?? 0;
+  const pending: Promise<unknown>[] = [];
+  for (let i = 1; i <= n; i++) pending.push(audit.append(sampleEntry(i)));
+  await Promise.all(pending);
+  await audit.drain();
+  return { dir, dbPath, keyPath, db, audit, sequential, close: () => db.close() };
+}

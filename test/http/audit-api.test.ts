@@ -1,0 +1,167 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestServer, type TestServer } from '../helpers/server';
+import { makeToken } from '../helpers/tokens';
+
+async function entries(s: TestServer) {
+  await s.runtime.audit.drain();
+  return (await s.runtime.audit.query({ afterSeq: 0, limit: 1000 })).map((r) => JSON.parse(r.entry));
+}
+
+describe('audit trail of API requests (real server, auth on)', () => {
+  let s: TestServer;
+  let admin: { id: string; token: string };
+  let auditor: { id: string; token: string };
+  let viewer: { id: string; token: string };
+  beforeAll(async () => {
+    s = await startTestServer({ LOKI_ENTERPRISE_AUTH: 'true' });
+    admin = await makeToken(s, 'root', 'admin');
+    auditor = await makeToken(s, 'aud', 'auditor');
+    viewer = await makeToken(s, 'view', 'viewer');
+  });
+  afterAll(async () => {
+    await s.stop();
+  });
+
+  it('records a request after its outcome, with the real status and the token as actor', async () => {
+    const r = await s.req('/api/status', { token: viewer.token, headers: { 'X-Request-Id': 'trace-status-1', 'User-Agent': 'probe/1.0' } });
+    expect(r.status).toBe(200);
+    const e = (await entries(s)).find((x) => x.request?.id === 'trace-status-1');
+    expect(e).toMatchObject({
+      action: 'http.request',
+      actor: { type: 'token', id: viewer.id, name: 'view' },
+      client: { ip: '127.0.0.1', user_agent: 'probe/1.0' },
+      request: { id: 'trace-status-1', method: 'GET', path: '/api/status' },
+      outcome: { status: 200, success: true, error: null },
+    });
+  });
+
+  it('does not record /health', async () => {
+    await s.req('/health', { headers: { 'X-Request-Id': 'trace-health-1' } });
+    expect((await entries(s)).some((x) => x.request?.id === 'trace-health-1')).toBe(false);
+  });
+
+  it('records failed authentication and denied scope with their reasons', async () => {
+    await s.req('/api/status', { token: 'loki_bogus', headers: { 'X-Request-Id': 'trace-authfail' } });
+    await s.req('/api/enterprise/tokens', { token: viewer.token, headers: { 'X-Request-Id': 'trace-denied' } });
+    const all = await entries(s);
+    expect(all.find((x) => x.request?.id === 'trace-authfail')).toMatchObject({
+      action: 'auth.failure',
+      actor: { type: 'anonymous' },
+      outcome: { status: 401, success: false, error: 'invalid_token' },
+      details: { reason: 'malformed' },
+    });
+    expect(all.find((x) => x.request?.id === 'trace-denied')).toMatchObject({
+      action: 'scope.denied',
+      actor: { name: 'view' },
+      outcome: { status: 403, success: false, error: 'insufficient_scope' },
+      details: { needed_scope: '*' },
+    });
+  });
+
+  it('records token creation and revocation, never the secret', async () => {
+    const c = await s.req('/api/enterprise/tokens', {
+      method: 'POST',
+      token: admin.token,
+      headers: { 'Content-Type': 'application/json', 'X-Request-Id': 'trace-create' },
+      body: JSON.stringify({ name: 'audited', role: 'viewer' }),
+    });
+    const created = await c.json();
+    await s.req(`/api/enterprise/tokens/${created.id}`, { method: 'DELETE', token: admin.token, headers: { 'X-Request-Id': 'trace-revoke' } });
+    const all = await entries(s);
+    expect(all.find((x) => x.request?.id === 'trace-create')).toMatchObject({
+      action: 'token.create',
+      resource: { type: 'token', id: created.id },
+      outcome: { status: 201, success: true },
+      details: { name: 'audited', role: 'viewer', scopes: ['read'] },
+    });
+    expect(all.find((x) => x.request?.id === 'trace-revoke')).toMatchObject({ action: 'token.revoke', resource: { type: 'token', id: created.id } });
+    expect(JSON.stringify(all)).not.toContain(created.token);
+  });
+
+  it('redacts secrets in recorded paths', async () => {
+    await s.req(`/api/status?token=${viewer.token}&x=1`, { token: viewer.token, headers: { 'X-Request-Id': 'trace-redact' } });
+    const e = (await entries(s)).find((x) => x.request?.id === 'trace-redact');
+    expect(e.request.path).toBe('/api/status?token=[REDACTED]&x=1');
+    expect(JSON.stringify(await entries(s))).not.toContain(viewer.token);
+  });
+
+  it('reading the audit log is itself audited; filters work', async () => {
+    const r = await s.req('/api/enterprise/audit?action=token.create&limit=5', { token: auditor.token, headers: { 'X-Request-Id': 'trace-read' } });
+    expect(r.status).toBe(200);
+    const body = await r.json();
+    expect(body.entries.length).toBeGreaterThan(0);
+    expect(body.entries.every((e: { action: string }) => e.action === 'token.create')).toBe(true);
+    expect(body.entries[0]).toHaveProperty('hash');
+    expect(body.entries[0]).toHaveProperty('prev_hash');
+    expect((await entries(s)).find((x) => x.request?.id === 'trace-read')).toMatchObject({ action: 'audit.read', actor: { name: 'aud' } });
+    const byActor = await (await s.req('/api/enterprise/audit?actor=view&limit=1000', { token: auditor.token })).json();
+    expect(byActor.entries.length).toBeGreaterThan(0);
+    expect(byActor.entries.every((e: { actor: { name: string } }) => e.actor.name === 'view')).toBe(true);
+    const after = await (await s.req(`/api/enterprise/audit?after_seq=${body.entries[0].seq}&limit=2`, { token: auditor.token })).json();
+    expect(after.entries.map((e: { seq: number }) => e.seq)).toEqual([body.entries[0].seq + 1, body.entries[0].seq + 2]);
+    const since = await (await s.req(`/api/enterprise/audit?since=${new Date(Date.now() + 60_000).toISOString()}`, { token: auditor.token })).json();
+    expect(since.entries).toEqual([]);
+  });
+
+  it.each([
+    ['limit=-1', 'limit: must be an integer from 1 to 1000'],
+    ['limit=0', 'limit: must be an integer from 1 to 1000'],
+    ['limit=1001', 'limit: must be an integer from 1 to 1000'],
+    ['limit=99999999999', 'limit: must be an integer from 1 to 1000'],
+    ['after_seq=abc', 'after_seq: must be a non-negative integer'],
+    ['after_seq=-5', 'after_seq: must be a non-negative integer'],
+    ['since=yesterday-ish', 'since: must be an ISO 8601 date or epoch milliseconds'],
+  ])('bad query %s → 400', async (q, message) => {
+    const r = await s.req(`/api/enterprise/audit?${q}`, { token: auditor.token });
+    expect(r.status).toBe(400);
+    expect((await r.json()).error).toMatchObject({ code: 'validation_error', message });
+  });
+
+  it('GET /api/enterprise/audit/verify reports the chain', async () => {
+    const r = await s.req('/api/enterprise/audit/verify', { token: auditor.token });
+    expect(r.status).toBe(200);
+    const v = await r.json();
+    expect(v).toMatchObject({ valid: true, first_invalid_seq: null, reason: null });
+    expect(v.entries_checked).toBeGreaterThan(10);
+    expect(v.last_hash).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('verify over HTTP pinpoints tampering done on the file', async () => {
+    const target = (await s.runtime.audit.query({ afterSeq: 0, limit: 3 }))[2]!.seq;
+    s.runtime.db.prepare("UPDATE audit_log SET entry = replace(entry, '\"GET\"', '\"PUT\"') WHERE seq = ?").run(target);
+    const v = await (await s.req('/api/enterprise/audit/verify', { token: auditor.token })).json();
+    expect(v).toMatchObject({ valid: false, first_invalid_seq: target, reason: 'hash_mismatch', entries_checked: target - 1 });
+    const all = await entries(s);
+    expect(all.at(-1)).toMatchObject({ action: 'audit.verify_failed', details: { first_invalid_seq: target, reason: 'hash_mismatch' } });
+  });
+});
+
+describe('fail closed', () => {
+  it('when the audit entry cannot be committed: 503, no success reported, server keeps running; resumes after space returns', async () => {
+    const s = await startTestServer();
+    try {
+      expect((await s.req('/api/status')).status).toBe(200);
+      await s.runtime.audit.drain();
+      // The database is "full": SQLite refuses to grow it (SQLITE_FULL), as on a full disk.
+      const pages = s.runtime.db.pragma('page_count', { simple: true }) as number;
+      s.runtime.db.pragma(`max_page_count = ${pages}`);
+      let first503: Response | null = null;
+      for (let i = 0; i < 500 && !first503; i++) {
+        const r = await s.req(`/api/status?pad=${'x'.repeat(300)}`);
+        if (r.status === 503) first503 = r;
+        else expect(r.status).toBe(200);
+      }
+      expect(first503).not.toBeNull();
+      const body = await first503!.json();
+      expect(body.error).toMatchObject({ code: 'audit_unavailable', message: 'the audit log cannot be written; the request was not completed' });
+      for (let i = 0; i < 3; i++) expect((await s.req(`/api/status?pad=${'x'.repeat(300)}`)).status).toBe(503);
+      expect((await s.req('/health')).status).toBe(200);
+      s.runtime.db.pragma('max_page_count = 1073741823');
+      expect((await s.req('/api/status')).status).toBe(200);
+      const v = await s.runtime.audit.verify();
+      expect(v.valid).toBe(true);
+    } finally {
+      await s.stop();
+    }
+  });
+});
