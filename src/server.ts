@@ -221,13 +221,17 @@ export async function startServer(config: Config, opts: { logger?: Logger } = {}
       stopping ??= (async () => {
         runtime.shutdown.abort();
         const closed = new Promise<void>((r) => server.close(() => r()));
-        (server as unknown as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+        const closeIdle = () => (server as unknown as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+        closeIdle();
+        // Streams end on the abort above; their kept-alive connections turn idle a moment later.
+        const idleSweep = setInterval(closeIdle, 100);
         let timer: NodeJS.Timeout | undefined;
         const deadline = new Promise<'deadline'>((r) => {
           timer = setTimeout(() => r('deadline'), deadlineMs);
         });
         const outcome = await Promise.race([closed.then(() => 'closed' as const), deadline]);
         clearTimeout(timer);
+        clearInterval(idleSweep);
         if (outcome === 'deadline') {
           logger.warn('shutdown deadline reached; closing remaining connections');
           (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();

@@ -1,4 +1,168 @@
-export async function runStart(_prd: string, _o: unknown): Promise<number> {
-  process.stderr.write('loki: not implemented yet\n');
-  return 2;
+/**
+ * `loki start ./prd.md [--sandbox] [--budget 5.00] [--name N]`: an API client
+ * (`LOKI_URL`, `LOKI_TOKEN`). It sends the workspace (the git root of the current
+ * directory, or the directory itself) and the PRD path relative to it, streams
+ * the session's output to stdout until the session ends, and prints the outcome
+ * in one line on stderr. Ctrl-C asks the server to stop the session (a second
+ * Ctrl-C leaves it running and exits 130).
+ *
+ * Exit codes (`START_EXIT_CODES`):
+ *   0 succeeded · 1 failed · 2 usage error or request refused (400/401/403/404)
+ *   3 server unreachable or server error · 4 stopped · 5 timed_out
+ *   6 budget_exceeded · 7 oom_killed · 8 lost
+ */
+import { spawn } from 'node:child_process';
+import { realpathSync } from 'node:fs';
+import path from 'node:path';
+import { ApiClientError, LokiClient } from '../client';
+import type { SessionState } from '../db/store';
+import { configOrExit } from '../node';
+import type { SessionView } from '../sessions/api';
+import { parseBudget } from '../sessions/service';
+
+export const START_EXIT_CODES: Record<SessionState | 'usage' | 'unreachable', number> = {
+  succeeded: 0,
+  failed: 1,
+  usage: 2,
+  unreachable: 3,
+  stopped: 4,
+  timed_out: 5,
+  budget_exceeded: 6,
+  oom_killed: 7,
+  lost: 8,
+  // not outcomes; listed so the table is total
+  queued: 1,
+  running: 1,
+};
+
+const POLL_MS = 250;
+const PAGE = 1000;
+
+function say(line: string): void {
+  process.stderr.write(`loki: ${line}\n`);
+}
+
+/** The git work tree containing `dir`, or null (not a repository, or no git). */
+export function gitRoot(dir: string): Promise<string | null> {
+  return new Promise((resolve) => {
+    let out = '';
+    const child = spawn('git', ['rev-parse', '--show-toplevel'], { cwd: dir, stdio: ['ignore', 'pipe', 'ignore'] });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+    });
+    child.on('error', () => resolve(null));
+    child.on('close', (code) => resolve(code === 0 && out.trim() ? out.trim() : null));
+  });
+}
+
+/** Exit code and one line for an API failure. */
+function apiFailure(err: unknown, url: string): number {
+  if (err instanceof ApiClientError) {
+    if (err.status === 0) {
+      say(`${err.message}; is the dashboard running (loki dashboard) and LOKI_URL right?`);
+      return START_EXIT_CODES.unreachable;
+    }
+    if (err.status === 401) {
+      say(`the server refused the token (${err.code}): ${err.message}; set LOKI_TOKEN to a valid token`);
+      return START_EXIT_CODES.usage;
+    }
+    if (err.status === 403) {
+      say(`not allowed (${err.code}): ${err.message}`);
+      return START_EXIT_CODES.usage;
+    }
+    if (err.status === 400 || err.status === 404 || err.status === 409) {
+      say(`${err.message} (${err.code})`);
+      return START_EXIT_CODES.usage;
+    }
+    say(`the server at ${url} answered ${err.status} (${err.code}): ${err.message}`);
+    return START_EXIT_CODES.unreachable;
+  }
+  say(`unexpected error: ${(err as Error).message}`);
+  return START_EXIT_CODES.unreachable;
+}
+
+function outcomeLine(s: SessionView): string {
+  const secs = s.started_at && s.ended_at ? ` in ${((Date.parse(s.ended_at) - Date.parse(s.started_at)) / 1000).toFixed(1)} s` : '';
+  const cost = s.cost_usd > 0 ? `, $${s.cost_usd.toFixed(2)} spent` : '';
+  const code = s.exit_code !== null ? `, exit code ${s.exit_code}` : '';
+  const why = s.reason ? `: ${s.reason}` : '';
+  return `session ${s.id} ${s.status}${secs}${code}${cost}${why}`;
+}
+
+export async function runStart(prd: string, o: { sandbox?: boolean; budget?: string; name?: string }): Promise<number> {
+  let budget: number | undefined;
+  if (o.budget !== undefined) {
+    const b = parseBudget(o.budget);
+    if ('error' in b) {
+      say(`--budget: ${b.error}`);
+      return START_EXIT_CODES.usage;
+    }
+    budget = b.usd;
+  }
+  const config = configOrExit();
+  const cwd = realpathSync(process.cwd());
+  const workspace = (await gitRoot(cwd)) ?? cwd;
+  const prdRelative = path.relative(workspace, path.resolve(cwd, prd));
+  if (prdRelative === '' || prdRelative.startsWith('..') || path.isAbsolute(prdRelative)) {
+    say(`the PRD ${prd} is not inside the workspace ${workspace}`);
+    return START_EXIT_CODES.usage;
+  }
+
+  const client = new LokiClient({ url: config.url, token: config.token });
+  let session: SessionView;
+  try {
+    session = await client.createSession({
+      workspace,
+      prd: prdRelative.split(path.sep).join('/'),
+      ...(o.sandbox ? { sandbox: true } : {}),
+      ...(budget !== undefined ? { budget_usd: budget } : {}),
+      ...(o.name !== undefined ? { name: o.name } : {}),
+    });
+  } catch (err) {
+    return apiFailure(err, config.url);
+  }
+  say(
+    `session ${session.id} queued (${session.sandbox ? 'sandbox' : 'no sandbox'}${session.budget_usd !== null ? `, budget $${session.budget_usd.toFixed(2)}` : ''})`,
+  );
+
+  let interrupts = 0;
+  const onInterrupt = () => {
+    interrupts++;
+    if (interrupts > 1) {
+      say(`left session ${session.id} running`);
+      process.exit(130);
+    }
+    say(`stopping session ${session.id} (Ctrl-C again to leave it running)`);
+    client.stopSession(session.id).catch((err) => say(`stop failed: ${(err as Error).message}`));
+  };
+  process.on('SIGINT', onInterrupt);
+  try {
+    let after = 0;
+    let failures = 0;
+    for (;;) {
+      let page: Awaited<ReturnType<LokiClient['sessionLogs']>>;
+      try {
+        page = await client.sessionLogs(session.id, { after, limit: PAGE });
+        failures = 0;
+      } catch (err) {
+        // A restarting server is not the end of the session: retry for a while.
+        if (err instanceof ApiClientError && err.status === 0 && ++failures < 120) {
+          await new Promise((r) => setTimeout(r, 1000));
+          continue;
+        }
+        return apiFailure(err, config.url);
+      }
+      for (const l of page.lines) process.stdout.write(`${l.text}\n`);
+      after = page.next_after;
+      if (page.ended && page.lines.length < PAGE) break;
+      if (page.lines.length < PAGE) await new Promise((r) => setTimeout(r, POLL_MS));
+    }
+    const final = await client.getSession(session.id);
+    say(outcomeLine(final));
+    return START_EXIT_CODES[final.status];
+  } catch (err) {
+    return apiFailure(err, config.url);
+  } finally {
+    process.off('SIGINT', onInterrupt);
+  }
 }

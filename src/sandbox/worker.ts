@@ -1,4 +1,424 @@
-export async function runWorkerCli(_o: unknown): Promise<void> {
-  process.stderr.write('loki: not implemented yet\n');
-  process.exit(2);
+/**
+ * The sandbox worker process (`loki sandbox worker`, `npm run worker`). It talks
+ * to the server only over HTTP (the typed client, with the worker-role token
+ * `LOKI_WORKER_TOKEN`) and to Docker through dockerode, so several workers on
+ * several Docker hosts can serve one server.
+ *
+ * Loop: long-poll a claim while a slot is free (`--concurrency`), run the
+ * session with `runSession`, report output and events through a `JobReporter`
+ * (sequenced, retried, heartbeats within the lease), turn a stop request from the
+ * server into the run's abort signal. Housekeeping: containers labelled with this
+ * worker id that no running session owns are removed at start and then
+ * periodically. SIGTERM/SIGINT: stop every session (the runner sends SIGTERM,
+ * waits `LOKI_SANDBOX_KILL_GRACE_MS`, then kills), report them `stopped`, exit 0
+ * within 15 s; a second signal exits 130 at once.
+ */
+import os from 'node:os';
+import Docker from 'dockerode';
+import { ApiClientError, LokiClient } from '../client';
+import { pickEnv } from '../env';
+import type { Logger } from '../http/context';
+import { configOrExit } from '../node';
+import type { Job, WorkerOutcome } from '../sessions/api';
+import { createLogger } from '../util/logger';
+import { redactString } from '../util/redact';
+import { FORBIDDEN_ENV, loadWorkspaceConfig } from './config';
+import { removeContainer } from './docker';
+import { JobReporter } from './reporter';
+import { HOST_BASE_ENV, removeOrphans, runSession, type SessionResult } from './runner';
+
+export const MIN_CONCURRENCY = 1;
+export const MAX_CONCURRENCY = 32;
+/** How long a claim waits on the server (the protocol's maximum). */
+const CLAIM_WAIT_MS = 25_000;
+/** Orphan check: quickly while the server lists sessions for this id that we do not run, else rarely. */
+const ORPHAN_SWEEP_SUSPECT_MS = 1_000;
+const ORPHAN_SWEEP_IDLE_MS = 30_000;
+/** Everything is over within this after SIGTERM (the contract says 15 s). */
+export const SHUTDOWN_DEADLINE_MS = 14_000;
+
+export interface SandboxWorkerOptions {
+  client: LokiClient;
+  workerId: string;
+  concurrency: number;
+  /** null: no engine; sandboxed sessions fail with a clear reason. */
+  docker: Docker | null;
+  killGraceMs: number;
+  maxOutputBytes: number;
+  /** The worker user's home (mount rules, `~` in configs). */
+  home: string;
+  lokiHome: string;
+  logger: Logger;
+  /** Reads the allowlisted variables from the worker's environment. */
+  pickEnv?: (names: readonly string[]) => Record<string, string>;
+}
+
+interface ActiveSession {
+  job: Job;
+  abort: AbortController;
+  reporter: JobReporter | null;
+  containerIds: Set<string>;
+  done: Promise<void>;
+}
+
+/** This worker's running sessions plus those the server lists: what an orphan check must keep. */
+class LiveSessions extends Set<string> {
+  constructor(
+    ids: Iterable<string>,
+    private readonly active: ReadonlyMap<string, unknown>,
+  ) {
+    super(ids);
+  }
+  override has(id: string): boolean {
+    return super.has(id) || this.active.has(id);
+  }
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+
+export class SandboxWorker {
+  private readonly active = new Map<string, ActiveSession>();
+  private readonly stopping = new AbortController();
+  private slotWaiter: (() => void) | null = null;
+  private orphanTimer: NodeJS.Timeout | null = null;
+  private sweeping: Promise<void> | null = null;
+  /** Exit code for the process: 0, or 1 after a fatal error (e.g. the token was refused). */
+  exitCode = 0;
+
+  constructor(private readonly o: SandboxWorkerOptions) {}
+
+  get activeCount(): number {
+    return this.active.size;
+  }
+
+  /** Claim and run sessions until `shutdown`; resolves when every session has been reported. */
+  async run(): Promise<void> {
+    const log = this.o.logger;
+    log.info('sandbox worker started', { worker_id: this.o.workerId, concurrency: this.o.concurrency, server: this.o.client.url, docker: this.o.docker !== null });
+    await this.sweepOrphans();
+    let backoff = 500;
+    let failing = false;
+    while (!this.stopping.signal.aborted) {
+      await this.waitForSlot();
+      if (this.stopping.signal.aborted) break;
+      let job: Job | null;
+      try {
+        job = await this.o.client.claimJob({ worker_id: this.o.workerId, wait_ms: CLAIM_WAIT_MS }, this.stopping.signal);
+      } catch (err) {
+        if (this.stopping.signal.aborted) break;
+        if (err instanceof ApiClientError && (err.status === 401 || err.status === 403)) {
+          log.error('the server refused the worker token; stopping', { status: err.status, code: err.code, message: err.message });
+          this.exitCode = 1;
+          void this.shutdown('token refused');
+          break;
+        }
+        if (!failing) log.warn('claiming a job failed; retrying', { err: (err as Error).message });
+        failing = true;
+        await sleep(backoff, this.stopping.signal);
+        backoff = Math.min(10_000, backoff * 2);
+        continue;
+      }
+      if (failing) log.info('connected to the server again', { server: this.o.client.url });
+      failing = false;
+      backoff = 500;
+      if (job) this.start(job);
+    }
+    await Promise.all([...this.active.values()].map((a) => a.done));
+    if (this.orphanTimer) clearTimeout(this.orphanTimer);
+    await this.sweeping;
+    log.info('sandbox worker stopped', { worker_id: this.o.workerId });
+  }
+
+  /**
+   * Stop claiming, stop every running session (reported `stopped`) and let `run`
+   * resolve. Containers still present at `deadlineMs` are removed by force.
+   */
+  async shutdown(why = 'worker shutting down', deadlineMs = SHUTDOWN_DEADLINE_MS): Promise<void> {
+    if (!this.stopping.signal.aborted) {
+      this.o.logger.info('stopping sessions', { reason: why, sessions: this.active.size });
+      this.stopping.abort();
+      for (const a of this.active.values()) a.abort.abort('shutdown');
+      this.slotWaiter?.();
+    }
+    const all = Promise.all([...this.active.values()].map((a) => a.done));
+    if ((await Promise.race([all.then(() => 'done' as const), sleep(deadlineMs).then(() => 'deadline' as const)])) === 'deadline') {
+      this.o.logger.warn('shutdown deadline reached; removing remaining containers', { sessions: this.active.size });
+      for (const a of this.active.values()) {
+        a.reporter?.close();
+        for (const id of a.containerIds) await removeContainer(this.o.docker!.getContainer(id)).catch(() => undefined);
+      }
+    }
+  }
+
+  private waitForSlot(): Promise<void> {
+    if (this.active.size < this.o.concurrency || this.stopping.signal.aborted) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.slotWaiter = () => {
+        this.slotWaiter = null;
+        resolve();
+      };
+    });
+  }
+
+  private start(job: Job): void {
+    const id = job.session.id;
+    const entry: ActiveSession = { job, abort: new AbortController(), reporter: null, containerIds: new Set(), done: Promise.resolve() };
+    this.active.set(id, entry);
+    entry.done = this.runJob(entry)
+      .catch((err) => this.o.logger.error('session crashed in the worker', { session: id, err: String(err) }))
+      .finally(() => {
+        this.active.delete(id);
+        this.slotWaiter?.();
+      });
+  }
+
+  private async runJob(a: ActiveSession): Promise<void> {
+    const { job } = a;
+    const s = job.session;
+    const log = this.o.logger;
+    if (this.stopping.signal.aborted) a.abort.abort('shutdown');
+    const reporter = new JobReporter({
+      client: this.o.client,
+      sessionId: s.id,
+      workerId: this.o.workerId,
+      leaseId: job.lease_id,
+      lastSeq: s.last_event_seq,
+      leaseMs: job.lease_ms,
+      logger: log,
+      onStopRequested: () => a.abort.abort('stop'),
+      onLeaseLost: () => a.abort.abort('lease_lost'),
+    });
+    a.reporter = reporter;
+    if (s.stop_requested) a.abort.abort('stop');
+    log.info('session claimed', { session: s.id, sandbox: s.sandbox, prd: s.prd });
+
+    const hints: { timeout?: string; budget?: string; error?: string } = {};
+    let result: SessionResult;
+    try {
+      const config = loadWorkspaceConfig(s.workspace, { home: this.o.home });
+      const names = [...(s.sandbox ? [] : HOST_BASE_ENV), ...config.sandbox.envAllowlist].filter((n) => !FORBIDDEN_ENV.test(n));
+      if (s.sandbox && !this.o.docker) throw new Error('this worker has no Docker engine, and the session is sandboxed');
+      result = await runSession(
+        {
+          sessionId: s.id,
+          workerId: this.o.workerId,
+          workspace: s.workspace,
+          prdRelative: s.prd,
+          sandbox: s.sandbox,
+          config,
+          budgetUsd: s.budget_usd,
+          env: (this.o.pickEnv ?? pickEnv)(names),
+          branchProtection: job.branch_protection,
+        },
+        {
+          signal: a.abort.signal,
+          onOutput: (stream, line) => reporter.output(stream, line),
+          onEvent: (type, data) => this.forward(a, reporter, hints, type, data),
+        },
+        {
+          docker: this.o.docker ?? undefined,
+          home: this.o.home,
+          lokiHome: this.o.lokiHome,
+          killGraceMs: this.o.killGraceMs,
+          maxOutputBytes: this.o.maxOutputBytes,
+        },
+      );
+    } catch (err) {
+      const message = redactString(err instanceof Error ? err.message : String(err));
+      reporter.event({ type: 'notice', data: { event: 'session_error', message } });
+      result = { outcome: 'failed', exitCode: null, spentUsd: 0, outputTruncated: false, error: message };
+    }
+
+    if (!reporter.leaseLost) {
+      if (result.spentUsd > 0) reporter.event({ type: 'budget', data: { spent_usd: result.spentUsd, limit_usd: s.budget_usd } });
+      reporter.event({
+        type: 'state',
+        data: { status: result.outcome, reason: outcomeReason(result, a.abort.signal.reason, hints), exit_code: result.exitCode },
+      });
+    }
+    await reporter.drain();
+    reporter.close();
+    log.info('session finished', { session: s.id, outcome: reporter.leaseLost ? 'lease_lost' : result.outcome });
+  }
+
+  /** Runner events → protocol events. */
+  private forward(a: ActiveSession, r: JobReporter, hints: { timeout?: string; budget?: string; error?: string }, type: string, d: Record<string, unknown>): void {
+    const str = (v: unknown) => (typeof v === 'string' ? v : null);
+    const num = (v: unknown) => (typeof v === 'number' ? v : null);
+    const containerId = str(d.container_id) ?? '';
+    switch (type) {
+      case 'container_created':
+        a.containerIds.add(containerId);
+        r.event({ type: 'container', data: { event: 'created', container_id: containerId, ...(str(d.image) ? { image: str(d.image)! } : {}) } });
+        return;
+      case 'container_started':
+        r.event({ type: 'container', data: { event: 'started', container_id: containerId } });
+        return;
+      case 'container_exited':
+        r.event({ type: 'container', data: { event: 'exited', container_id: containerId, exit_code: num(d.exit_code), oom_killed: d.oom_killed === true } });
+        return;
+      case 'container_removed':
+        a.containerIds.delete(containerId);
+        r.event({ type: 'container', data: { event: 'removed', container_id: containerId } });
+        return;
+      case 'branch_created':
+        r.event({
+          type: 'branch',
+          data: { event: 'created', base_branch: str(d.base_branch), base_commit: str(d.base_commit), agent_branch: str(d.agent_branch) },
+        });
+        return;
+      case 'branch_detached_warning':
+        r.event({ type: 'branch', data: { event: 'detached', base_commit: str(d.base_commit) } });
+        return;
+      case 'branch_protection_violation':
+        r.event({
+          type: 'branch',
+          data: {
+            event: 'violation',
+            base_branch: str(d.base_branch),
+            base_commit: str(d.base_commit),
+            agent_branch: str(d.agent_branch),
+            current_commit: str(d.current_commit),
+          },
+        });
+        return;
+      case 'budget_warning':
+      case 'budget_exceeded': {
+        const spent = num(d.spent_usd) ?? 0;
+        const limit = num(d.limit_usd);
+        if (type === 'budget_exceeded') hints.budget = `budget exceeded: $${spent.toFixed(2)} spent of $${limit?.toFixed(2) ?? '?'}`;
+        r.event({ type: 'budget', data: { spent_usd: spent, limit_usd: limit, ...(type === 'budget_warning' ? { warning: true } : { exceeded: true }) } });
+        return;
+      }
+      case 'session_timeout':
+        hints.timeout = d.kind === 'idle' ? `no output for ${num(d.seconds)} s (idle_timeout_seconds)` : `ran longer than ${num(d.seconds)} s (timeout_seconds)`;
+        break;
+      case 'session_error':
+        hints.error ??= str(d.message) ?? undefined;
+        break;
+      case 'stop_requested':
+      case 'output_truncated':
+      case 'process_started':
+      case 'process_exited':
+        break;
+      default:
+        this.o.logger.info('runner event not forwarded', { session: a.job.session.id, type });
+        return;
+    }
+    r.event({ type: 'notice', data: { ...d, event: type as 'session_timeout' } });
+  }
+
+  /** Remove this worker's containers that no running session owns. */
+  private sweepOrphans(): Promise<void> {
+    this.sweeping ??= (async () => {
+      let suspects = false;
+      const docker = this.o.docker;
+      if (docker) {
+        try {
+          const serverLive = await this.o.client.workerSessionIds(this.o.workerId, this.stopping.signal);
+          suspects = serverLive.some((id) => !this.active.has(id));
+          const removed = await removeOrphans(docker, this.o.workerId, new LiveSessions(serverLive, this.active));
+          for (const id of removed) this.o.logger.info('orphan container removed', { container_id: id, worker_id: this.o.workerId });
+        } catch (err) {
+          if (!this.stopping.signal.aborted) this.o.logger.warn('orphan check failed; will retry', { err: (err as Error).message });
+          suspects = true;
+        }
+      }
+      this.sweeping = null;
+      if (!this.stopping.signal.aborted && docker) {
+        this.orphanTimer = setTimeout(() => void this.sweepOrphans(), suspects ? ORPHAN_SWEEP_SUSPECT_MS : ORPHAN_SWEEP_IDLE_MS);
+        this.orphanTimer.unref();
+      }
+    })();
+    return this.sweeping;
+  }
+}
+
+/** One line saying why a session ended the way it did (null for success). */
+export function outcomeReason(
+  result: SessionResult,
+  abortReason: unknown,
+  hints: { timeout?: string; budget?: string; error?: string },
+): string | null {
+  const outcome: WorkerOutcome = result.outcome;
+  switch (outcome) {
+    case 'succeeded':
+      return null;
+    case 'stopped':
+      return abortReason === 'shutdown' ? 'the worker shut down' : 'stop requested';
+    case 'timed_out':
+      return hints.timeout ?? 'time limit reached';
+    case 'budget_exceeded':
+      return hints.budget ?? 'budget exceeded';
+    case 'oom_killed':
+      return 'out of memory (sandbox.memory_limit)';
+    case 'failed':
+      return result.error ?? hints.error ?? (result.exitCode !== null ? `the provider exited with code ${result.exitCode}` : 'failed');
+  }
+}
+
+/** `os.hostname()` made into a valid worker id. */
+export function defaultWorkerId(): string {
+  const id = os
+    .hostname()
+    .replace(/[^A-Za-z0-9_.-]/g, '-')
+    .replace(/^[^A-Za-z0-9]+/, '')
+    .slice(0, 64);
+  return id || 'worker';
+}
+
+export function parseConcurrency(value: string): number | null {
+  if (!/^\d{1,2}$/.test(value.trim())) return null;
+  const n = Number(value);
+  return n >= MIN_CONCURRENCY && n <= MAX_CONCURRENCY ? n : null;
+}
+
+/** `loki sandbox worker [--concurrency N]`. */
+export async function runWorkerCli(o: { concurrency: string }): Promise<void> {
+  const concurrency = parseConcurrency(o.concurrency);
+  if (concurrency === null) {
+    process.stderr.write(`loki: --concurrency must be an integer from ${MIN_CONCURRENCY} to ${MAX_CONCURRENCY}, got ${JSON.stringify(o.concurrency)}\n`);
+    process.exit(2);
+  }
+  const config = configOrExit();
+  const logger = createLogger();
+  let docker: Docker | null = new Docker();
+  try {
+    await docker.ping();
+  } catch (err) {
+    logger.warn('no Docker engine: sandboxed sessions will fail on this worker', { err: (err as Error).message });
+    docker = null;
+  }
+  const worker = new SandboxWorker({
+    client: new LokiClient({ url: config.url, token: config.workerToken }),
+    workerId: config.workerId ?? defaultWorkerId(),
+    concurrency,
+    docker,
+    killGraceMs: config.sandboxKillGraceMs,
+    maxOutputBytes: config.sessionOutputLimitBytes,
+    home: os.homedir(),
+    lokiHome: config.home,
+    logger,
+  });
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (++signals > 1) {
+      process.stderr.write(`loki: second ${sig}, exiting now\n`);
+      process.exit(130);
+    }
+    void worker.shutdown(`${sig} received`).then(() => process.exit(worker.exitCode));
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  await worker.run();
+  process.exit(worker.exitCode);
 }
