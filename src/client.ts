@@ -39,6 +39,15 @@ export class ApiClientError extends Error {
   }
 }
 
+/** One event of `GET /api/events`. */
+export interface LiveEvent {
+  id: number;
+  type: string;
+  session_id: string | null;
+  data: unknown;
+  ts: number;
+}
+
 export interface LokiClientOptions {
   /** `LOKI_URL`, e.g. http://127.0.0.1:57374 */
   url: string;
@@ -116,6 +125,65 @@ export class LokiClient {
   async workerSessionIds(workerId: string, signal?: AbortSignal): Promise<string[]> {
     const r = await this.request('GET', '/api/sandbox/jobs', { query: { worker_id: workerId }, schema: workerJobsSchema, signal });
     return r.session_ids;
+  }
+
+  // ---- live events -------------------------------------------------------
+
+  /**
+   * Follow `GET /api/events` (server-sent events) and call `onEvent` for each
+   * event until `signal` aborts or the server ends the stream. Resolves when the
+   * stream ends; rejects with an `ApiClientError` when it cannot be opened.
+   */
+  async watchEvents(
+    q: { session?: string; types?: string[]; after?: number },
+    onEvent: (e: LiveEvent) => void,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const url = new URL(`${this.url}/api/events`);
+    if (q.session) url.searchParams.set('session', q.session);
+    if (q.types?.length) url.searchParams.set('types', q.types.join(','));
+    if (q.after !== undefined) url.searchParams.set('after', String(q.after));
+    const headers: Record<string, string> = { Accept: 'text/event-stream' };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    let res: Response;
+    try {
+      res = await this.fetchImpl(url, { headers, signal });
+    } catch (err) {
+      if (signal.aborted) return;
+      throw new ApiClientError(0, 'unreachable', `cannot reach the Loki server at ${this.url} (${(err as Error).message})`);
+    }
+    if (!res.ok || !res.body) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new ApiClientError(res.status, `http_${res.status}`, `GET /api/events failed with HTTP ${res.status}`);
+    }
+    const decoder = new TextDecoder();
+    let buffer = '';
+    try {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        buffer += decoder.decode(chunk, { stream: true });
+        let end = buffer.indexOf('\n\n');
+        while (end !== -1) {
+          const frame = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = frame
+            .split('\n')
+            .filter((l) => l.startsWith('data:'))
+            .map((l) => l.slice(5).trimStart())
+            .join('\n');
+          const named = frame.split('\n').some((l) => l.startsWith('event:'));
+          if (data && !named) {
+            try {
+              onEvent(JSON.parse(data) as LiveEvent);
+            } catch {
+              // not an event frame
+            }
+          }
+          end = buffer.indexOf('\n\n');
+        }
+      }
+    } catch (err) {
+      if (!signal.aborted) throw new ApiClientError(0, 'unreachable', `the event stream from ${this.url} broke (${(err as Error).message})`);
+    }
   }
 
   // ---- transport ---------------------------------------------------------

@@ -16,7 +16,11 @@ const listOf = (body, ...keys) => {
 const linesOf = (data) => {
   if (typeof data === 'string') return [{ text: data }];
   const list = listOf(data, 'lines', 'logs', 'entries');
-  if (list.length > 0) return list;
+  if (list.length > 0) {
+    // An `output` event carries plain strings numbered from `first_line`.
+    const first = Number(data?.first_line);
+    return list.map((l, i) => (typeof l === 'string' ? { line: Number.isFinite(first) ? first + i : null, stream: data?.stream ?? null, text: l } : l));
+  }
   return data && typeof data.text === 'string' ? [data] : [];
 };
 

@@ -6,11 +6,15 @@ import Database from 'better-sqlite3';
 import { checkRun } from './check-run.js';
 
 const { dbPath, from, to, expectedPrev } = workerData;
+const CHUNK = 5000;
 const db = new Database(dbPath, { readonly: true, fileMustExist: true });
 try {
   const stmt = db.prepare('SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq BETWEEN ? AND ? ORDER BY seq').raw(true);
+  // Chunks through .all(): much faster than a row-by-row iterate().
   function* rows() {
-    for (const r of stmt.iterate(from, to)) yield { seq: r[0], entry: r[1], prevHash: r[2], hash: r[3] };
+    for (let start = from; start <= to; start += CHUNK) {
+      for (const r of stmt.all(start, Math.min(to, start + CHUNK - 1))) yield { seq: r[0], entry: r[1], prevHash: r[2], hash: r[3] };
+    }
   }
   const sha256 = (s) => createHash('sha256').update(s).digest('hex');
   parentPort.postMessage(checkRun(rows(), from, expectedPrev, sha256));

@@ -6,7 +6,7 @@ import { ExportFormatError, verifyExport } from '../audit/export';
 import { entryFromRow } from '../audit/log';
 import { importLegacyAudit, verifyLegacyDirCli } from '../audit/legacy-cli';
 import { sha256Hex } from '../db/sqlite-audit';
-import { cliActor, fail, openLocal } from './common';
+import { cliActor, fail, openLocal, recordCli } from './common';
 
 function readCheckpointFile(file: string): string {
   let text: string;
@@ -91,15 +91,11 @@ export function auditCommands(enterprise: Command): void {
         try {
           result = await ctx.audit.verify({ external });
           if (!result.valid) {
-            await ctx.audit
-              .append({
-                ts: Date.now(),
-                action: 'audit.verify_failed',
-                actor: cliActor(),
-                outcome: { status: null, success: false, error: String(result.reason) },
-                details: { first_invalid_seq: result.first_invalid_seq, reason: result.reason, via: 'cli' },
-              })
-              .catch(() => {});
+            await recordCli(ctx, 'audit.verify_failed', {
+              success: false,
+              error: String(result.reason),
+              details: { first_invalid_seq: result.first_invalid_seq, reason: result.reason },
+            }).catch(() => {});
           }
         } finally {
           await ctx.close();
@@ -181,13 +177,7 @@ export function auditCommands(enterprise: Command): void {
           writeSync(fd, `${JSON.stringify({ type: 'checkpoint', kind: cp.kind, size: cp.size, head_hash: cp.headHash, time: cp.time, jws: cp.jws })}\n`);
         }
         closeSync(fd);
-        await ctx.audit.append({
-          ts: Date.now(),
-          action: 'audit.export',
-          actor: cliActor(),
-          outcome: { status: null, success: true, error: null },
-          details: { file: path.resolve(o.out), entries: n },
-        });
+        await recordCli(ctx, 'audit.export', { details: { file: path.resolve(o.out), entries: n } });
         process.stdout.write(`exported ${n} entries to ${o.out}\n`);
       } finally {
         await ctx.close();
@@ -245,13 +235,7 @@ export function auditCommands(enterprise: Command): void {
         // Sign the cut first: if the deletion is interrupted, the log still verifies.
         await ctx.audit.checkpoint('prune', cut);
         const deleted = await ctx.audit.storage.deleteThrough(cut.seq);
-        await ctx.audit.append({
-          ts: Date.now(),
-          action: 'audit.prune',
-          actor: cliActor(),
-          outcome: { status: null, success: true, error: null },
-          details: { before: new Date(before).toISOString(), cut_seq: cut.seq, cut_hash: cut.hash, deleted },
-        });
+        await recordCli(ctx, 'audit.prune', { details: { before: new Date(before).toISOString(), cut_seq: cut.seq, cut_hash: cut.hash, deleted } });
         process.stdout.write(`pruned ${deleted} entries through seq ${cut.seq}; prune checkpoint signed at ${cut.hash}\n`);
       } finally {
         await ctx.close();

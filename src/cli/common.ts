@@ -48,6 +48,22 @@ export async function openLocal(opts: { signer?: boolean } = {}): Promise<LocalC
   };
 }
 
+/** Record an action taken from the CLI (fail closed: throws when it cannot be written). */
+export function recordCli(
+  ctx: LocalContext,
+  action: string,
+  opts: { resource?: { type: string; id: string | null }; details?: Record<string, unknown>; success?: boolean; error?: string | null } = {},
+) {
+  return ctx.audit.append({
+    ts: Date.now(),
+    action,
+    resource: opts.resource ?? null,
+    actor: cliActor(),
+    outcome: { status: null, success: opts.success ?? true, error: opts.error ?? null },
+    details: { ...opts.details, via: 'cli' },
+  });
+}
+
 /** Actor for actions taken from the CLI on this machine. */
 export function cliActor() {
   return { type: 'local' as const, id: null, name: `cli:${os.userInfo().username}` };

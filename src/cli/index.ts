@@ -5,6 +5,7 @@ import { Command, CommanderError } from 'commander';
 import { VERSION } from '../version';
 import { auditCommands } from './audit';
 import { dbCommands } from './db';
+import { securityCommands } from './security';
 import { sessionCommands } from './session';
 import { tokenCommands } from './token';
 
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   const enterprise = program.command('enterprise').description('enterprise features: tokens and audit');
   tokenCommands(enterprise);
   auditCommands(enterprise);
+  securityCommands(program);
   return program;
 }
 

@@ -35,8 +35,38 @@ export const START_EXIT_CODES: Record<SessionState | 'usage' | 'unreachable', nu
   running: 1,
 };
 
-const POLL_MS = 250;
+/** Log polling backs off from MIN to MAX while nothing arrives; a live event wakes it at once. */
+const MIN_POLL_MS = 200;
+const MAX_POLL_MS = 2_000;
 const PAGE = 1000;
+
+/** A wake-up that is not lost when it fires before anyone waits. */
+class Wake {
+  private pending = false;
+  private resolve: (() => void) | null = null;
+  fire(): void {
+    if (this.resolve) {
+      this.resolve();
+      this.resolve = null;
+    } else this.pending = true;
+  }
+  wait(ms: number): Promise<void> {
+    if (this.pending) {
+      this.pending = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.resolve = null;
+        resolve();
+      }, ms);
+      this.resolve = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+  }
+}
 
 function say(line: string): void {
   process.stderr.write(`loki: ${line}\n`);
@@ -136,9 +166,17 @@ export async function runStart(prd: string, o: { sandbox?: boolean; budget?: str
     client.stopSession(session.id).catch((err) => say(`stop failed: ${(err as Error).message}`));
   };
   process.on('SIGINT', onInterrupt);
+  // Live events only wake the reader; the stored log is what is printed, so
+  // nothing is missed or doubled when the stream is unavailable or drops.
+  const live = new AbortController();
+  const wake = new Wake();
+  void client
+    .watchEvents({ session: session.id, types: ['output', 'session_state'] }, () => wake.fire(), live.signal)
+    .catch(() => undefined);
   try {
     let after = 0;
     let failures = 0;
+    let idle = MIN_POLL_MS;
     for (;;) {
       let page: Awaited<ReturnType<LokiClient['sessionLogs']>>;
       try {
@@ -155,7 +193,11 @@ export async function runStart(prd: string, o: { sandbox?: boolean; budget?: str
       for (const l of page.lines) process.stdout.write(`${l.text}\n`);
       after = page.next_after;
       if (page.ended && page.lines.length < PAGE) break;
-      if (page.lines.length < PAGE) await new Promise((r) => setTimeout(r, POLL_MS));
+      if (page.lines.length > 0) idle = MIN_POLL_MS;
+      if (page.lines.length < PAGE) {
+        await wake.wait(idle);
+        idle = Math.min(MAX_POLL_MS, idle * 2);
+      }
     }
     const final = await client.getSession(session.id);
     say(outcomeLine(final));
@@ -163,6 +205,7 @@ export async function runStart(prd: string, o: { sandbox?: boolean; budget?: str
   } catch (err) {
     return apiFailure(err, config.url);
   } finally {
+    live.abort();
     process.off('SIGINT', onInterrupt);
   }
 }

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { importLegacyTokens } from '../auth/legacy-import';
 import { createToken, parseExpiresDays, publicToken, revokeToken, TokenInputError } from '../auth/token-service';
-import { cliActor, fail, openLocal } from './common';
+import { cliActor, fail, openLocal, recordCli } from './common';
 
 function parseExpiresOption(v: string): number {
   try {
@@ -32,13 +32,9 @@ export function tokenCommands(enterprise: Command): void {
           { name, role: o.role, scopes: o.scopes?.split(',').map((s) => s.trim()).filter(Boolean), expiresDays: o.expires, createdBy: cliActor().name },
           Date.now(),
         );
-        await ctx.audit.append({
-          ts: Date.now(),
-          action: 'token.create',
+        await recordCli(ctx, 'token.create', {
           resource: { type: 'token', id: record.id },
-          actor: cliActor(),
-          outcome: { status: null, success: true, error: null },
-          details: { name: record.name, role: record.role, scopes: record.scopes, expires_at: record.expiresAt, via: 'cli' },
+          details: { name: record.name, role: record.role, scopes: record.scopes, expires_at: record.expiresAt },
         });
         await ctx.store.events.insert('token_created', null, { id: record.id, name: record.name, role: record.role }, Date.now());
         if (o.json) {
@@ -90,14 +86,7 @@ export function tokenCommands(enterprise: Command): void {
       const ctx = await openLocal();
       try {
         const t = await revokeToken(ctx.store.tokens, idOrName, Date.now());
-        await ctx.audit.append({
-          ts: Date.now(),
-          action: 'token.revoke',
-          resource: { type: 'token', id: t.id },
-          actor: cliActor(),
-          outcome: { status: null, success: true, error: null },
-          details: { name: t.name, via: 'cli' },
-        });
+        await recordCli(ctx, 'token.revoke', { resource: { type: 'token', id: t.id }, details: { name: t.name } });
         await ctx.store.events.insert('token_revoked', null, { id: t.id, name: t.name }, Date.now());
         process.stdout.write(`Revoked token ${t.name} (${t.id})\n`);
       } catch (err) {
@@ -117,14 +106,7 @@ export function tokenCommands(enterprise: Command): void {
       const ctx = await openLocal();
       try {
         const result = await importLegacyTokens(ctx.store.tokens, file, Date.now());
-        await ctx.audit.append({
-          ts: Date.now(),
-          action: 'token.import_legacy',
-          resource: { type: 'token', id: null },
-          actor: cliActor(),
-          outcome: { status: null, success: true, error: null },
-          details: { file, imported: result.imported.map((t) => t.name), skipped: result.skipped },
-        });
+        await recordCli(ctx, 'token.import_legacy', { details: { file, imported: result.imported.map((t) => t.name), skipped: result.skipped } });
         if (o.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
         else {
           for (const t of result.imported) process.stdout.write(`imported ${t.name} (${t.role}${t.revoked ? ', revoked' : ''})\n`);

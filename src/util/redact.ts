@@ -49,6 +49,15 @@ export function redactValue<T>(value: T, depth = 0): T {
   return value;
 }
 
+/** Where secrets appear in a text (pattern index and position): for `loki security check`. */
+export function findSecrets(input: string): { index: number; length: number }[] {
+  const out: { index: number; length: number }[] = [];
+  for (const re of PATTERNS) {
+    for (const m of input.matchAll(new RegExp(re.source, re.flags))) out.push({ index: m.index ?? 0, length: m[0].length });
+  }
+  return out.sort((a, b) => a.index - b.index);
+}
+
 /** Redact a URL path with query string (e.g. `/ws?token=…`). */
 export function redactPath(pathWithQuery: string): string {
   return redactString(pathWithQuery);

@@ -1,0 +1,116 @@
+/**
+ * npm run bench:audit — the audit log's figures, in one run:
+ *  1. durable appends/s with 64 concurrent writers (group commit, synchronous=FULL),
+ *     measured on logs already holding 2,000, 10,000 and ~1,000,000 entries
+ *     (Loki Mode: 1,190/s at 2,000 entries, 174/s at 10,000);
+ *  2. RSS growth over 1,000,000 appends;
+ *  3. verification of the 1,000,000-entry log (entries/s; Loki Mode ≈ 105,000/s);
+ *  4. authenticated, audited GET /api/status vs bare Hono req/s.
+ * Options: --entries N (default 1000000), --seconds S (HTTP, default 10).
+ */
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { AuditInput } from '../../src/audit/chain';
+import { createNodeAudit } from '../../src/audit/node-audit';
+import { createToken } from '../../src/auth/token-service';
+import { createSqliteStore, migrate, openSqlite } from '../../src/db/sqlite';
+import { loadConfig } from '../../src/env';
+import { load, numberArg, startTarget } from './lib';
+
+const TOTAL = numberArg('entries', 1_000_000);
+const seconds = numberArg('seconds', 10);
+const WRITERS = 64;
+
+function entry(i: number): AuditInput {
+  return {
+    ts: Date.now(),
+    action: 'http.request',
+    resource: null,
+    actor: { type: 'token', id: 'tok_0123456789abcdef', name: 'bench' },
+    client: { ip: '127.0.0.1', user_agent: 'bench/1.0' },
+    request: { id: `req_${i.toString(16).padStart(20, '0')}`, method: 'GET', path: '/api/status' },
+    outcome: { status: 200, success: true, error: null },
+    details: {},
+  };
+}
+
+const home = mkdtempSync(path.join(os.tmpdir(), 'loki-bench-audit-'));
+const config = loadConfig({ LOKI_HOME: home }, { home, cwd: home });
+const db = openSqlite(config.dbPath);
+migrate(db);
+const { audit, close } = await createNodeAudit(config, db);
+
+let next = 1;
+/** 64 writers, each awaiting its own durable append before the next one. */
+async function appendUntil(target: number): Promise<{ appended: number; seconds: number; per_sec: number }> {
+  const start = next;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: WRITERS }, async () => {
+      while (next <= target) await audit.append(entry(next++));
+    }),
+  );
+  const s = (performance.now() - t0) / 1000;
+  const appended = next - start;
+  return { appended, seconds: Number(s.toFixed(2)), per_sec: Math.round(appended / s) };
+}
+
+global.gc?.();
+const rss0 = process.memoryUsage().rss;
+const to2k = await appendUntil(2_000);
+const at2k = await appendUntil(2_000 + 20_000);
+const at22k = await appendUntil(TOTAL);
+global.gc?.();
+const rss1 = process.memoryUsage().rss;
+const overall = { appended: next - 1, per_sec: Math.round((next - 1) / (to2k.seconds + at2k.seconds + at22k.seconds)) };
+const atEnd = await appendUntil(next - 1 + 20_000);
+
+await audit.drain();
+const t0 = performance.now();
+const verify = await audit.verify();
+const vs = (performance.now() - t0) / 1000;
+await close();
+db.close();
+
+// HTTP: bare Hono vs the full server, token auth on, audit on.
+const tdb = openSqlite(config.dbPath);
+const { plaintext } = await createToken(createSqliteStore(tdb).tokens, { name: 'bench', role: 'viewer', createdBy: 'bench' }, Date.now());
+tdb.close();
+async function http(mode: 'bare' | 'full', env: Record<string, string>, headers: Record<string, string> = {}) {
+  const t = await startTarget(mode, { LOKI_HOME: home, ...env });
+  try {
+    await load(t.port, '/api/status', { seconds: 1, headers });
+    return await load(t.port, '/api/status', { seconds, headers });
+  } finally {
+    await t.stop();
+  }
+}
+const bare = await http('bare', {});
+const audited = await http('full', { LOKI_ENTERPRISE_AUTH: 'true' }, { authorization: `Bearer ${plaintext}` });
+
+const result = {
+  benchmark: 'audit',
+  writers: WRITERS,
+  durable: 'WAL + synchronous=FULL, group commit',
+  appends: {
+    first_2000: to2k,
+    log_at_2000_next_20000: at2k,
+    up_to_total: at22k,
+    log_at_total_next_20000: atEnd,
+    overall,
+  },
+  rss_growth_mb_over_appends: Number(((rss1 - rss0) / 1024 / 1024).toFixed(1)),
+  verify: { entries: verify.entries_checked, valid: verify.valid, seconds: Number(vs.toFixed(2)), entries_per_sec: Math.round(verify.entries_checked / vs), threads: os.availableParallelism() },
+  http: { bare_hono: bare, audited_token_auth: audited, ratio: Number((audited.requests_per_sec / bare.requests_per_sec).toFixed(3)) },
+  loki_mode_python: { appends_per_sec_at_2000: 1190, appends_per_sec_at_10000: 174, verify_entries_per_sec: 105000 },
+  targets: { appends_per_sec: 30000, verify_entries_per_sec: 500000, http_ratio: 0.6, rss_growth_mb: 50 },
+};
+const met = {
+  appends: at2k.per_sec >= 30000 && atEnd.per_sec >= 30000,
+  verify: result.verify.entries_per_sec >= 500000,
+  http: result.http.ratio >= 0.6,
+  rss: result.rss_growth_mb_over_appends < 50,
+};
+process.stdout.write(`${JSON.stringify({ ...result, targets_met: met }, null, 2)}\n`);
+process.exit(0);

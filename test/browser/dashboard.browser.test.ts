@@ -1,0 +1,255 @@
+/**
+ * The dashboard in real headless Chromium (Debian's `chromium`, driven by
+ * playwright-core) against the real server. XSS payloads from the OWASP
+ * filter-evasion cheat sheet are stored as token names, session names, PRD
+ * paths, log lines, event data and audit details; every panel is loaded, and no
+ * dialog may open, the canary must stay untouched, no CSP violation may be
+ * reported, and every payload must be shown literally. Screenshots of each
+ * panel go to test-artifacts/.
+ */
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { type Browser, chromium, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ROOT, startTestServer, type TestServer } from '../helpers/server';
+import { makeToken } from '../helpers/tokens';
+import { XSS_PAYLOADS } from './xss-payloads';
+
+const CHROMIUM = '/usr/bin/chromium';
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const ARTIFACTS = path.join(ROOT, 'test-artifacts');
+const haveChromium = existsSync(CHROMIUM);
+const inCi = process.env.CI === 'true';
+
+if (!haveChromium && inCi) {
+  describe('dashboard in Chromium', () => {
+    it('needs Chromium in CI', () => {
+      throw new Error(`${CHROMIUM} is missing: scripts/ci-deps.sh installs Debian's chromium`);
+    });
+  });
+}
+
+interface Watch {
+  dialogs: string[];
+  console: string[];
+  urls: string[];
+  pageErrors: string[];
+}
+
+async function openPage(browser: Browser, url: string): Promise<{ page: Page; watch: Watch }> {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const watch: Watch = { dialogs: [], console: [], urls: [], pageErrors: [] };
+  await page.addInitScript(() => {
+    const w = window as unknown as { __canary: string; __csp: string[] };
+    w.__canary = 'intact';
+    w.__csp = [];
+    document.addEventListener('securitypolicyviolation', (e) => w.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+  });
+  page.on('dialog', (d) => {
+    watch.dialogs.push(`${d.type()}: ${d.message()}`);
+    void d.dismiss();
+  });
+  page.on('console', (m) => watch.console.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => watch.pageErrors.push(e.message));
+  page.on('request', (r) => watch.urls.push(r.url()));
+  await page.goto(url);
+  return { page, watch };
+}
+
+async function panelText(page: Page, selector: string): Promise<string> {
+  return page.$eval(selector, (n) => n.textContent ?? '');
+}
+
+async function waitForText(page: Page, selector: string, text: string, timeout = 10_000): Promise<void> {
+  await page.waitForFunction(([sel, t]) => (document.querySelector(sel as string)?.textContent ?? '').includes(t as string), [selector, text], { timeout });
+}
+
+async function assertClean(page: Page, watch: Watch): Promise<void> {
+  expect(watch.dialogs).toEqual([]);
+  expect(await page.evaluate(() => (window as unknown as { __canary: string }).__canary)).toBe('intact');
+  expect(await page.evaluate(() => (window as unknown as { __csp: string[] }).__csp)).toEqual([]);
+  expect(watch.console.filter((m) => /content security policy|refused to/i.test(m))).toEqual([]);
+  expect(watch.pageErrors).toEqual([]);
+  // Nothing from data became markup: no element a payload could have produced, no handler attribute.
+  const injected = await page.evaluate(() => {
+    const bad: string[] = [];
+    for (const n of document.querySelectorAll('#panels *')) {
+      if (['IMG', 'SVG', 'IFRAME', 'SCRIPT', 'OBJECT', 'EMBED', 'STYLE', 'META', 'BODY', 'A', 'MATH', 'DETAILS'].includes(n.tagName.toUpperCase())) bad.push(n.tagName);
+      for (const a of n.getAttributeNames()) {
+        // Chromium's autofill leaves an empty style="" on inputs; anything else would be ours or injected.
+        if (a === 'style' && n.getAttribute(a) === '') continue;
+        if (a.startsWith('on') || a === 'href' || a === 'src' || a === 'style') bad.push(`${n.tagName}[${a}=${n.getAttribute(a)}]`);
+      }
+    }
+    return bad;
+  });
+  expect(injected).toEqual([]);
+}
+
+describe.skipIf(!haveChromium)('dashboard in headless Chromium', () => {
+  let s: TestServer;
+  let admin: string;
+  let browser: Browser;
+  let sessionId = '';
+  const sessionPayloads = XSS_PAYLOADS.filter((p) => p.length <= 128);
+  const prdPayloads = XSS_PAYLOADS.filter((p) => !p.includes('/') && p.length <= 100).slice(0, 5);
+
+  beforeAll(async () => {
+    mkdirSync(ARTIFACTS, { recursive: true });
+    s = await startTestServer({ LOKI_ENTERPRISE_AUTH: 'true' });
+    admin = (await makeToken(s, 'admin', 'admin')).token;
+    const json = (method: string, p: string, body?: unknown) =>
+      s.req(p, { method, token: admin, headers: { 'Content-Type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+
+    for (const name of XSS_PAYLOADS) {
+      const r = await json('POST', '/api/enterprise/tokens', { name, role: 'viewer' });
+      expect(r.status, name).toBe(201);
+    }
+    const workspace = path.join(s.home, 'ws');
+    mkdirSync(workspace, { recursive: true });
+    writeFileSync(path.join(workspace, 'prd.md'), '# PRD\n');
+    for (const p of prdPayloads) writeFileSync(path.join(workspace, p), '# PRD\n');
+    for (const [i, name] of sessionPayloads.entries()) {
+      const prd = prdPayloads[i % (prdPayloads.length + 1)] ?? 'prd.md';
+      const r = await json('POST', '/api/sessions', { workspace, prd, name });
+      expect(r.status, `${name}: ${await r.clone().text()}`).toBe(201);
+      if (i === 0) sessionId = ((await r.json()) as { id: string }).id;
+    }
+    await s.runtime.deps.store.sessions.appendLogs(
+      sessionId,
+      XSS_PAYLOADS.map((text, i) => ({ line: i + 1, stream: i % 2 ? 'stderr' : 'stdout', text, ts: Date.now() })),
+    );
+    for (const payload of XSS_PAYLOADS) {
+      await s.runtime.audit.append({
+        ts: Date.now(),
+        action: 'test.xss',
+        actor: { type: 'system', id: null, name: payload },
+        outcome: { status: null, success: true, error: null },
+        details: { payload },
+      });
+    }
+    await s.runtime.audit.drain();
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await s?.stop();
+  });
+
+  it(`renders ${XSS_PAYLOADS.length} payloads literally in every panel, runs none of them`, async () => {
+    const { page, watch } = await openPage(browser, `${s.url}/`);
+    // With auth on and no token, the API's error is shown as text.
+    await waitForText(page, '#panel-status', 'a bearer token is required');
+
+    await page.fill('#token', admin);
+    await page.click('#token-form button[type=submit]');
+    await waitForText(page, '#panel-status', 'Version');
+    await waitForText(page, '#auth-state', 'auth on: token set');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-status.png'), fullPage: true });
+
+    // Sessions: names and PRD paths in the list, log lines in the output, live output.
+    await page.click('#tab-sessions');
+    await waitForText(page, '#session-rows', sessionPayloads[0]!);
+    const sessionsText = await panelText(page, '#session-rows');
+    for (const p of sessionPayloads) expect(sessionsText, p).toContain(p);
+    for (const p of prdPayloads) expect(sessionsText, p).toContain(p);
+    await page.click(`#session-rows tr[data-session="${sessionId}"] button`);
+    await waitForText(page, '#session-output', XSS_PAYLOADS.at(-1)!);
+    const live = ['<img src=x onerror=alert("live")>', `<script>window.__canary='live'</script>`];
+    await s.runtime.events.publish('output', sessionId, { stream: 'stdout', first_line: XSS_PAYLOADS.length + 1, lines: live });
+    await waitForText(page, '#session-output', live[1]!);
+    const output = await panelText(page, '#session-output');
+    expect(output).toBe(`${[...XSS_PAYLOADS, ...live].join('\n')}\n`);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-sessions.png'), fullPage: true });
+
+    // Events: payloads in event data arrive live and are shown as JSON text.
+    await page.click('#tab-events');
+    await waitForText(page, '#panel-events', 'open');
+    for (const payload of XSS_PAYLOADS) await s.runtime.events.publish('xss.probe', sessionId, { payload });
+    await waitForText(page, '#event-rows', JSON.stringify(XSS_PAYLOADS.at(-1)));
+    const eventsText = await panelText(page, '#event-rows');
+    for (const p of XSS_PAYLOADS) expect(eventsText, p).toContain(JSON.stringify(p));
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-events.png'), fullPage: true });
+
+    // Audit: details and actor names, verification and the checkpoint.
+    await page.click('#tab-audit');
+    await page.fill('#panel-audit input[name=limit]', '1000');
+    await page.click('#panel-audit button[type=submit]');
+    await waitForText(page, '#audit-rows', 'test.xss');
+    await waitForText(page, '#audit-rows', JSON.stringify(XSS_PAYLOADS.at(-1)));
+    const auditText = await panelText(page, '#audit-rows');
+    for (const p of XSS_PAYLOADS) {
+      expect(auditText, p).toContain(JSON.stringify({ payload: p }));
+      expect(auditText, p).toContain(`system:${p}`);
+    }
+    await page.click('#audit-verify-button');
+    await waitForText(page, '#audit-verify', 'VALID');
+    await page.click('#audit-checkpoint-button');
+    await page.waitForFunction(() => (document.querySelector('#audit-checkpoint')?.textContent ?? '') !== '');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-audit.png'), fullPage: true });
+
+    // Tokens: names listed literally; create through the form (secret once), revoke in two clicks.
+    await page.click('#tab-tokens');
+    await waitForText(page, '#token-rows', XSS_PAYLOADS[0]!);
+    const tokensText = await panelText(page, '#token-rows');
+    for (const p of XSS_PAYLOADS) expect(tokensText, p).toContain(p);
+    const uiName = `"><svg onload=alert('ui')> created in the UI`;
+    await page.fill('#panel-tokens input[name=name]', uiName);
+    await page.selectOption('#panel-tokens select[name=role]', 'auditor');
+    await page.fill('#panel-tokens input[name=expires_days]', '7');
+    await page.click('#panel-tokens button[type=submit]');
+    await waitForText(page, '#token-secret', uiName);
+    const secret = await page.$eval('#token-secret input', (n) => (n as HTMLInputElement).value);
+    expect(secret).toMatch(/^loki_[A-Za-z0-9]+$/);
+    await page.click('#token-secret button:text("Copy")');
+    await waitForText(page, '#token-rows', uiName);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-tokens.png'), fullPage: true });
+    const row = page.locator('#token-rows tr', { hasText: uiName });
+    await row.locator('button').click();
+    await row.locator('button', { hasText: 'Confirm revoke' }).click();
+    await page.waitForFunction((name) => [...document.querySelectorAll('#token-rows tr')].some((tr) => (tr.textContent ?? '').includes(name) && (tr.textContent ?? '').includes('revoked')), uiName);
+
+    await assertClean(page, watch);
+    // The token travels only in the Authorization header: never in a URL.
+    expect(watch.urls.filter((u) => u.includes(admin) || u.includes(secret))).toEqual([]);
+    expect(await page.evaluate(() => sessionStorage.getItem('loki.token'))).toBe(admin);
+    await page.close();
+  });
+
+  it('works with auth off (loopback), with no token', async () => {
+    const off = await startTestServer();
+    try {
+      await off.runtime.deps.store.tokens.list(false);
+      const { page, watch } = await openPage(browser, `${off.url}/#tokens`);
+      await waitForText(page, '#auth-state', 'auth off');
+      await page.click('#panel-tokens input[name=name]');
+      await page.fill('#panel-tokens input[name=name]', '<b>bold?</b>');
+      await page.click('#panel-tokens button[type=submit]');
+      await waitForText(page, '#token-rows', '<b>bold?</b>');
+      await page.click('#tab-status');
+      await waitForText(page, '#panel-status', 'Version');
+      await waitForText(page, '#panel-status', 'off');
+      await page.click('#tab-events');
+      await waitForText(page, '#panel-events', 'open');
+      await off.runtime.events.publish('plain.event', null, { note: '<i>x</i>' });
+      await waitForText(page, '#event-rows', '<i>x</i>');
+      await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-auth-off.png'), fullPage: true });
+      await assertClean(page, watch);
+      await page.close();
+    } finally {
+      await off.stop();
+    }
+  });
+
+  it('serves the page with the dashboard CSP and no inline script or style', async () => {
+    const r = await fetch(`${s.url}/`);
+    expect(r.headers.get('content-security-policy')).toContain("script-src 'self'");
+    expect(r.headers.get('content-security-policy')).toContain("object-src 'none'");
+    expect(r.headers.get('content-security-policy')).toContain("base-uri 'none'");
+    expect(r.headers.get('content-security-policy')).toContain("frame-ancestors 'none'");
+    const html = await r.text();
+    expect(html).not.toMatch(/<script(?![^>]*\bsrc=)[^>]*>/i);
+    expect(html).not.toMatch(/<style|\sstyle=|\son[a-z]+=/i);
+  });
+});

@@ -1,0 +1,66 @@
+/**
+ * Real sandbox workers and `loki` commands run from a given directory, as
+ * separate processes (for `loki start` and for SIGKILL/SIGTERM tests).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { LOKI_BIN } from './server';
+
+export interface SpawnedWorker {
+  child: ChildProcess;
+  output(): string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves when the worker's log contains `pattern`. */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<void>;
+}
+
+/** Spawn `loki sandbox worker` and wait for its start-up line. */
+export async function spawnWorker(env: Record<string, string>, args: string[] = []): Promise<SpawnedWorker> {
+  const child = spawn(process.execPath, [LOKI_BIN, 'sandbox', 'worker', ...args], {
+    env: { PATH: process.env.PATH ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  const onData = (d: Buffer) => {
+    out += d.toString();
+  };
+  child.stdout?.on('data', onData);
+  child.stderr?.on('data', onData);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const waitFor = async (pattern: RegExp, timeoutMs = 20_000) => {
+    const deadline = Date.now() + timeoutMs;
+    while (!pattern.test(out)) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`worker exited: ${out}`);
+      if (Date.now() > deadline) throw new Error(`worker log never matched ${pattern}: ${out}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const worker = { child, output: () => out, exited, waitFor };
+  await waitFor(/sandbox worker started/);
+  return worker;
+}
+
+/** Run `loki …` in `cwd`; resolves with the exit code and both streams. */
+export function runLoki(
+  args: string[],
+  opts: { env: Record<string, string>; cwd: string; timeoutMs?: number },
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [LOKI_BIN, ...args], {
+      cwd: opts.cwd,
+      env: { PATH: process.env.PATH ?? '', ...opts.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: opts.timeoutMs ?? 60_000,
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => {
+      stdout += d;
+    });
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
