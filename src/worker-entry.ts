@@ -24,6 +24,7 @@ import { ConfigError, isLoopbackHost, loadConfig } from './env';
 import { EventHub } from './events/hub';
 import type { AppDeps, Logger } from './http/context';
 import { ErrorCode, errorBody } from './http/errors';
+import { newRequestId } from './http/middleware/request-id';
 import { API_CSP } from './http/middleware/security-headers';
 import { redactString, redactValue } from './util/redact';
 import { VERSION } from './version';
@@ -49,7 +50,8 @@ type FetchHandler = (request: Request, env: WorkerBindings, ctx: ExecutionContex
  * request that started them, and a request's leftover work may be cancelled
  * once its response is sent: another request's entry would then never settle.
  * Concurrent writers (in this isolate or others) are kept on one linear chain
- * by the storage's optimistic insert instead.
+ * by the storage instead: an optimistic insert on the `seq` primary key, and
+ * turn-taking within the isolate (src/db/d1-audit.ts).
  */
 class RequestScopedAuditLog extends AuditLog {
   private appended = 0;
@@ -102,7 +104,7 @@ const consoleLogger: Logger = (() => {
  * reported (null), so that it never earns the loopback trust the guard gives
  * when auth is off.
  */
-export function workersClientAddress(c: Context): string | null {
+function workersClientAddress(c: Context): string | null {
   const ip = c.req.header('cf-connecting-ip')?.trim() ?? '';
   if (ip === '' || isLoopbackHost(ip.replace(/^::ffff:/i, ''))) return null;
   return ip;
@@ -128,18 +130,18 @@ function buildHandler(env: WorkerBindings): FetchHandler {
   // A Worker has no home directory or working directory; these fill only
   // file-system fields of the config that no Workers code path reads.
   const config = loadConfig(stringVars(env), { home: '/nonexistent', cwd: '/nonexistent' });
+  if (config.syslog) consoleLogger.warn('LOKI_AUDIT_SYSLOG_HOST is ignored on Workers: audit entries are not forwarded to syslog');
+  if (!config.enterpriseAuth && !config.oidc) {
+    consoleLogger.warn('auth is off: a Worker has no loopback callers to trust, so only the public routes answer');
+  }
   const store = createD1Store(env.DB);
   const storage = createD1AuditStorage(env.DB);
   const audit = new RequestScopedAuditLog({
     storage,
     enabled: config.auditEnabled,
     signer: null,
-    // Verification hashes with Web Crypto (asynchronous) through the range
-    // checker; AuditLog's synchronous `sha256` is then never called.
-    sha256: () => {
-      throw new Error('synchronous SHA-256 is not available on Workers; verification uses webCryptoRangeChecker');
-    },
-    rangeChecker: webCryptoRangeChecker(storage),
+    // Verification hashes with Web Crypto (asynchronous) through the range checker.
+    verification: { rangeChecker: webCryptoRangeChecker(storage) },
     onError: (err) => consoleLogger.error('audit', { err: String(err) }),
   });
   const deps: AppDeps = {
@@ -161,11 +163,13 @@ function buildHandler(env: WorkerBindings): FetchHandler {
 /** A bad setting: the full line goes to the log, the client gets the contract's error shape. */
 function configErrorResponse(err: ConfigError): Response {
   consoleLogger.error(`loki: ${err.message}`);
-  const body = errorBody(ErrorCode.internal, 'the worker is misconfigured; see its logs', crypto.randomUUID());
+  const requestId = newRequestId();
+  const body = errorBody(ErrorCode.internal, 'the worker is misconfigured; see its logs', requestId);
   return new Response(JSON.stringify(body), {
     status: 500,
     headers: {
       'Content-Type': 'application/json',
+      'X-Request-Id': requestId,
       'Content-Security-Policy': API_CSP,
       'X-Content-Type-Options': 'nosniff',
       'Referrer-Policy': 'no-referrer',

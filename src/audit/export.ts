@@ -7,7 +7,7 @@ import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { JWK } from 'jose';
 import type { ChainRow, VerifyResult } from './chain';
-import { type CheckpointSigner, verifyStorage } from './log';
+import { type CheckpointSigner, sequentialChecker, verifyStorage } from './log';
 import { checkpointVerifier } from './signer';
 import type { AuditStorage, StoredCheckpoint, Tip } from './storage';
 
@@ -115,5 +115,6 @@ export async function verifyExport(
       publicJwk: async () => jwk as Record<string, unknown>,
     };
   }
-  return verifyStorage(memoryStorage(rows, checkpoints), { signer, external: opts.external ?? null, sha256: opts.sha256 });
+  const storage = memoryStorage(rows, checkpoints);
+  return verifyStorage(storage, { signer, external: opts.external ?? null, rangeChecker: sequentialChecker(storage, opts.sha256) });
 }

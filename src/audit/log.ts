@@ -49,8 +49,8 @@ export interface AuditLogOptions {
   checkpointEvery?: number;
   maxBatch?: number;
   now?: () => number;
-  sha256: (s: string) => string;
-  rangeChecker?: RangeChecker;
+  /** Verification: a parallel/async `rangeChecker`, or a synchronous `sha256` for the sequential one. */
+  verification: { rangeChecker: RangeChecker } | { sha256: (s: string) => string };
 }
 
 interface Pending {
@@ -183,8 +183,7 @@ export class AuditLog {
     return verifyStorage(this.opts.storage, {
       signer: this.opts.signer ?? null,
       external: opts.external ?? null,
-      sha256: this.opts.sha256,
-      rangeChecker: this.opts.rangeChecker,
+      rangeChecker: 'rangeChecker' in this.opts.verification ? this.opts.verification.rangeChecker : sequentialChecker(this.opts.storage, this.opts.verification.sha256),
     });
   }
 }
@@ -216,7 +215,7 @@ export function sequentialChecker(storage: AuditStorage, sha256: (s: string) => 
 
 export async function verifyStorage(
   storage: AuditStorage,
-  opts: { signer: CheckpointSigner | null; external: string | null; sha256: (s: string) => string; rangeChecker?: RangeChecker | undefined },
+  opts: { signer: CheckpointSigner | null; external: string | null; rangeChecker: RangeChecker },
 ): Promise<VerifyResult> {
   const bounds = await storage.bounds();
   const checkpoints = await storage.checkpoints();
@@ -264,7 +263,7 @@ export async function verifyStorage(
   }
 
   // 3. Every link.
-  const checker = opts.rangeChecker ?? sequentialChecker(storage, opts.sha256);
+  const checker = opts.rangeChecker;
   let lastHash = startPrev;
   let checked = 0;
   if (first !== null) {

@@ -4,7 +4,7 @@
  * verifier, and syslog forwarding of every committed entry and checkpoint.
  */
 import path from 'node:path';
-import { createSqliteAuditStorage, sha256Hex } from '../db/sqlite-audit';
+import { createSqliteAuditStorage } from '../db/sqlite-audit';
 import type { SqliteDb } from '../db/sqlite';
 import type { Config } from '../env';
 import type { Logger } from '../http/context';
@@ -57,8 +57,7 @@ export async function createNodeAudit(config: Config, db: SqliteDb, opts: { logg
     storage: createSqliteAuditStorage(db),
     enabled: config.auditEnabled,
     signer,
-    sha256: sha256Hex,
-    rangeChecker: createParallelChecker(config.dbPath),
+    verification: { rangeChecker: createParallelChecker(config.dbPath) },
     onError: (err) => opts.logger?.error('audit write failed', { err: String(err) }),
     onCommitted: syslog
       ? (entries) => {

@@ -4,7 +4,12 @@
  * every row in one `batch` (D1 runs a batch as one SQL transaction: all rows or
  * none). A concurrent writer that took the same seq first makes the batch fail
  * on the `seq` primary key; then the tip is read again and the batch re-linked,
- * a bounded number of times. The chain stays linear without any lock.
+ * until a deadline. Correctness rests on that primary key alone: the chain
+ * stays linear across isolates without any lock.
+ *
+ * Writers in one isolate also take turns (see `takeTurn`), for latency only:
+ * optimistic retries alone collapse under a burst (twenty concurrent appends
+ * read the same tip, one wins, nineteen retry, and so on).
  */
 import { canonicalEntry, type ChainRow, GENESIS_HASH } from '../audit/chain';
 import { type RangeChecker, sequentialChecker } from '../audit/log';
@@ -14,9 +19,11 @@ import { auditQuerySql } from './audit-sql';
 import type { D1Database } from './d1';
 
 export interface D1AuditOptions {
-  /** Attempts of one append before it fails (the HTTP layer then answers 503). */
-  maxAttempts?: number;
-  /** Wait before a retry; jittered so that colliding writers spread out. */
+  /** How long one append may take, waiting and retries included, before it fails (the HTTP layer answers 503). */
+  appendTimeoutMs?: number;
+  /** How long a writer may hold this isolate's turn before the others presume it cancelled. */
+  turnLeaseMs?: number;
+  /** Wait before re-linking after a conflict with another isolate; jittered so colliding writers spread out. */
   backoffMs?: (attempt: number) => number;
 }
 
@@ -30,6 +37,7 @@ interface RowShape {
 const CHECKPOINT_COLUMNS = 'id, kind, size, head_hash AS headHash, time, jws';
 const toRow = (r: RowShape): ChainRow => ({ seq: r.seq, entry: r.entry, prevHash: r.prev_hash, hash: r.hash });
 const defaultBackoff = (attempt: number) => Math.random() * Math.min(100, 2 * 2 ** attempt);
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** True when a D1 error is the `seq` primary key taken by another writer. */
 export function isSeqConflict(err: unknown): boolean {
@@ -39,8 +47,30 @@ export function isSeqConflict(err: unknown): boolean {
 }
 
 export function createD1AuditStorage(db: D1Database, opts: D1AuditOptions = {}): AuditStorage {
-  const maxAttempts = opts.maxAttempts ?? 40;
+  const appendTimeoutMs = opts.appendTimeoutMs ?? 5_000;
+  const turnLeaseMs = opts.turnLeaseMs ?? 2_000;
   const backoff = opts.backoffMs ?? defaultBackoff;
+
+  // This isolate's turn: plain data, never a promise. On Workers a request must
+  // not await a promise that another request settles (if that request is
+  // cancelled, the waiter hangs), so waiting writers poll on their own timers,
+  // and a turn is a lease, so a writer cancelled mid-append blocks no one for long.
+  let turnHeldUntil = 0;
+  let turnOwner: object | null = null;
+  const takeTurn = async (deadline: number): Promise<() => void> => {
+    while (Date.now() < turnHeldUntil) {
+      if (Date.now() >= deadline) throw new Error('audit append timed out waiting for its turn');
+      await sleep(1 + Math.random() * 3);
+    }
+    const me = {};
+    turnOwner = me;
+    turnHeldUntil = Date.now() + turnLeaseMs;
+    return () => {
+      if (turnOwner !== me) return;
+      turnOwner = null;
+      turnHeldUntil = 0;
+    };
+  };
 
   const latestCheckpoint = async (kind?: string): Promise<StoredCheckpoint | null> => {
     const stmt = kind
@@ -60,25 +90,30 @@ export function createD1AuditStorage(db: D1Database, opts: D1AuditOptions = {}):
   return {
     async appendBatch(inputs) {
       if (inputs.length === 0) return [];
+      const deadline = Date.now() + appendTimeoutMs;
       for (let attempt = 1; ; attempt++) {
-        let tip = await currentTip();
-        const out: Tip[] = [];
-        const statements = [];
-        for (const input of inputs) {
-          const seq = tip.seq + 1;
-          const entry = canonicalEntry(seq, input);
-          const hash = await sha256Hex(tip.hash + entry);
-          statements.push(db.prepare('INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES (?, ?, ?, ?)').bind(seq, entry, tip.hash, hash));
-          tip = { seq, hash };
-          out.push(tip);
-        }
+        const release = await takeTurn(deadline);
         try {
+          let tip = await currentTip();
+          const out: Tip[] = [];
+          const statements = [];
+          for (const input of inputs) {
+            const seq = tip.seq + 1;
+            const entry = canonicalEntry(seq, input);
+            const hash = await sha256Hex(tip.hash + entry);
+            statements.push(db.prepare('INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES (?, ?, ?, ?)').bind(seq, entry, tip.hash, hash));
+            tip = { seq, hash };
+            out.push(tip);
+          }
           await db.batch(statements);
           return out;
         } catch (err) {
-          if (!isSeqConflict(err) || attempt >= maxAttempts) throw err;
-          await new Promise<void>((r) => setTimeout(r, backoff(attempt)));
+          if (!isSeqConflict(err) || Date.now() >= deadline) throw err;
+        } finally {
+          release();
         }
+        // Another isolate (or a writer whose lease ran out) took the seq: let it finish.
+        await sleep(backoff(attempt));
       }
     },
     tip: currentTip,

@@ -7,8 +7,7 @@
  * `@cloudflare/workers-types` (and its global declarations) to type-check.
  */
 import { drizzle } from 'drizzle-orm/d1';
-import type { AnyDb } from './drizzle-store';
-import { createDrizzleStore } from './drizzle-store';
+import { type AnyDb, createDrizzleStore } from './drizzle-store';
 import * as schema from './schema';
 import type { Store } from './store';
 

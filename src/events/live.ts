@@ -43,7 +43,8 @@ export interface LiveStreamOptions {
   now: () => number;
   /** Frees the connection slot (EventHub.admit). */
   release: () => void;
-  shutdownSignal?: AbortSignal;
+  /** The endpoint's open streams; all are closed at shutdown. */
+  group: LiveGroup;
   /** How often the credential is re-checked (ms); the contract says within 5 s. */
   revalidateMs?: number;
 }
@@ -61,7 +62,6 @@ export class LiveStream {
   private typeSet: Set<string> | null;
   private unsubscribe: (() => void) | null = null;
   private timer: ReturnType<typeof setInterval> | null = null;
-  private readonly onShutdown = () => this.close('shutdown');
   private catchingUp = false;
   private catchUpAgain = false;
   private lastCheck: number;
@@ -82,11 +82,11 @@ export class LiveStream {
   /** Begin: catch up from the cursor, then follow the hub. */
   start(): void {
     if (this.done) return;
-    if (this.opts.shutdownSignal?.aborted) {
+    if (this.opts.group.shuttingDown) {
       this.close('shutdown');
       return;
     }
-    this.opts.shutdownSignal?.addEventListener('abort', this.onShutdown, { once: true });
+    this.opts.group.add(this);
     this.timer = setInterval(() => this.tick(), TICK_MS);
     (this.timer as { unref?: () => void }).unref?.();
     if (this.opts.hub.fanout) this.unsubscribe = this.opts.hub.subscribeBatches((b) => this.onBatch(b));
@@ -110,7 +110,7 @@ export class LiveStream {
     this.unsubscribe = null;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    this.opts.shutdownSignal?.removeEventListener('abort', this.onShutdown);
+    this.opts.group.delete(this);
     this.opts.release();
     try {
       this.opts.sink.closed(reason);
@@ -233,6 +233,43 @@ export class LiveStream {
       .finally(() => {
         this.checking = false;
       });
+  }
+}
+
+/**
+ * The open streams of one endpoint. One shutdown listener closes them all (a
+ * listener per stream would pile up on the shared AbortSignal).
+ */
+export class LiveGroup {
+  private readonly open = new Set<LiveStream>();
+  private shut = false;
+
+  constructor(signal?: AbortSignal) {
+    if (signal?.aborted) this.shut = true;
+    signal?.addEventListener(
+      'abort',
+      () => {
+        this.shut = true;
+        for (const s of [...this.open]) s.close('shutdown');
+      },
+      { once: true },
+    );
+  }
+
+  get size(): number {
+    return this.open.size;
+  }
+
+  get shuttingDown(): boolean {
+    return this.shut;
+  }
+
+  add(s: LiveStream): void {
+    this.open.add(s);
+  }
+
+  delete(s: LiveStream): void {
+    this.open.delete(s);
   }
 }
 

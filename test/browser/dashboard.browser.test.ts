@@ -86,7 +86,7 @@ async function assertClean(page: Page, watch: Watch): Promise<void> {
   expect(injected).toEqual([]);
 }
 
-describe.skipIf(!haveChromium)('dashboard in headless Chromium', () => {
+describe.skipIf(!haveChromium)(haveChromium ? 'dashboard in headless Chromium' : `dashboard in headless Chromium (skipped: ${CHROMIUM} is not installed)`, () => {
   let s: TestServer;
   let admin: string;
   let browser: Browser;
@@ -162,6 +162,22 @@ describe.skipIf(!haveChromium)('dashboard in headless Chromium', () => {
     const output = await panelText(page, '#session-output');
     expect(output).toBe(`${[...XSS_PAYLOADS, ...live].join('\n')}\n`);
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-sessions.png'), fullPage: true });
+
+    // Start a session through the form, then stop it; a refused start shows the API's message.
+    const startedName = '<b>started from the form</b>';
+    await page.fill('#panel-sessions input[name=workspace]', path.join(s.home, 'ws'));
+    await page.fill('#panel-sessions input[name=prd]', 'prd.md');
+    await page.fill('#panel-sessions input[name=budget]', '2.50');
+    await page.fill('#panel-sessions input[name=name]', startedName);
+    await page.click('#panel-sessions button[type=submit]');
+    await waitForText(page, '#session-rows', startedName);
+    const started = page.locator('#session-rows tr', { hasText: startedName });
+    await started.locator('button', { hasText: 'Stop' }).click();
+    await page.waitForFunction((name) => [...document.querySelectorAll('#session-rows tr')].some((tr) => (tr.textContent ?? '').includes(name) && (tr.textContent ?? '').includes('stopped')), startedName);
+    await page.fill('#panel-sessions input[name=workspace]', '/etc');
+    await page.click('#panel-sessions button[type=submit]');
+    await page.waitForFunction(() => !(document.querySelector('#panel-sessions .error') as HTMLElement | null)?.hidden);
+    expect(await panelText(page, '#panel-sessions .error')).toMatch(/\(HTTP 400\)$/);
 
     // Events: payloads in event data arrive live and are shown as JSON text.
     await page.click('#tab-events');

@@ -37,6 +37,7 @@ export const XSS_PAYLOADS: readonly string[] = [
   `<IFRAME SRC="javascript:alert('XSS');"></IFRAME>`,
   `<DIV STYLE="background-image: url(javascript:alert('XSS'))">`,
   `</textarea><script>${CANARY}</script>`,
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a template-literal payload, on purpose
   '${alert(1)}',
   `\`\${${CANARY}}\``,
   '\\u003cscript\\u003ealert(1)\\u003c/script\\u003e',

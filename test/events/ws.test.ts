@@ -4,6 +4,7 @@
  * query-string token never reaches the audit log.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLokiApp } from '../../src/app';
 import { runCli, startTestServer, type TestServer } from '../helpers/server';
 import { openWs, type WsClient, waitForStreams } from '../helpers/streams';
 import { makeToken } from '../helpers/tokens';
@@ -89,6 +90,13 @@ describe('WebSocket /ws (auth on)', () => {
     await ok.opened;
     ok.ws.close();
     await ok.closed;
+  });
+
+  it('answers 501 on a runtime without a WebSocket helper (the Workers entry passes none)', async () => {
+    const { app } = createLokiApp({ ...s.runtime.deps, upgradeWebSocket: undefined });
+    const r = await app.request('/ws', { headers: { Host: `127.0.0.1:${s.port}`, Upgrade: 'websocket', Authorization: `Bearer ${viewer}` } });
+    expect(r.status).toBe(501);
+    expect((await r.json()).error.code).toBe('not_implemented');
   });
 
   it('answers a plain GET with 426', async () => {

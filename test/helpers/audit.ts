@@ -1,6 +1,6 @@
 import path from 'node:path';
 import type { AuditInput } from '../../src/audit/chain';
-import { AuditLog, sequentialChecker } from '../../src/audit/log';
+import { AuditLog } from '../../src/audit/log';
 import { createParallelChecker } from '../../src/audit/parallel-verify';
 import { createFileSigner } from '../../src/audit/signer';
 import { migrate, openSqlite, type SqliteDb } from '../../src/db/sqlite';
@@ -43,11 +43,10 @@ export async function makeAuditLog(opts: { entries?: number; checkpointEvery?: n
     storage,
     enabled: true,
     signer,
-    sha256: sha256Hex,
     checkpointEvery: opts.checkpointEvery ?? 1000,
-    rangeChecker: createParallelChecker(dbPath, { threads: 2, minPerThread: 100 }),
+    verification: { rangeChecker: createParallelChecker(dbPath, { threads: 2, minPerThread: 100 }) },
   });
-  const sequential = new AuditLog({ storage, enabled: true, signer, sha256: sha256Hex, rangeChecker: sequentialChecker(storage, sha256Hex) });
+  const sequential = new AuditLog({ storage, enabled: true, signer, verification: { sha256: sha256Hex } });
   const n = opts.entries ?? 0;
   const pending: Promise<unknown>[] = [];
   for (let i = 1; i <= n; i++) pending.push(audit.append(sampleEntry(i)));

@@ -3,16 +3,17 @@
  * with migrations applied by scripts/workerd-migrate.sh to a temporary state
  * directory. Offline: no login, telemetry, update check or cf.json download.
  *
- * Two Workers run side by side on copies of one migrated database: one with the
- * wrangler.toml defaults (token auth on, an admin token inserted into D1), one
- * with auth off, to show that a Worker never extends loopback trust.
+ * Three Workers run side by side: two on copies of one migrated database, one
+ * with the wrangler.toml defaults (token auth on, an admin token made by
+ * scripts/workerd-token.ts) and one with auth off, to show that a Worker never
+ * extends loopback trust; a third with a bad setting, to show how a Worker
+ * reports it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { cpSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { generateToken, sha256Hex } from '../../src/auth/tokens';
 import { freePort, ROOT } from '../helpers/server';
 
 const WRANGLER = path.join(ROOT, 'node_modules/wrangler/bin/wrangler.js');
@@ -68,13 +69,17 @@ interface Dev {
   output: () => string;
 }
 
-async function startDev(persistTo: string, vars: string[] = []): Promise<Dev> {
+/** Every wrangler started, registered before it answers, so afterAll stops even one that failed to come up. */
+const started: ChildProcess[] = [];
+
+async function startDev(persistTo: string, vars: string[] = [], healthStatus = 200): Promise<Dev> {
   const port = await freePort();
   const args = [WRANGLER, 'dev', '--local', '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', '0'];
   args.push('--persist-to', persistTo, '--show-interactive-dev-session=false', '--log-level', 'warn');
   for (const v of vars) args.push('--var', v);
   // detached: its own process group, so afterAll can stop wrangler and workerd together.
   const child = spawn(process.execPath, args, { cwd: ROOT, env: wranglerEnv, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  started.push(child);
   let out = '';
   child.stdout?.on('data', (d) => {
     out += d;
@@ -89,7 +94,7 @@ async function startDev(persistTo: string, vars: string[] = []): Promise<Dev> {
     try {
       const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2_000) });
       await res.arrayBuffer();
-      if (res.status === 200) break;
+      if (res.status === healthStatus) break;
     } catch {
       // not listening yet
     }
@@ -99,10 +104,10 @@ async function startDev(persistTo: string, vars: string[] = []): Promise<Dev> {
   return { url, child, output: () => out };
 }
 
-async function stopDev(dev: Dev | undefined): Promise<void> {
-  const pid = dev?.child.pid;
-  if (!dev || pid === undefined || dev.child.exitCode !== null) return;
-  const exited = new Promise<void>((r) => dev.child.once('exit', () => r()));
+/** SIGTERM to wrangler's process group, SIGKILL after 5 s, and SIGKILL for any workerd left behind. */
+async function stopGroup(child: ChildProcess): Promise<void> {
+  const pid = child.pid;
+  if (pid === undefined) return;
   const signalGroup = (sig: NodeJS.Signals) => {
     try {
       process.kill(-pid, sig);
@@ -110,36 +115,41 @@ async function stopDev(dev: Dev | undefined): Promise<void> {
       // already gone
     }
   };
-  signalGroup('SIGTERM');
-  const timer = setTimeout(() => signalGroup('SIGKILL'), 5_000);
-  await exited;
-  clearTimeout(timer);
-  signalGroup('SIGKILL'); // workerd, should it have outlived wrangler
+  if (child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    signalGroup('SIGTERM');
+    const timer = setTimeout(() => signalGroup('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(timer);
+  }
+  signalGroup('SIGKILL');
 }
 
 const withAuthDir = path.join(state, 'auth-on');
 const authOffDir = path.join(state, 'auth-off');
-const token = generateToken();
+let token = '';
 let authOn: Dev | undefined;
 let authOff: Dev | undefined;
+let misconfigured: Dev | undefined;
 
 beforeAll(async () => {
   const migrated = await run('bash', [path.join(ROOT, 'scripts/workerd-migrate.sh'), '--persist-to', withAuthDir]);
   if (migrated.code !== 0) throw new Error(`migrations failed: ${migrated.stderr || migrated.stdout}`);
   expect(migrated.stdout).toContain('0000_init.sql');
-  cpSync(withAuthDir, authOffDir, { recursive: true });
-  // The plaintext never reaches D1: only its SHA-256, as the CLI stores it.
-  // Every value below is generated here (hex, base62, a fixed name): safe to inline.
-  const hash = await sha256Hex(token);
-  await d1(
-    withAuthDir,
-    `INSERT INTO tokens (id, name, hash, role, scopes, created_at, source) VALUES ('tok_workerdsmoke', '${TOKEN_NAME}', '${hash}', 'admin', '["*"]', ${Date.now()}, 'native')`,
-  );
-  [authOn, authOff] = await Promise.all([startDev(withAuthDir), startDev(authOffDir, ['LOKI_ENTERPRISE_AUTH:false'])]);
+  cpSync(withAuthDir, authOffDir, { recursive: true }); // before the token: the auth-off Worker has none
+  // The deployment's way to make a token (only its SHA-256 reaches D1).
+  const made = await run(process.execPath, ['--import', 'tsx', path.join(ROOT, 'scripts/workerd-token.ts'), TOKEN_NAME, '--role', 'admin', '--persist-to', withAuthDir, '--json']);
+  if (made.code !== 0) throw new Error(`workerd-token failed: ${made.stderr || made.stdout}`);
+  token = (JSON.parse(made.stdout) as { token: string }).token;
+  [authOn, authOff, misconfigured] = await Promise.all([
+    startDev(withAuthDir),
+    startDev(authOffDir, ['LOKI_ENTERPRISE_AUTH:false']),
+    startDev(path.join(state, 'misconfigured'), ['LOKI_DASHBOARD_PORT:abc'], 500),
+  ]);
 }, 110_000);
 
 afterAll(async () => {
-  await Promise.all([stopDev(authOn), stopDev(authOff)]);
+  await Promise.all(started.map(stopGroup));
   rmSync(state, { recursive: true, force: true });
 });
 
@@ -184,7 +194,11 @@ describe('Workers (wrangler dev, local D1)', () => {
 
   it('keeps one linear audit chain under concurrent requests, verifiable with Web Crypto', async () => {
     const statuses = await Promise.all(
-      Array.from({ length: 20 }, () => fetch(`${authOn!.url}/api/status`, { headers: bearer() }).then(async (r) => (await r.arrayBuffer(), r.status))),
+      Array.from({ length: 20 }, async () => {
+        const r = await fetch(`${authOn!.url}/api/status`, { headers: bearer() });
+        await r.arrayBuffer();
+        return r.status;
+      }),
     );
     expect(statuses).toEqual(Array(20).fill(200));
     const res = await fetch(`${authOn!.url}/api/enterprise/audit/verify`, { headers: bearer() });
@@ -195,14 +209,59 @@ describe('Workers (wrangler dev, local D1)', () => {
   });
 
   it('writes the audit entries to D1', async () => {
-    const [count] = await d1(withAuthDir, 'SELECT count(*) AS n, max(seq) AS last FROM audit_log');
-    expect(Number(count?.n)).toBeGreaterThanOrEqual(24);
-    expect(count?.n).toBe(count?.last); // seq 1..n, no gaps
-    const rows = await d1(withAuthDir, "SELECT action, actor, entry FROM audit_log WHERE action = 'auth.failure' OR actor IS NOT NULL ORDER BY seq");
-    expect(rows.some((r) => r.action === 'auth.failure')).toBe(true);
-    expect(rows.some((r) => r.actor === TOKEN_NAME)).toBe(true);
-    // The token's plaintext is never written anywhere.
-    expect(JSON.stringify(rows)).not.toContain(token);
+    const [row] = await d1(
+      withAuthDir,
+      `SELECT count(*) AS n, max(seq) AS last, sum(action = 'auth.failure') AS failures, sum(actor = '${TOKEN_NAME}') AS by_token, sum(instr(entry, '${token}') > 0) AS leaked FROM audit_log`,
+    );
+    expect(Number(row?.n)).toBeGreaterThanOrEqual(24);
+    expect(row?.n).toBe(row?.last); // seq 1..n, no gaps
+    expect(Number(row?.failures)).toBeGreaterThanOrEqual(1);
+    expect(Number(row?.by_token)).toBeGreaterThanOrEqual(21);
+    expect(Number(row?.leaked)).toBe(0); // the token's plaintext is never written
+  });
+
+  it('streams events over SSE, including rows another process wrote to D1', async () => {
+    const abort = new AbortController();
+    const res = await fetch(`${authOn!.url}/api/events`, { headers: bearer(), signal: abort.signal });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = '';
+    const readUntil = async (pattern: RegExp) => {
+      const deadline = Date.now() + 20_000;
+      while (!pattern.test(text)) {
+        if (Date.now() > deadline) throw new Error(`no ${pattern} in the stream: ${text}`);
+        const { value, done } = await reader.read();
+        if (done) throw new Error(`stream ended: ${text}`);
+        text += value;
+      }
+    };
+    try {
+      await readUntil(/: connected/);
+      // A Worker has no fan-out across requests: the stream reads the table on its own timer.
+      await d1(withAuthDir, `INSERT INTO events (type, session_id, data, ts) VALUES ('session.started', 'ses_workerd', '{"n":1}', ${Date.now()})`);
+      await readUntil(/"session_id":"ses_workerd"/);
+      expect(text).toMatch(/^id: \d+$/m);
+    } finally {
+      abort.abort();
+      await reader.cancel().catch(() => {});
+    }
+  });
+
+  it('serves the dashboard from the assets binding, with the page CSP', async () => {
+    const page = await fetch(`${authOn!.url}/`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get('content-type')).toMatch(/^text\/html/);
+    expect(page.headers.get('content-security-policy')).toContain("script-src 'self'");
+    expect(page.headers.get('x-content-type-options')).toBe('nosniff');
+    expect(await page.text()).toMatch(/<html/i);
+    const css = await fetch(`${authOn!.url}/assets/app.css`);
+    expect(css.status).toBe(200);
+    expect(css.headers.get('content-type')).toMatch(/^text\/css/);
+    await css.arrayBuffer();
+    const missing = await fetch(`${authOn!.url}/assets/missing.js`);
+    expect(missing.status).toBe(404);
+    expect(((await missing.json()) as { error: { code: string } }).error.code).toBe('not_found');
   });
 
   it('with auth off, serves only public routes: no caller is trusted as loopback', async () => {
@@ -215,5 +274,16 @@ describe('Workers (wrangler dev, local D1)', () => {
     await spoofed.arrayBuffer();
     const pub = await fetch(`${authOff!.url}/api/enterprise/status`);
     expect(await pub.json()).toMatchObject({ auth_enabled: false, audit_enabled: true });
+  });
+
+  it('answers a bad setting with a 500 in the JSON error shape, the details only in its log', async () => {
+    const res = await fetch(`${misconfigured!.url}/health`);
+    expect(res.status).toBe(500);
+    const body = (await res.json()) as { error: { code: string; message: string; request_id: string } };
+    expect(body.error.code).toBe('internal_error');
+    expect(body.error.request_id).toBe(res.headers.get('x-request-id'));
+    expect(JSON.stringify(body)).not.toContain('abc');
+    expect(res.headers.get('x-content-type-options')).toBe('nosniff');
+    expect(misconfigured!.output()).toMatch(/LOKI_DASHBOARD_PORT=\\?"abc\\?" is invalid/); // a JSON log line
   });
 });

@@ -69,7 +69,7 @@ export function guard(spec: RouteSpec, opts: GuardOptions): MiddlewareHandler<Ap
     const r = await resolveIdentity(c, opts);
     if ('failure' in r) {
       c.set('auditAction', 'auth.failure');
-      c.set('auditDetails', { ...c.get('auditDetails'), reason: r.failure });
+      c.set('auditDetails', { ...c.get('auditDetails'), reason: r.status === 429 ? 'rate_limited' : r.failure });
       if (r.status === 429) {
         return errorResponse(c, 429, ErrorCode.rateLimited, 'too many failed authentications; try again later', {
           'Retry-After': String(r.retryAfter ?? 60),

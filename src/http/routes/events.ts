@@ -12,7 +12,7 @@
  */
 import type { Authenticator } from '../../auth/authenticate';
 import type { EventRecord } from '../../db/store';
-import { type CloseReason, type LiveSink, LiveStream, parseCursor, parseSession, parseTypes } from '../../events/live';
+import { type CloseReason, LiveGroup, type LiveSink, LiveStream, parseCursor, parseSession, parseTypes } from '../../events/live';
 import type { AppContext, AppDeps } from '../context';
 import type { DefineRoute } from '../define-route';
 import { ErrorCode } from '../errors';
@@ -20,10 +20,23 @@ import { errorResponse } from '../respond';
 
 export const SSE_KEEPALIVE_MS = 15_000;
 const HIGH_WATER = 64 * 1024;
+const KEEPALIVE = new TextEncoder().encode(': keep-alive\n\n');
 
 /** One SSE frame per event; `data` is JSON on one line, so no field can break the framing. */
 export function sseFrame(e: EventRecord): string {
   return `id: ${e.id}\ndata: ${JSON.stringify(eventJson(e))}\n\n`;
+}
+
+// A fanned-out batch hands the same records to every stream: encode each once.
+const encoder = new TextEncoder();
+const frames = new WeakMap<EventRecord, Uint8Array>();
+function encodedFrame(e: EventRecord): Uint8Array {
+  let f = frames.get(e);
+  if (!f) {
+    f = encoder.encode(sseFrame(e));
+    frames.set(e, f);
+  }
+  return f;
 }
 
 export function eventJson(e: EventRecord) {
@@ -50,7 +63,7 @@ export function parseLiveQuery(c: AppContext, opts: { lastEventId: boolean }): L
 
 export function eventsRoutes(route: DefineRoute, deps: AppDeps, authenticator: Authenticator): void {
   const now = deps.now ?? Date.now;
-  const encoder = new TextEncoder();
+  const group = new LiveGroup(deps.shutdownSignal);
 
   route('GET', '/api/events', async (c) => {
     c.set('auditAction', 'events.stream');
@@ -73,10 +86,10 @@ export function eventsRoutes(route: DefineRoute, deps: AppDeps, authenticator: A
 
     let controller: ReadableStreamDefaultController<Uint8Array> | null = null;
     let lastWrite = now();
-    const write = (text: string) => {
+    const write = (bytes: Uint8Array) => {
       if (!controller) return;
       try {
-        controller.enqueue(encoder.encode(text));
+        controller.enqueue(bytes);
         lastWrite = now();
       } catch {
         // the client went away; cancel() closes the stream
@@ -84,11 +97,12 @@ export function eventsRoutes(route: DefineRoute, deps: AppDeps, authenticator: A
     };
     const sink: LiveSink = {
       send(events) {
-        write(events.map(sseFrame).join(''));
+        if (events.length === 1) write(encodedFrame(events[0]!));
+        else write(encoder.encode(events.map(sseFrame).join('')));
       },
       buffered: () => (controller ? Math.max(0, HIGH_WATER - (controller.desiredSize ?? 0)) : 0),
       tick(t) {
-        if (t - lastWrite >= SSE_KEEPALIVE_MS) write(': keep-alive\n\n');
+        if (t - lastWrite >= SSE_KEEPALIVE_MS) write(KEEPALIVE);
       },
       closed(reason: CloseReason) {
         if (!controller) return;
@@ -112,14 +126,14 @@ export function eventsRoutes(route: DefineRoute, deps: AppDeps, authenticator: A
       sink,
       now,
       release,
-      shutdownSignal: deps.shutdownSignal,
+      group,
     });
     const body = new ReadableStream<Uint8Array>(
       {
         start(ctl) {
           controller = ctl;
           // The first bytes go out at once, so clients see the stream open.
-          write(`retry: 3000\n: connected after ${after}\n\n`);
+          write(encoder.encode(`retry: 3000\n: connected after ${after}\n\n`));
         },
         cancel() {
           live.close('client');

@@ -28,7 +28,8 @@
 import type { Hono } from 'hono';
 import type { WSContext } from 'hono/ws';
 import type { Authenticator } from '../../auth/authenticate';
-import { type CloseReason, type LiveSink, LiveStream, parseCursor, parseSession, parseTypes } from '../../events/live';
+import type { EventRecord } from '../../db/store';
+import { type CloseReason, LiveGroup, type LiveSink, LiveStream, parseCursor, parseSession, parseTypes } from '../../events/live';
 import type { AppContext, AppDeps, AppEnv } from '../context';
 import type { DefineRoute } from '../define-route';
 import { ErrorCode } from '../errors';
@@ -85,6 +86,7 @@ export function wsRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps, a
   const attempts = new FailureLimiter(deps.config.wsAttemptsPerMinute, 60_000, now);
   const allowed = new Set(deps.config.corsOrigins);
   const pingEvery = deps.config.wsPingIntervalMs;
+  const group = new LiveGroup(deps.shutdownSignal);
 
   // Runs before the route's guard: attempts are counted whether or not they authenticate.
   app.use('/ws', async (c, next) => {
@@ -138,7 +140,7 @@ export function wsRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps, a
         };
         const sink: LiveSink = {
           send(events) {
-            for (const e of events) send({ type: 'event', event: eventJson(e) });
+            for (const e of events) if (ws.readyState === 1) ws.send(eventMessage(e));
           },
           buffered: () => raw?.bufferedAmount ?? 0,
           tick(t) {
@@ -167,7 +169,7 @@ export function wsRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps, a
           sink,
           now,
           release,
-          shutdownSignal: deps.shutdownSignal,
+          group,
         });
         send({ type: 'connected', protocol: ws.protocol || null, cursor: after });
         live.start();
@@ -186,6 +188,17 @@ export function wsRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps, a
       },
     });
   });
+}
+
+// A fanned-out batch hands the same records to every socket: serialise each once.
+const messages = new WeakMap<EventRecord, string>();
+function eventMessage(e: EventRecord): string {
+  let m = messages.get(e);
+  if (m === undefined) {
+    m = JSON.stringify({ type: 'event', event: eventJson(e) });
+    messages.set(e, m);
+  }
+  return m;
 }
 
 function closeFor(ws: WSContext, reason: CloseReason): void {

@@ -1,0 +1,198 @@
+/**
+ * npm run bench:sandbox — sandboxed sessions against the Docker CLI.
+ *
+ * 1. Start latency: time from `POST /api/sessions` to the session's first stored
+ *    output line (server in this process, so the moment the line is committed is
+ *    seen exactly; the worker is its own process), against `docker run --rm
+ *    --network none loki-sandbox:local <same command>` to its first stdout byte.
+ *    Sequential rounds (default 20 each, after 2 warm-ups).
+ * 2. Throughput: N sessions (default 20) queued at once through one worker at
+ *    concurrency 4: sessions per minute, outcomes, containers left behind.
+ *
+ * Options: --rounds N, --sessions N, --concurrency N. Prints JSON.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import Docker from 'dockerode';
+import { LokiClient } from '../../src/client';
+import { TERMINAL_STATES } from '../../src/db/store';
+import { loadConfig } from '../../src/env';
+import { type RunningServer, startServer } from '../../src/server';
+import { freePort, numberArg, ROOT } from './lib';
+
+const rounds = numberArg('rounds', 20);
+const sessionsCount = numberArg('sessions', 20);
+const concurrency = numberArg('concurrency', 4);
+const IMAGE = 'loki-sandbox:local';
+const COMMAND = ['echo', 'hello from the sandbox'];
+const WORKER_ID = `bench-${process.pid}`;
+
+const quiet = { info() {}, warn() {}, error: (msg: string, f?: Record<string, unknown>) => process.stderr.write(`${msg} ${JSON.stringify(f ?? {})}\n`) };
+
+function stats(xs: number[]) {
+  const s = [...xs].sort((a, b) => a - b);
+  const q = (p: number) => s[Math.min(s.length - 1, Math.floor(p * s.length))]!;
+  const r = (x: number) => Number(x.toFixed(1));
+  return { n: s.length, min: r(s[0]!), p50: r(q(0.5)), p90: r(q(0.9)), max: r(s[s.length - 1]!), mean: r(s.reduce((a, b) => a + b, 0) / s.length) };
+}
+
+/** `docker run --rm` (argument array, no shell) → ms to the first stdout byte. */
+function dockerRunFirstOutput(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    let first: number | null = null;
+    const child = spawn('docker', ['run', '--rm', '--network', 'none', IMAGE, ...COMMAND], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.once('data', () => {
+      first = performance.now() - t0;
+    });
+    child.stdout.resume();
+    let err = '';
+    child.stderr.on('data', (d) => {
+      err += d;
+    });
+    child.once('error', reject);
+    child.once('close', (code) => (code === 0 && first !== null ? resolve(first) : reject(new Error(`docker run failed (${code}): ${err}`))));
+  });
+}
+
+async function main() {
+  const docker = new Docker();
+  await docker.ping();
+  await docker.getImage(IMAGE).inspect();
+
+  const home = mkdtempSync(path.join(os.tmpdir(), 'loki-bench-sbx-'));
+  const roots = path.join(home, 'roots');
+  const ws = path.join(roots, 'ws');
+  mkdirSync(path.join(ws, '.loki'), { recursive: true });
+  writeFileSync(path.join(ws, 'prd.md'), '# bench\n');
+  writeFileSync(path.join(ws, '.loki', 'config.yaml'), `provider:\n  command: ${JSON.stringify(COMMAND)}\nsandbox:\n  memory_limit: 256m\n  cpu_limit: "1"\n`);
+  for (const p of [home, roots, ws, path.join(ws, '.loki')]) chmodSync(p, 0o755);
+
+  const port = await freePort();
+  const config = loadConfig({ LOKI_HOME: home, LOKI_WORKSPACE_ROOTS: roots, LOKI_DASHBOARD_PORT: String(port) }, { home, cwd: home });
+  const server: RunningServer = await startServer(config, { logger: quiet });
+  const { store, events } = server.runtime.deps;
+  let worker: ChildProcess | null = null;
+  try {
+    worker = spawn(process.execPath, [path.join(ROOT, 'bin/loki.js'), 'sandbox', 'worker', '--concurrency', String(concurrency)], {
+      env: { PATH: process.env.PATH ?? '', HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_WORKER_ID: WORKER_ID },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      worker!.stderr!.on('data', (d) => {
+        out += d;
+        if (out.includes('sandbox worker started')) resolve();
+      });
+      worker!.once('exit', (code) => reject(new Error(`worker exited (${code}): ${out}`)));
+    });
+    const client = new LokiClient({ url: server.url });
+
+    /** POST → first stored output line, then wait for the session to end. */
+    const lokiRound = async (): Promise<number> => {
+      let resolveFirst!: (t: number) => void;
+      const first = new Promise<number>((r) => {
+        resolveFirst = r;
+      });
+      let id: string | null = null;
+      let t0 = 0;
+      let done = false;
+      const check = () => {
+        if (!id || done) return;
+        void store.sessions.logs(id, 0, 1).then((l) => {
+          if (l.length && !done) {
+            done = true;
+            resolveFirst(performance.now() - t0);
+          }
+        });
+      };
+      const unsubscribe = events.subscribe(check);
+      try {
+        t0 = performance.now();
+        id = (await client.createSession({ workspace: ws, prd: 'prd.md', sandbox: true })).id;
+        check();
+        const ms = await first;
+        for (;;) {
+          const s = await store.sessions.get(id);
+          if (s && TERMINAL_STATES.has(s.status)) break;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        return ms;
+      } finally {
+        unsubscribe();
+      }
+    };
+
+    for (let i = 0; i < 2; i++) {
+      await lokiRound();
+      await dockerRunFirstOutput();
+    }
+    const loki: number[] = [];
+    const cli: number[] = [];
+    for (let i = 0; i < rounds; i++) {
+      // Interleaved, so both see the same engine conditions.
+      loki.push(await lokiRound());
+      cli.push(await dockerRunFirstOutput());
+    }
+
+    const t0 = performance.now();
+    const ids: string[] = [];
+    for (let i = 0; i < sessionsCount; i++) ids.push((await client.createSession({ workspace: ws, prd: 'prd.md', sandbox: true })).id);
+    const outcomes: Record<string, number> = {};
+    for (const id of ids) {
+      for (;;) {
+        const s = await store.sessions.get(id);
+        if (s && TERMINAL_STATES.has(s.status)) {
+          outcomes[s.status] = (outcomes[s.status] ?? 0) + 1;
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const leftover = await docker.listContainers({ all: true, filters: { label: [`loki.worker=${WORKER_ID}`] } });
+    const leftoverCli = await docker.listContainers({ all: true, filters: { ancestor: [IMAGE] } });
+
+    const lokiStats = stats(loki);
+    const cliStats = stats(cli);
+    const result = {
+      benchmark: 'sandbox',
+      image: IMAGE,
+      command: COMMAND,
+      start_to_first_output_ms: {
+        rounds,
+        loki_session: lokiStats,
+        docker_run_cli: cliStats,
+        ratio_p50: Number((lokiStats.p50 / cliStats.p50).toFixed(3)),
+        ratio_mean: Number((lokiStats.mean / cliStats.mean).toFixed(3)),
+        target: 'loki p50 <= 1.0 x docker run p50',
+        target_met: lokiStats.p50 <= cliStats.p50,
+      },
+      throughput: {
+        sessions: sessionsCount,
+        concurrency,
+        seconds: Number(seconds.toFixed(2)),
+        sessions_per_min: Number(((sessionsCount / seconds) * 60).toFixed(1)),
+        outcomes,
+        leftover_containers: leftover.length,
+        leftover_containers_of_image: leftoverCli.length,
+        target: 'zero leftover containers',
+        target_met: leftover.length === 0,
+      },
+    };
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  } finally {
+    if (worker && worker.exitCode === null) {
+      const exited = new Promise((r) => worker!.once('exit', r));
+      worker.kill('SIGTERM');
+      await exited;
+    }
+    await server.stop();
+    rmSync(home, { recursive: true, force: true });
+  }
+}
+
+await main();
