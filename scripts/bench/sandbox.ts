@@ -63,13 +63,14 @@ async function main() {
   await docker.ping();
   await docker.getImage(IMAGE).inspect();
 
-  const home = mkdtempSync(path.join(os.tmpdir(), 'loki-bench-sbx-'));
-  const roots = path.join(home, 'roots');
+  // LOKI_HOME and the workspace roots apart: the sandbox never mounts the state directory.
+  const home = mkdtempSync(path.join(os.tmpdir(), 'loki-bench-sbx-home-'));
+  const roots = mkdtempSync(path.join(os.tmpdir(), 'loki-bench-sbx-roots-'));
   const ws = path.join(roots, 'ws');
   mkdirSync(path.join(ws, '.loki'), { recursive: true });
   writeFileSync(path.join(ws, 'prd.md'), '# bench\n');
   writeFileSync(path.join(ws, '.loki', 'config.yaml'), `provider:\n  command: ${JSON.stringify(COMMAND)}\nsandbox:\n  memory_limit: 256m\n  cpu_limit: "1"\n`);
-  for (const p of [home, roots, ws, path.join(ws, '.loki')]) chmodSync(p, 0o755);
+  for (const p of [roots, ws, path.join(ws, '.loki')]) chmodSync(p, 0o755);
 
   const port = await freePort();
   const config = loadConfig({ LOKI_HOME: home, LOKI_WORKSPACE_ROOTS: roots, LOKI_DASHBOARD_PORT: String(port) }, { home, cwd: home });
@@ -114,12 +115,20 @@ async function main() {
         t0 = performance.now();
         id = (await client.createSession({ workspace: ws, prd: 'prd.md', sandbox: true })).id;
         check();
-        const ms = await first;
-        for (;;) {
-          const s = await store.sessions.get(id);
-          if (s && TERMINAL_STATES.has(s.status)) break;
-          await new Promise((r) => setTimeout(r, 20));
-        }
+        const ended = (async () => {
+          for (;;) {
+            const s = await store.sessions.get(id!);
+            if (s && TERMINAL_STATES.has(s.status)) return s;
+            await new Promise((r) => setTimeout(r, 20));
+          }
+        })();
+        // A session that ends without output must not hang the benchmark.
+        const ms = await Promise.race([first, ended.then(async (s) => {
+            await new Promise((r) => setTimeout(r, 500));
+            return s;
+          })]);
+        if (typeof ms !== 'number') throw new Error(`session ended ${ms?.status} without output: ${ms?.reason}`);
+        await ended;
         return ms;
       } finally {
         unsubscribe();
@@ -192,6 +201,7 @@ async function main() {
     }
     await server.stop();
     rmSync(home, { recursive: true, force: true });
+    rmSync(roots, { recursive: true, force: true });
   }
 }
 
