@@ -101,8 +101,9 @@ export class AuditLog {
   }
 
   private async flushLoop(): Promise<void> {
-    // Yield once so that entries from concurrent requests join the same batch.
-    await new Promise<void>((r) => setTimeout(r, 0));
+    // Yield once (to the end of this event-loop turn) so that entries from
+    // concurrent requests join the same batch.
+    await new Promise<void>((r) => (typeof setImmediate === 'function' ? setImmediate(r) : setTimeout(r, 0)));
     try {
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, this.maxBatch);
@@ -228,50 +229,49 @@ export async function verifyStorage(
     checkpoint: cp,
   });
 
-  // 1. Every stored checkpoint must carry a valid signature over what it claims.
-  const verified: (StoredCheckpoint & { body: CheckpointBody })[] = [];
-  for (const cp of checkpoints) {
-    const body = opts.signer ? await opts.signer.verify(cp.jws) : null;
-    if (opts.signer && (!body || body.size !== cp.size || body.head_hash !== cp.headHash)) {
-      return fail(cp.size, 'bad_checkpoint_signature', 0, '');
-    }
-    verified.push({ ...cp, body: body ?? { origin: '', size: cp.size, head_hash: cp.headHash, time: cp.time, kind: cp.kind } });
-  }
-  let external: (CheckpointBody & { jws: string; verified: boolean }) | null = null;
-  if (opts.external) {
-    const body = opts.signer ? await opts.signer.verify(opts.external) : null;
-    if (!body) return fail(null, 'bad_checkpoint_signature', 0, '');
-    external = { ...body, jws: opts.external, verified: true };
-  }
-
-  // 2. Where the chain starts: genesis, or the signed prune checkpoint at the cut.
+  // 1. Where the chain starts: genesis, or the prune checkpoint at the cut (its
+  //    signature is checked with the others below).
   const first = bounds.first;
   const last = bounds.last ?? 0;
   let startPrev = GENESIS_HASH;
   let startSeq = 1;
   if (first !== null && first > 1) {
-    const cut = verified.filter((c) => c.kind === 'prune' && c.size === first - 1).pop();
+    const cut = checkpoints.filter((c) => c.kind === 'prune' && c.size === first - 1).pop();
     if (!cut) return fail(first, 'prune_checkpoint_missing', 0, '');
     startPrev = cut.headHash;
     startSeq = first;
   } else if (first === null) {
-    const cut = verified.filter((c) => c.kind === 'prune').pop();
+    const cut = checkpoints.filter((c) => c.kind === 'prune').pop();
     if (cut) {
       startPrev = cut.headHash;
       startSeq = cut.size + 1;
     }
   }
 
-  // 3. Every link.
-  const checker = opts.rangeChecker;
-  let lastHash = startPrev;
-  let checked = 0;
-  if (first !== null) {
-    const r = await checker(startSeq, last, startPrev);
-    checked = r.count;
-    if (r.failure) return fail(r.failure.seq, r.failure.reason, checked, r.lastHash ?? '');
-    lastHash = r.lastHash ?? startPrev;
-  }
+  // 2. Every link (on worker threads where the runtime has them) while 3. every
+  //    stored checkpoint's signature is checked here.
+  const scan = first !== null ? opts.rangeChecker(startSeq, last, startPrev) : Promise.resolve({ failure: null, count: 0, lastHash: startPrev });
+  const signatures = (async () => {
+    const verified: (StoredCheckpoint & { body: CheckpointBody })[] = [];
+    for (const cp of checkpoints) {
+      const body = opts.signer ? await opts.signer.verify(cp.jws) : null;
+      if (opts.signer && (!body || body.size !== cp.size || body.head_hash !== cp.headHash)) return { kind: 'bad' as const, at: cp.size };
+      verified.push({ ...cp, body: body ?? { origin: '', size: cp.size, head_hash: cp.headHash, time: cp.time, kind: cp.kind } });
+    }
+    let external: (CheckpointBody & { jws: string; verified: boolean }) | null = null;
+    if (opts.external) {
+      const body = opts.signer ? await opts.signer.verify(opts.external) : null;
+      if (!body) return { kind: 'bad' as const, at: null };
+      external = { ...body, jws: opts.external, verified: true };
+    }
+    return { kind: 'ok' as const, verified, external };
+  })();
+  const [r, sig] = await Promise.all([scan, signatures]);
+  if (sig.kind === 'bad') return fail(sig.at, 'bad_checkpoint_signature', 0, '');
+  const { verified, external } = sig;
+  const checked = r.count;
+  if (r.failure) return fail(r.failure.seq, r.failure.reason, checked, r.lastHash ?? '');
+  const lastHash = r.lastHash ?? startPrev;
   const tipSeq = first === null ? startSeq - 1 : last;
 
   // 4. Checkpoints against the rows: truncation and rewritten history.

@@ -1,6 +1,6 @@
 // Worker thread of the parallel audit verifier: checks one seq range of the
 // chain read-only and posts the result. Plain JavaScript (see check-run.js).
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { checkRun } from './check-run.js';
@@ -16,7 +16,8 @@ try {
       for (const r of stmt.all(start, Math.min(to, start + CHUNK - 1))) yield { seq: r[0], entry: r[1], prevHash: r[2], hash: r[3] };
     }
   }
-  const sha256 = (s) => createHash('sha256').update(s).digest('hex');
+  // crypto.hash (one-shot, Node ≥ 20.12) is about twice as fast as createHash here.
+  const sha256 = typeof hash === 'function' ? (s) => hash('sha256', s, 'hex') : (s) => createHash('sha256').update(s).digest('hex');
   parentPort.postMessage(checkRun(rows(), from, expectedPrev, sha256));
 } finally {
   db.close();

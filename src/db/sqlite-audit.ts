@@ -4,14 +4,18 @@
  * synchronous=FULL). IMMEDIATE takes the write lock up front, so several
  * processes appending to one file keep a single linear chain.
  */
+import * as crypto from 'node:crypto';
 import { createHash } from 'node:crypto';
 import { canonicalEntry, type ChainRow, GENESIS_HASH } from '../audit/chain';
 import type { AuditStorage, StoredCheckpoint, Tip } from '../audit/storage';
 import { auditQuerySql } from './audit-sql';
 import type { SqliteDb } from './sqlite';
 
+// crypto.hash (one-shot, Node ≥ 20.12) is about twice as fast as createHash.
+const oneShot = (crypto as unknown as { hash?: (alg: string, data: string, enc: 'hex') => string }).hash;
+
 export function sha256Hex(s: string): string {
-  return createHash('sha256').update(s).digest('hex');
+  return oneShot ? oneShot('sha256', s, 'hex') : createHash('sha256').update(s).digest('hex');
 }
 
 type RawRow = [number, string, string, string];

@@ -9,8 +9,11 @@ import { startTestServer, type TestServer } from '../helpers/server';
 import { makeToken } from '../helpers/tokens';
 import { HOSTILE_PRD, makeWorkspace, tempRoot } from './helpers';
 
+// biome-ignore lint/suspicious/noExplicitAny: JSON bodies in assertions
+type Json = any;
+
 async function json(r: Response) {
-  return (await r.json()) as Record<string, any>;
+  return (await r.json()) as Record<string, Json>;
 }
 
 describe('sessions API (real server)', () => {
@@ -61,7 +64,7 @@ describe('sessions API (real server)', () => {
     expect(Date.parse(body.created_at)).toBeGreaterThan(0);
 
     const audit = await json(await s.req('/api/enterprise/audit?action=session.start'));
-    const entry = audit.entries.find((e: any) => e.resource?.id === body.id);
+    const entry = audit.entries.find((e: Json) => e.resource?.id === body.id);
     expect(entry).toMatchObject({
       action: 'session.start',
       actor: { type: 'local', name: 'local' },
@@ -71,7 +74,7 @@ describe('sessions API (real server)', () => {
     });
 
     const events = await s.runtime.deps.events.after(0, { sessionId: body.id });
-    expect(events.map((e) => [e.type, (e.data as any).status])).toEqual([['session_state', 'queued']]);
+    expect(events.map((e) => [e.type, (e.data as Json).status])).toEqual([['session_state', 'queued']]);
   });
 
   it.each([
@@ -168,7 +171,7 @@ describe('sessions API (real server)', () => {
   it('refused starts are audited too, as failures with the requested paths', async () => {
     await post({ workspace: outside, prd: 'secret.md' });
     const audit = await json(await s.req('/api/enterprise/audit?action=session.start&limit=1000'));
-    const refused = audit.entries.filter((e: any) => e.outcome.success === false && e.details.workspace === outside);
+    const refused = audit.entries.filter((e: Json) => e.outcome.success === false && e.details.workspace === outside);
     expect(refused.length).toBeGreaterThan(0);
     expect(refused[0]).toMatchObject({ outcome: { status: 400, error: 'invalid_path' }, details: { prd: 'secret.md' } });
   });
@@ -182,7 +185,7 @@ describe('sessions API (real server)', () => {
       const q: string = cursor ? `&cursor=${encodeURIComponent(cursor)}` : '';
       const page = await json(await s.req(`/api/sessions?limit=2${q}`));
       expect(page.sessions.length).toBeLessThanOrEqual(2);
-      seen.push(...page.sessions.map((x: any) => x.id));
+      seen.push(...page.sessions.map((x: Json) => x.id));
       cursor = page.next_cursor;
     } while (cursor);
     expect(new Set(seen).size).toBe(seen.length);
@@ -190,7 +193,7 @@ describe('sessions API (real server)', () => {
     expect(newestFive).toEqual([...ids].reverse());
 
     const queued = await json(await s.req('/api/sessions?status=queued&limit=200'));
-    expect(queued.sessions.every((x: any) => x.status === 'queued')).toBe(true);
+    expect(queued.sessions.every((x: Json) => x.status === 'queued')).toBe(true);
     for (const q of ['limit=0', 'limit=201', 'limit=x', 'status=bogus', 'cursor=nope']) {
       const r = await s.req(`/api/sessions?${q}`);
       expect(r.status, q).toBe(400);
@@ -227,12 +230,12 @@ describe('sessions API (real server)', () => {
     expect((await s.req('/api/sessions/ses_0000000000000000/stop', { method: 'POST' })).status).toBe(404);
 
     const audit = await json(await s.req('/api/enterprise/audit?action=session.stop'));
-    const entry = audit.entries.find((e: any) => e.resource?.id === created.id && e.outcome.success);
+    const entry = audit.entries.find((e: Json) => e.resource?.id === created.id && e.outcome.success);
     expect(entry).toMatchObject({
       actor: { name: 'local' },
       details: { prd: 'docs/readme.md', previous_status: 'queued', status: 'stopped' },
     });
-    const states = (await s.runtime.deps.events.after(0, { sessionId: created.id })).map((e) => (e.data as any).status);
+    const states = (await s.runtime.deps.events.after(0, { sessionId: created.id })).map((e) => (e.data as Json).status);
     expect(states).toEqual(['queued', 'stopped']);
   });
 });
@@ -272,7 +275,7 @@ describe('sessions API with auth on', () => {
     expect((await s.req('/api/sessions', {})).status).toBe(401);
 
     const audit = await json(await s.req('/api/enterprise/audit?action=session.start', { token: (await makeToken(s, 'root', 'admin')).token }));
-    expect(audit.entries.find((e: any) => e.resource?.id === created.id)).toMatchObject({ actor: { type: 'token', name: 'alice-ops' } });
+    expect(audit.entries.find((e: Json) => e.resource?.id === created.id)).toMatchObject({ actor: { type: 'token', name: 'alice-ops' } });
   });
 
   it('the worker protocol needs the sandbox scope: an operator token is refused, a worker token is served', async () => {

@@ -11,6 +11,9 @@ import { JobReporter } from '../../src/sandbox/reporter';
 import { captureLogger, startTestServer, type TestServer } from '../helpers/server';
 import { makeWorkspace, tempRoot } from './helpers';
 
+// biome-ignore lint/suspicious/noExplicitAny: JSON bodies in assertions
+type Json = any;
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Fixture {
@@ -39,7 +42,7 @@ function post(f: Fixture, job: Job, events: WorkerEvent[], over: Partial<EventsI
 
 async function auditEntries(f: Fixture, action: string) {
   const r = await f.s.req(`/api/enterprise/audit?action=${encodeURIComponent(action)}&limit=1000`);
-  return ((await r.json()) as { entries: any[] }).entries;
+  return ((await r.json()) as { entries: Json[] }).entries;
 }
 
 describe('worker protocol', () => {
@@ -194,7 +197,7 @@ describe('worker protocol', () => {
     const s = await f.client.getSession(created.id);
     expect(s).toMatchObject({ status: 'failed', reason: 'the provider exited with code 3', exit_code: 3, cost_usd: 0.42 });
     expect(s.ended_at).not.toBeNull();
-    const states = (await f.s.runtime.deps.events.after(0, { sessionId: created.id, types: ['session_state'] })).map((e) => (e.data as any).status);
+    const states = (await f.s.runtime.deps.events.after(0, { sessionId: created.id, types: ['session_state'] })).map((e) => (e.data as Json).status);
     expect(states).toEqual(['queued', 'running', 'failed']);
     const ends = (await auditEntries(f, 'session.end')).filter((e) => e.resource.id === created.id);
     expect(ends).toHaveLength(1);
@@ -206,7 +209,7 @@ describe('worker protocol', () => {
     const job = await claimThis(created.id);
     const r = await f.s.req(`/api/sessions/${created.id}/stop`, { method: 'POST' });
     expect(r.status).toBe(202);
-    expect(((await r.json()) as any).session.status).toBe('running');
+    expect(((await r.json()) as Json).session.status).toBe('running');
     const ack = await post(f, job, [{ seq: 1, type: 'heartbeat' }]);
     expect(ack.stop_requested).toBe(true);
     await post(f, job, [{ seq: 2, type: 'state', data: { status: 'stopped', reason: 'stop requested', exit_code: 143 } }]);
@@ -286,7 +289,7 @@ describe('lease expiry', () => {
     expect(await f.client.claimJob({ worker_id: 'w3', wait_ms: 0 })).toBeNull();
     await expect(post(f, droppedJob, [{ seq: 1, type: 'heartbeat' }])).rejects.toMatchObject({ status: 409 });
 
-    const states = (await f.s.runtime.deps.events.after(0, { sessionId: dropped.id, types: ['session_state'] })).map((e) => (e.data as any).status);
+    const states = (await f.s.runtime.deps.events.after(0, { sessionId: dropped.id, types: ['session_state'] })).map((e) => (e.data as Json).status);
     expect(states).toEqual(['queued', 'running', 'lost']);
     const audit = (await auditEntries(f, 'session.lost')).filter((e) => e.resource.id === dropped.id);
     expect(audit).toHaveLength(1);
