@@ -213,7 +213,9 @@ export async function createRsyslog(options: RsyslogOptions): Promise<Rsyslog> {
     } catch {
       return [];
     }
-    return text
+    // Only complete lines: rsyslog may be in the middle of writing the last one.
+    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
+    return complete
       .split('\n')
       .filter((l) => l.length > 0)
       .map((line) => {
