@@ -116,9 +116,11 @@ async function main() {
         id = (await client.createSession({ workspace: ws, prd: 'prd.md', sandbox: true })).id;
         check();
         const ended = (async () => {
+          const deadline = performance.now() + 60_000;
           for (;;) {
             const s = await store.sessions.get(id!);
             if (s && TERMINAL_STATES.has(s.status)) return s;
+            if (performance.now() > deadline) throw new Error(`session ${id} did not end within 60 s`);
             await new Promise((r) => setTimeout(r, 20));
           }
         })();
@@ -151,8 +153,10 @@ async function main() {
     const ids: string[] = [];
     for (let i = 0; i < sessionsCount; i++) ids.push((await client.createSession({ workspace: ws, prd: 'prd.md', sandbox: true })).id);
     const outcomes: Record<string, number> = {};
+    const deadline = performance.now() + 300_000;
     for (const id of ids) {
       for (;;) {
+        if (performance.now() > deadline) throw new Error(`session ${id} did not end within 5 min`);
         const s = await store.sessions.get(id);
         if (s && TERMINAL_STATES.has(s.status)) {
           outcomes[s.status] = (outcomes[s.status] ?? 0) + 1;

@@ -10,6 +10,8 @@
  * is built from scratch (no inherited GIT_DIR and friends).
  */
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { redactString } from '../util/redact';
 
 export interface BranchInfo {
@@ -103,6 +105,9 @@ export function sessionBranchName(sessionId: string): string {
  */
 export async function prepareSessionBranch(workspace: string, sessionId: string, opts: GitOptions = {}): Promise<BranchInfo> {
   const agentBranch = sessionBranchName(sessionId);
+  // git finds a repository only through a `.git` entry here or above (its
+  // environment is built from scratch, so no GIT_DIR): without one, skip the spawn.
+  if (!hasGitEntry(workspace)) return { isRepo: false, baseBranch: null, baseCommit: null, agentBranch: null, detached: false };
   const inside = await git(workspace, ['rev-parse', '--is-inside-work-tree'], opts);
   if (inside.code !== 0 || inside.stdout !== 'true') {
     return { isRepo: false, baseBranch: null, baseCommit: null, agentBranch: null, detached: false };
@@ -122,6 +127,13 @@ export async function prepareSessionBranch(workspace: string, sessionId: string,
   }
   await gitOk(workspace, ['symbolic-ref', '-m', `loki: switch from ${baseBranch} to ${agentBranch}`, 'HEAD', agentRef], opts);
   return { isRepo: true, baseBranch, baseCommit, agentBranch, detached: false };
+}
+
+function hasGitEntry(dir: string): boolean {
+  for (let d = path.resolve(dir); ; d = path.dirname(d)) {
+    if (existsSync(path.join(d, '.git'))) return true;
+    if (path.dirname(d) === d) return false;
+  }
 }
 
 /** True when `baseBranch` no longer points at `baseCommit` (moved, created or deleted). */

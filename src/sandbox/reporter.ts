@@ -19,6 +19,8 @@ const MAX_EVENT_BYTES = 256 * 1024;
 const MAX_POST_BYTES = 512 * 1024;
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 5_000;
+/** How long a lifecycle event may wait to travel with the next output or state. */
+const COALESCE_MS = 250;
 
 export interface ReporterOptions {
   client: LokiClient;
@@ -58,6 +60,7 @@ export class JobReporter {
   private pending: PendingOutput | null = null;
   private sending: Promise<void> | null = null;
   private scheduled = false;
+  private deferred: NodeJS.Timeout | null = null;
   private lost = false;
   private readonly closed = new AbortController();
   private heartbeat: NodeJS.Timeout | null = null;
@@ -91,12 +94,26 @@ export class JobReporter {
     this.schedule();
   }
 
-  /** Any other event; output before it is sent before it. */
+  /**
+   * Any other event; output before it is sent before it. Lifecycle notes
+   * (container, branch, notices) wait up to `COALESCE_MS` for company, so the
+   * worker and the server stay quiet while a container is starting; output,
+   * budget, state and heartbeats go at once.
+   */
   event(e: NewEvent): void {
     if (this.lost) return;
     this.sealOutput();
     this.queue.push({ ...e, seq: ++this.seq } as WorkerEvent);
-    this.schedule();
+    if (e.type === 'container' || e.type === 'branch' || e.type === 'notice') this.scheduleSoon();
+    else this.schedule();
+  }
+
+  private scheduleSoon(): void {
+    if (this.deferred || this.scheduled || this.sending) return;
+    this.deferred = setTimeout(() => {
+      this.deferred = null;
+      this.schedule();
+    }, COALESCE_MS);
   }
 
   /** Resolves when everything queued has been acknowledged (or the lease was lost, or `close`d). */
@@ -107,6 +124,8 @@ export class JobReporter {
 
   /** Stop heartbeats and retries (the session is over, or the worker gives up). */
   close(): void {
+    if (this.deferred) clearTimeout(this.deferred);
+    this.deferred = null;
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.heartbeat = null;
     this.closed.abort();
@@ -114,7 +133,11 @@ export class JobReporter {
   }
 
   private isIdle(): boolean {
-    return this.lost || this.closed.signal.aborted || (!this.sending && !this.scheduled && this.queue.length === 0 && this.pending === null);
+    return (
+      this.lost ||
+      this.closed.signal.aborted ||
+      (!this.sending && !this.scheduled && !this.deferred && this.queue.length === 0 && this.pending === null)
+    );
   }
 
   private notifyIdle(force = false): void {
@@ -133,6 +156,10 @@ export class JobReporter {
 
   /** Lines emitted in one synchronous burst travel together: send on the next turn. */
   private schedule(): void {
+    if (this.deferred) {
+      clearTimeout(this.deferred);
+      this.deferred = null;
+    }
     if (this.scheduled || this.sending) return;
     this.scheduled = true;
     setImmediate(() => {

@@ -262,20 +262,30 @@ async function runInContainer(
       };
       const drained = streamDone(stream);
       docker.modem.demuxStream(stream, sink(collector, 'stdout'), sink(collector, 'stderr'));
-      const waited: Promise<{ StatusCode?: number }> = container.wait({ condition: 'next-exit' });
-      waited.catch(() => undefined);
       try {
         await container.start();
       } catch (err) {
         stream.destroy?.();
         throw new Error(`container start failed: ${messageOf(err)}`);
       }
+      // Only after start: a `next-exit` wait sent before start can reach the engine
+      // after a short-lived container already exited, and then it never returns.
+      // Once start has returned, `not-running` covers both running and exited.
+      const waited: Promise<{ StatusCode?: number }> = container.wait({ condition: 'not-running' });
+      waited.catch(() => undefined);
+      let terminated = false;
       hooks.onEvent('container_started', { container_id: containerId });
       const exited = (async (): Promise<ExitInfo> => {
         const status = await waited;
         await Promise.race([drained, delay(DRAIN_MS)]);
         stream.destroy?.();
-        const info = await container.inspect();
+        let info = await container.inspect();
+        // Docker records an OOM kill from an event of its own that can land after the
+        // exit under load: a SIGKILL we did not send gets a moment for it to arrive.
+        for (let i = 0; i < 5 && !terminated && info.State.ExitCode === 137 && info.State.OOMKilled !== true; i++) {
+          await delay(100);
+          info = await container.inspect();
+        }
         const exit = {
           exitCode: typeof info.State.ExitCode === 'number' ? info.State.ExitCode : (status.StatusCode ?? null),
           oomKilled: info.State.OOMKilled === true,
@@ -286,6 +296,7 @@ async function runInContainer(
       return {
         exited,
         terminate: async () => {
+          terminated = true;
           await killWithGrace(container, waited, graceMs);
         },
       };

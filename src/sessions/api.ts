@@ -138,7 +138,7 @@ export type ClaimInput = z.infer<typeof claimBody>;
 const str = (max: number) => z.string().max(max);
 
 export const workerEventSchema = z.discriminatedUnion('type', [
-  z.object({ seq: z.number().int().min(1), type: z.literal('heartbeat'), data: z.object({}).passthrough().optional() }),
+  z.object({ seq: z.number().int().min(1), type: z.literal('heartbeat'), data: z.looseObject({}).optional() }),
   z.object({
     seq: z.number().int().min(1),
     type: z.literal('output'),

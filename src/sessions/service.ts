@@ -117,7 +117,7 @@ export type SessionServiceDeps = Pick<AppDeps, 'store' | 'events' | 'audit' | 'c
 
 const SWEEPER_ACTOR: AuditActor = { type: 'system', id: null, name: 'lease-sweeper' };
 /** Shortest pause between two claim attempts of one waiting worker. */
-const CLAIM_RECHECK_MIN_MS = 25;
+const CLAIM_RECHECK_MIN_MS = 10;
 /** Re-check the queue at least this often (sessions created by another process or isolate). */
 const CLAIM_RECHECK_MAX_MS = 1_000;
 
@@ -217,11 +217,17 @@ export class SessionService {
   async claim(workerId: string, waitMs: number, signal?: AbortSignal): Promise<Job | null> {
     await this.sweepExpiredLeases();
     const deadline = this.now() + Math.min(Math.max(0, waitMs), MAX_CLAIM_WAIT_MS);
+    // Publishes are counted, so one that lands between an attempt and the wait is not missed.
+    let published = 0;
     let wake: (() => void) | null = null;
-    const unsubscribe = this.deps.events.subscribe(() => wake?.());
+    const unsubscribe = this.deps.events.subscribe(() => {
+      published++;
+      wake?.();
+    });
     try {
       for (;;) {
         if (signal?.aborted) return null;
+        const seen = published;
         const leaseId = randomId('lease_', 16);
         const now = this.now();
         const claimed = await this.deps.store.sessions.claim(workerId, leaseId, now, now + this.leaseMs);
@@ -247,25 +253,22 @@ export class SessionService {
         const remaining = deadline - this.now();
         if (remaining <= 0) return null;
         await new Promise<void>((resolve) => {
-          let minElapsed = false;
-          let woken = false;
+          let timer: ReturnType<typeof setTimeout>;
           const done = () => {
             clearTimeout(timer);
-            clearTimeout(minTimer);
             signal?.removeEventListener('abort', done);
             wake = null;
             resolve();
           };
-          const timer = setTimeout(done, Math.min(remaining, CLAIM_RECHECK_MAX_MS));
-          const minTimer = setTimeout(() => {
-            minElapsed = true;
-            if (woken) done();
-          }, CLAIM_RECHECK_MIN_MS);
+          timer = setTimeout(done, Math.min(remaining, CLAIM_RECHECK_MAX_MS));
+          // Something was published: look again, but not sooner than the minimum pause.
           wake = () => {
-            woken = true;
-            if (minElapsed) done();
+            wake = null;
+            clearTimeout(timer);
+            timer = setTimeout(done, Math.max(0, now + CLAIM_RECHECK_MIN_MS - this.now()));
           };
           signal?.addEventListener('abort', done, { once: true });
+          if (published !== seen) wake();
         });
       }
     } finally {

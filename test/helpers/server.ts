@@ -11,6 +11,7 @@ import path from 'node:path';
 import { loadConfig } from '../../src/env';
 import { type RunningServer, startServer } from '../../src/server';
 import type { Logger } from '../../src/http/context';
+import { runProcess } from './process';
 
 export const ROOT = path.resolve(import.meta.dirname, '../..');
 export const LOKI_BIN = path.join(ROOT, 'bin/loki.js');
@@ -119,21 +120,9 @@ export function runCli(
   env: Record<string, string> = {},
   opts: { input?: string; timeoutMs?: number } = {},
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [LOKI_BIN, ...args], {
-      env: { PATH: process.env.PATH ?? '', HOME: env.LOKI_HOME ?? os.tmpdir(), ...env },
-      stdio: ['pipe', 'pipe', 'pipe'],
-      timeout: opts.timeoutMs ?? 60_000,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => {
-      stdout += d;
-    });
-    child.stderr.on('data', (d) => {
-      stderr += d;
-    });
-    child.stdin.end(opts.input ?? '');
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  return runProcess(process.execPath, [LOKI_BIN, ...args], {
+    env: { PATH: process.env.PATH ?? '', HOME: env.LOKI_HOME ?? os.tmpdir(), ...env },
+    input: opts.input,
+    timeoutMs: opts.timeoutMs,
   });
 }

@@ -2,6 +2,7 @@
  * Real sandbox workers and `loki` commands run from a given directory, as
  * separate processes (for `loki start` and for SIGKILL/SIGTERM tests).
  */
+import { type Ran, runProcess } from './process';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { LOKI_BIN } from './server';
 
@@ -45,22 +46,10 @@ export async function spawnWorker(env: Record<string, string>, args: string[] = 
 export function runLoki(
   args: string[],
   opts: { env: Record<string, string>; cwd: string; timeoutMs?: number },
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [LOKI_BIN, ...args], {
-      cwd: opts.cwd,
-      env: { PATH: process.env.PATH ?? '', ...opts.env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: opts.timeoutMs ?? 60_000,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => {
-      stdout += d;
-    });
-    child.stderr.on('data', (d) => {
-      stderr += d;
-    });
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
+): Promise<Ran> {
+  return runProcess(process.execPath, [LOKI_BIN, ...args], {
+    cwd: opts.cwd,
+    env: { PATH: process.env.PATH ?? '', ...opts.env },
+    timeoutMs: opts.timeoutMs,
   });
 }
