@@ -23,6 +23,7 @@ import { pathSafety } from './http/middleware/paths';
 import { FailureLimiter } from './http/middleware/rate-limit';
 import { requestId } from './http/middleware/request-id';
 import { securityHeaders } from './http/middleware/security-headers';
+import { steps } from './http/middleware/steps';
 import { errorResponse } from './http/respond';
 import { auditRoutes } from './http/routes/audit';
 import { dashboardRoutes } from './http/routes/dashboard';
@@ -65,8 +66,7 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
     extraCredential: wsCredential,
   };
 
-  app.use('*', requestId());
-  app.use('*', securityHeaders());
+  app.use('*', steps(requestId(deps.headers), securityHeaders(deps.headers)));
   app.use(
     '*',
     auditTrail({
@@ -77,9 +77,14 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
       onError: (err) => deps.logger.error('audit write failed', { err: String(err) }),
     }),
   );
-  app.use('*', hostAllowlist({ port: deps.config.port, enabled: deps.hostCheck }));
-  app.use('*', corsAllowlist({ origins: deps.config.corsOrigins, wildcard: deps.config.corsWildcard }));
-  app.use('*', pathSafety(deps.rawPath));
+  app.use(
+    '*',
+    steps(
+      hostAllowlist({ port: deps.config.port, enabled: deps.hostCheck }),
+      corsAllowlist({ origins: deps.config.corsOrigins, wildcard: deps.config.corsWildcard, headers: deps.headers }),
+      pathSafety(deps.rawPath),
+    ),
+  );
   const limitBody = bodyLimit({
     maxSize: deps.config.bodyLimitBytes,
     // Connection: close, since the rest of the unread body would corrupt a kept-alive connection.

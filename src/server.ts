@@ -5,7 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +25,7 @@ import { SessionService } from './sessions/service';
 import { selectWsProtocol } from './http/routes/ws';
 import type { AppDeps, Logger } from './http/context';
 import { createLogger } from './util/logger';
+import { contextHeaders, type HeaderSink } from './http/headers';
 import { VERSION } from './version';
 import { errorBody } from './http/errors';
 import { API_CSP } from './http/middleware/security-headers';
@@ -44,6 +45,17 @@ export function nodeClientAddress(c: Context): string | null {
   const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
   return incoming?.socket?.remoteAddress ?? null;
 }
+
+/** Common headers straight onto the ServerResponse; writeHead merges them under the handler's own. */
+export const nodeHeaders: HeaderSink = (c, name, value, append) => {
+  const out = (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing;
+  if (!out || out.headersSent || typeof out.setHeader !== 'function') {
+    contextHeaders(c, name, value, append);
+    return;
+  }
+  const prev = append ? out.getHeader(name) : undefined;
+  out.setHeader(name, prev ? `${String(prev)}, ${value}` : value);
+};
 
 export function nodeRawPath(c: Context): string | null {
   const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
@@ -109,6 +121,7 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger }
     sha256: sha256Hex,
     clientAddress: nodeClientAddress,
     rawPath: nodeRawPath,
+    headers: nodeHeaders,
     hostCheck: isLoopbackBind(config.host),
     staticFiles: staticFile,
     shutdownSignal: shutdown.signal,

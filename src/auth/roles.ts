@@ -41,7 +41,9 @@ export function expandScopes(granted: readonly Scope[]): Set<Scope> {
 }
 
 export function hasScope(granted: readonly Scope[], needed: Scope): boolean {
-  return expandScopes(granted).has(needed);
+  // Checked on every request: no allocation.
+  for (const g of granted) if (IMPLIES[g].includes(needed)) return true;
+  return false;
 }
 
 /**

@@ -23,9 +23,12 @@ const CRC_TABLE = (() => {
 })();
 
 export function crc32(input: string): number {
-  const bytes = new TextEncoder().encode(input);
   let c = 0xffffffff;
-  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff]! ^ (c >>> 8);
+  // Tokens are ASCII (checked before this is called): bytes are char codes.
+  const ascii = /^[\x00-\x7f]*$/.test(input);
+  const bytes = ascii ? null : new TextEncoder().encode(input);
+  const n = bytes ? bytes.length : input.length;
+  for (let i = 0; i < n; i++) c = CRC_TABLE[(c ^ (bytes ? bytes[i]! : input.charCodeAt(i))) & 0xff]! ^ (c >>> 8);
   return (c ^ 0xffffffff) >>> 0;
 }
 

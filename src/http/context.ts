@@ -6,6 +6,7 @@ import type { Role, Scope } from '../auth/roles';
 import type { Store } from '../db/store';
 import type { Config } from '../env';
 import type { EventHub } from '../events/hub';
+import type { HeaderSink } from './headers';
 
 export interface Identity {
   actor: AuditActor;
@@ -48,6 +49,8 @@ export interface AppDeps {
   clientAddress: (c: Context) => string | null;
   /** The request path exactly as received, before URL normalisation (Node only). */
   rawPath?: (c: Context) => string | null;
+  /** Where middleware writes the common response headers (default: the Hono context). */
+  headers?: HeaderSink;
   /** Whether to enforce the Host allowlist (Node bound to loopback). */
   hostCheck: boolean;
   /** Serves the dashboard's static files; absent: `/` answers 404. */

@@ -1,7 +1,7 @@
-import type { MiddlewareHandler } from 'hono';
-import type { AppEnv } from '../context';
+import { contextHeaders, type HeaderSink } from '../headers';
 import { ErrorCode } from '../errors';
 import { errorResponse } from '../respond';
+import type { Step } from './steps';
 
 export interface CorsOptions {
   /** Exact origins allowed, with credentials. */
@@ -11,6 +11,8 @@ export interface CorsOptions {
   allowMethods?: readonly string[];
   allowHeaders?: readonly string[];
   maxAgeSeconds?: number;
+  /** Where the response headers go (default: the context). */
+  headers?: HeaderSink;
 }
 
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
@@ -20,36 +22,37 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
  * preflight gets 403, and a state-changing request from it (which a browser may
  * send without a preflight) is refused too. `Vary: Origin` always.
  */
-export function corsAllowlist(opts: CorsOptions): MiddlewareHandler<AppEnv> {
+export function corsAllowlist(opts: CorsOptions): Step {
   const listed = new Set(opts.origins);
   const methods = (opts.allowMethods ?? ['GET', 'POST', 'DELETE', 'OPTIONS']).join(', ');
   const headers = (opts.allowHeaders ?? ['Authorization', 'Content-Type', 'Last-Event-ID', 'X-Request-Id']).join(', ');
-  return async (c, next) => {
+  const set = opts.headers ?? contextHeaders;
+  return (c) => {
     const origin = c.req.header('origin');
     const isListed = origin !== undefined && listed.has(origin);
     const allowed = origin !== undefined && (isListed || opts.wildcard);
     const isPreflight = c.req.method === 'OPTIONS' && c.req.header('access-control-request-method') !== undefined;
 
     if (isPreflight) {
-      c.header('Vary', 'Origin', { append: true });
+      set(c, 'Vary', 'Origin', true);
       if (!allowed) return errorResponse(c, 403, ErrorCode.forbiddenOrigin, 'origin is not in the CORS allowlist');
-      c.header('Access-Control-Allow-Origin', isListed ? origin : '*');
-      if (isListed) c.header('Access-Control-Allow-Credentials', 'true');
-      c.header('Access-Control-Allow-Methods', methods);
-      c.header('Access-Control-Allow-Headers', headers);
-      c.header('Access-Control-Max-Age', String(opts.maxAgeSeconds ?? 600));
+      set(c, 'Access-Control-Allow-Origin', isListed ? origin : '*');
+      if (isListed) set(c, 'Access-Control-Allow-Credentials', 'true');
+      set(c, 'Access-Control-Allow-Methods', methods);
+      set(c, 'Access-Control-Allow-Headers', headers);
+      set(c, 'Access-Control-Max-Age', String(opts.maxAgeSeconds ?? 600));
       return c.body(null, 204);
     }
     if (origin !== undefined && !allowed && !SAFE_METHODS.has(c.req.method)) {
-      c.header('Vary', 'Origin', { append: true });
+      set(c, 'Vary', 'Origin', true);
       return errorResponse(c, 403, ErrorCode.forbiddenOrigin, 'origin is not in the CORS allowlist');
     }
-    c.header('Vary', 'Origin', { append: true });
+    set(c, 'Vary', 'Origin', true);
     if (allowed) {
-      c.header('Access-Control-Allow-Origin', isListed ? origin : '*');
-      if (isListed) c.header('Access-Control-Allow-Credentials', 'true');
-      c.header('Access-Control-Expose-Headers', 'X-Request-Id, WWW-Authenticate, Retry-After');
+      set(c, 'Access-Control-Allow-Origin', isListed ? origin : '*');
+      if (isListed) set(c, 'Access-Control-Allow-Credentials', 'true');
+      set(c, 'Access-Control-Expose-Headers', 'X-Request-Id, WWW-Authenticate, Retry-After');
     }
-    await next();
+    return undefined;
   };
 }

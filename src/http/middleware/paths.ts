@@ -1,7 +1,7 @@
-import type { MiddlewareHandler } from 'hono';
-import type { AppEnv } from '../context';
+import type { AppContext } from '../context';
 import { ErrorCode } from '../errors';
 import { errorResponse } from '../respond';
+import type { Step } from './steps';
 
 // Encoded forms of '.', '/', '\', NUL and '%' (double encoding), overlong UTF-8
 // and IIS %u escapes. API paths never need any of them.
@@ -43,12 +43,10 @@ export function pathViolation(rawPath: string): string | null {
 }
 
 /** 400 `invalid_path` for any traversal attempt in the request path. */
-export function pathSafety(rawPath?: (c: Parameters<MiddlewareHandler<AppEnv>>[0]) => string | null): MiddlewareHandler<AppEnv> {
-  return async (c, next) => {
-    const raw = rawPath?.(c) ?? rawPathOf(c.req.url);
-    const why = pathViolation(raw);
-    if (why) return errorResponse(c, 400, ErrorCode.invalidPath, `invalid path: ${why}`);
-    await next();
+export function pathSafety(rawPath?: (c: AppContext) => string | null): Step {
+  return (c) => {
+    const why = pathViolation(rawPath?.(c) ?? rawPathOf(c.req.url));
+    return why ? errorResponse(c, 400, ErrorCode.invalidPath, `invalid path: ${why}`) : undefined;
   };
 }
 

@@ -1,5 +1,5 @@
-import type { MiddlewareHandler } from 'hono';
-import type { AppEnv } from '../context';
+import { contextHeaders, type HeaderSink } from '../headers';
+import type { Step } from './steps';
 
 /** `req_` + 20 hex characters (randomUUID draws from a cached entropy pool: cheap per request). */
 export function newRequestId(): string {
@@ -9,12 +9,12 @@ export function newRequestId(): string {
 const SAFE_ID = /^[A-Za-z0-9._-]{8,64}$/;
 
 /** A request id on every request and response (`X-Request-Id`); a well-formed incoming one is kept. */
-export function requestId(): MiddlewareHandler<AppEnv> {
-  return async (c, next) => {
+export function requestId(set: HeaderSink = contextHeaders): Step {
+  return (c) => {
     const incoming = c.req.header('x-request-id');
     const id = incoming && SAFE_ID.test(incoming) ? incoming : newRequestId();
     c.set('requestId', id);
-    c.header('X-Request-Id', id);
-    await next();
+    set(c, 'X-Request-Id', id);
+    return undefined;
   };
 }

@@ -1,5 +1,5 @@
-import type { MiddlewareHandler } from 'hono';
-import type { AppEnv } from '../context';
+import { contextHeaders, type HeaderSink } from '../headers';
+import type { Step } from './steps';
 
 export const API_CSP = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
 export const PAGE_CSP =
@@ -20,9 +20,9 @@ const HEADERS: [string, string][] = [
  * runs, so every response built through it (including errors) carries them; the
  * dashboard page replaces the CSP and Cache-Control with its own.
  */
-export function securityHeaders(): MiddlewareHandler<AppEnv> {
-  return async (c, next) => {
-    for (const [k, v] of HEADERS) c.header(k, v);
-    await next();
+export function securityHeaders(set: HeaderSink = contextHeaders): Step {
+  return (c) => {
+    for (const [k, v] of HEADERS) set(c, k, v);
+    return undefined;
   };
 }
