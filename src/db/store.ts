@@ -32,15 +32,7 @@ export const SESSION_STATES = [
   'lost',
 ] as const;
 export type SessionState = (typeof SESSION_STATES)[number];
-export const TERMINAL_STATES: ReadonlySet<SessionState> = new Set([
-  'succeeded',
-  'failed',
-  'stopped',
-  'timed_out',
-  'budget_exceeded',
-  'oom_killed',
-  'lost',
-]);
+export const TERMINAL_STATES: ReadonlySet<SessionState> = new Set(SESSION_STATES.filter((s) => s !== 'queued' && s !== 'running'));
 
 export interface SessionRecord {
   id: string;
