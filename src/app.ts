@@ -23,7 +23,6 @@ import { pathSafety } from './http/middleware/paths';
 import { FailureLimiter } from './http/middleware/rate-limit';
 import { requestId } from './http/middleware/request-id';
 import { securityHeaders } from './http/middleware/security-headers';
-import { steps } from './http/middleware/steps';
 import { errorResponse } from './http/respond';
 import { auditRoutes } from './http/routes/audit';
 import { dashboardRoutes } from './http/routes/dashboard';
@@ -66,7 +65,8 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
     extraCredential: wsCredential,
   };
 
-  app.use('*', steps(requestId(deps.headers), securityHeaders(deps.headers)));
+  // The edge: request id and headers, then the audit trail around the Host,
+  // CORS and path checks and everything after them, in one middleware.
   app.use(
     '*',
     auditTrail({
@@ -75,24 +75,25 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
       rawPath: deps.rawPath,
       now,
       onError: (err) => deps.logger.error('audit write failed', { err: String(err) }),
+      before: [requestId(deps.headers), securityHeaders(deps.headers)],
+      checks: [
+        hostAllowlist({ port: deps.config.port, enabled: deps.hostCheck }),
+        corsAllowlist({ origins: deps.config.corsOrigins, wildcard: deps.config.corsWildcard, headers: deps.headers }),
+        pathSafety(deps.rawPath),
+      ],
     }),
   );
-  app.use(
+  // Only methods with a body get the body limit (GET and HEAD skip the layer).
+  app.on(
+    ['POST', 'PUT', 'PATCH', 'DELETE'],
     '*',
-    steps(
-      hostAllowlist({ port: deps.config.port, enabled: deps.hostCheck }),
-      corsAllowlist({ origins: deps.config.corsOrigins, wildcard: deps.config.corsWildcard, headers: deps.headers }),
-      pathSafety(deps.rawPath),
-    ),
+    bodyLimit({
+      maxSize: deps.config.bodyLimitBytes,
+      // Connection: close, since the rest of the unread body would corrupt a kept-alive connection.
+      onError: (c) =>
+        errorResponse(c, 413, ErrorCode.payloadTooLarge, `request body exceeds ${deps.config.bodyLimitBytes} bytes`, { Connection: 'close' }),
+    }),
   );
-  const limitBody = bodyLimit({
-    maxSize: deps.config.bodyLimitBytes,
-    // Connection: close, since the rest of the unread body would corrupt a kept-alive connection.
-    onError: (c) =>
-      errorResponse(c, 413, ErrorCode.payloadTooLarge, `request body exceeds ${deps.config.bodyLimitBytes} bytes`, { Connection: 'close' }),
-  });
-  // GET and HEAD carry no body; skipping them avoids materialising the full Request.
-  app.use('*', (c, next) => (c.req.method === 'GET' || c.req.method === 'HEAD' ? next() : limitBody(c, next)));
 
   const route = routeDefiner(app, guardOptions);
   systemRoutes(app, route, deps);

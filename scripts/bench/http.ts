@@ -1,8 +1,9 @@
 /**
  * npm run bench:http — bare Hono (same handlers, no middleware) vs the full
  * server (all middleware, auth off), GET /api/status, 50 connections, 10 s each.
- * The full stack is measured with the audit log off (this issue's target) and on
- * (every request durably audited; see bench:audit for that target).
+ * The full server runs its default configuration, in which every request is
+ * durably audited (the target is computed on it); it is also measured with the
+ * audit log switched off (LOKI_AUDIT_DISABLED=true) for comparison.
  */
 import { load, numberArg, startTarget } from './lib';
 
@@ -20,19 +21,19 @@ async function measure(mode: 'bare' | 'full', env: Record<string, string>) {
 }
 
 const bare = await measure('bare', { LOKI_AUDIT_DISABLED: 'true' });
-const full = await measure('full', { LOKI_AUDIT_DISABLED: 'true' });
-const fullAudited = await measure('full', {});
+const full = await measure('full', {});
+const fullNoAudit = await measure('full', { LOKI_AUDIT_DISABLED: 'true' });
 const result = {
   benchmark: 'http',
   endpoint: 'GET /api/status',
   connections,
   seconds,
   bare_hono: bare,
-  full_stack: full,
-  full_stack_audited: fullAudited,
+  full_server_default: full,
+  full_server_audit_disabled: fullNoAudit,
   ratio_full_vs_bare: Number((full.requests_per_sec / bare.requests_per_sec).toFixed(3)),
-  ratio_audited_vs_bare: Number((fullAudited.requests_per_sec / bare.requests_per_sec).toFixed(3)),
-  target: 'full_stack >= 0.85 x bare_hono',
+  ratio_audit_disabled_vs_bare: Number((fullNoAudit.requests_per_sec / bare.requests_per_sec).toFixed(3)),
+  target: 'full_server_default >= 0.85 x bare_hono',
   target_met: full.requests_per_sec >= 0.85 * bare.requests_per_sec,
 };
 process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);

@@ -12,3 +12,15 @@ export type HeaderSink = (c: Context, name: string, value: string, append?: bool
 export const contextHeaders: HeaderSink = (c, name, value, append) => {
   c.header(name, value, append ? { append: true } : undefined);
 };
+
+/**
+ * A request header. On Node, read from the IncomingMessage's plain header object
+ * (asking the Request for one header would build a whole Headers object per
+ * request); elsewhere from the Request.
+ */
+export function requestHeader(c: Context, name: string): string | undefined {
+  const raw = (c.env as { incoming?: { headers?: Record<string, string | string[] | undefined> } } | undefined)?.incoming?.headers;
+  if (!raw) return c.req.header(name);
+  const v = raw[name];
+  return Array.isArray(v) ? v.join(', ') : v;
+}

@@ -257,7 +257,8 @@ describe('route table', () => {
     const s = await startTestServer();
     try {
       const { app } = createLokiApp(s.runtime.deps);
-      const registered = app.routes.filter((r) => r.method !== 'ALL');
+      // Middleware shows up as method ALL, or on path '*' (the body limit, for methods with a body).
+      const registered = app.routes.filter((r) => r.method !== 'ALL' && r.path !== '/*');
       expect(registered.length).toBeGreaterThan(0);
       for (const r of registered) {
         const spec = ROUTES.find((x) => x.method === r.method && x.path === r.path);

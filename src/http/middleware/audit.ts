@@ -5,6 +5,8 @@ import { redactPath, redactValue } from '../../util/redact';
 import type { AppContext, AppEnv } from '../context';
 import { ErrorCode } from '../errors';
 import { errorResponse } from '../respond';
+import { runSteps, type Step } from './steps';
+import { requestHeader } from '../headers';
 
 const NOT_AUDITED = /^\/(?:health|assets\/[^/]*|favicon\.ico|)$/;
 
@@ -14,21 +16,33 @@ export interface AuditTrailOptions {
   rawPath?: ((c: AppContext) => string | null) | undefined;
   now: () => number;
   onError: (err: unknown) => void;
+  /** Synchronous steps before it (request id, headers): not audited themselves. */
+  before?: Step[];
+  /** Synchronous checks inside it (Host, CORS, paths): their refusals are audited. */
+  checks?: Step[];
 }
 
 /**
  * Records every request (except liveness and static files) after its outcome is
  * known, and only then lets the response go: if the entry cannot be committed
  * the client gets 503 and no success is reported (fail closed).
+ * The synchronous `before` steps and `checks` run in the same middleware, so the
+ * whole edge of the app costs one dispatch.
  */
 export function auditTrail(opts: AuditTrailOptions): MiddlewareHandler<AppEnv> {
+  const before = opts.before ?? [];
+  const checks = opts.checks ?? [];
   return async (c, next) => {
+    const early = runSteps(c, before);
+    if (early) return early;
     c.set('auditDetails', {});
     c.set('auditAction', null);
     c.set('auditResource', null);
     c.set('identity', null);
     c.set('errorCode', null);
-    await next();
+    const refused = runSteps(c, checks);
+    if (refused) c.res = refused;
+    else await next();
     if (!opts.audit.enabled || NOT_AUDITED.test(c.req.path)) return;
     const input = requestEntry(c, opts);
     try {
@@ -50,7 +64,7 @@ export function requestEntry(c: AppContext, opts: Pick<AuditTrailOptions, 'clien
     action: c.get('auditAction') ?? 'http.request',
     resource: c.get('auditResource'),
     actor: identity?.actor ?? { type: 'anonymous', id: null, name: null },
-    client: { ip: opts.clientAddress(c), user_agent: truncate(c.req.header('user-agent') ?? null, 512) },
+    client: { ip: opts.clientAddress(c), user_agent: truncate(requestHeader(c, 'user-agent') ?? null, 512) },
     request: { id: c.get('requestId'), method: c.req.method, path: truncate(redactPath(raw), 2048) },
     outcome: { status, success: status < 400, error: status >= 400 ? (c.get('errorCode') ?? `http_${status}`) : null },
     details: redactValue(c.get('auditDetails') ?? {}),

@@ -1,4 +1,4 @@
-import { contextHeaders, type HeaderSink } from '../headers';
+import { contextHeaders, type HeaderSink, requestHeader } from '../headers';
 import { ErrorCode } from '../errors';
 import { errorResponse } from '../respond';
 import type { Step } from './steps';
@@ -28,10 +28,10 @@ export function corsAllowlist(opts: CorsOptions): Step {
   const headers = (opts.allowHeaders ?? ['Authorization', 'Content-Type', 'Last-Event-ID', 'X-Request-Id']).join(', ');
   const set = opts.headers ?? contextHeaders;
   return (c) => {
-    const origin = c.req.header('origin');
+    const origin = requestHeader(c, 'origin');
     const isListed = origin !== undefined && listed.has(origin);
     const allowed = origin !== undefined && (isListed || opts.wildcard);
-    const isPreflight = c.req.method === 'OPTIONS' && c.req.header('access-control-request-method') !== undefined;
+    const isPreflight = c.req.method === 'OPTIONS' && requestHeader(c, 'access-control-request-method') !== undefined;
 
     if (isPreflight) {
       set(c, 'Vary', 'Origin', true);

@@ -7,6 +7,7 @@ import { ErrorCode } from '../errors';
 import { errorResponse } from '../respond';
 import { neededScope, type RouteSpec } from '../scopes';
 import type { FailureLimiter } from './rate-limit';
+import { requestHeader } from '../headers';
 
 export const WWW_INVALID = 'Bearer realm="loki", error="invalid_token"';
 export const wwwInsufficient = (scope: string) => `Bearer realm="loki", error="insufficient_scope", scope="${scope}"`;
@@ -46,7 +47,7 @@ export async function resolveIdentity(
   }
   const retry = opts.limiter.retryAfter(addr);
   if (retry > 0) return { failure: 'malformed', status: 429, retryAfter: retry };
-  const header = c.req.header('authorization');
+  const header = requestHeader(c, 'authorization');
   let token = parseBearer(header);
   if (token === null && header === undefined) token = opts.extraCredential?.(c) ?? null;
   if (token === null) {

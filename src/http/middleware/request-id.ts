@@ -1,4 +1,4 @@
-import { contextHeaders, type HeaderSink } from '../headers';
+import { contextHeaders, type HeaderSink, requestHeader } from '../headers';
 import type { Step } from './steps';
 
 /** `req_` + 20 hex characters (randomUUID draws from a cached entropy pool: cheap per request). */
@@ -11,7 +11,7 @@ const SAFE_ID = /^[A-Za-z0-9._-]{8,64}$/;
 /** A request id on every request and response (`X-Request-Id`); a well-formed incoming one is kept. */
 export function requestId(set: HeaderSink = contextHeaders): Step {
   return (c) => {
-    const incoming = c.req.header('x-request-id');
+    const incoming = requestHeader(c, 'x-request-id');
     const id = incoming && SAFE_ID.test(incoming) ? incoming : newRequestId();
     c.set('requestId', id);
     set(c, 'X-Request-Id', id);

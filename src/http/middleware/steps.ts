@@ -1,5 +1,4 @@
-import type { MiddlewareHandler } from 'hono';
-import type { AppContext, AppEnv } from '../context';
+import type { AppContext } from '../context';
 
 /**
  * A synchronous middleware step: it may set variables and headers, and it
@@ -7,16 +6,11 @@ import type { AppContext, AppEnv } from '../context';
  */
 export type Step = (c: AppContext) => Response | undefined;
 
-/**
- * Run several steps as one middleware: checks that need no I/O cost one
- * dispatch (one await) together instead of one each.
- */
-export function steps(...list: Step[]): MiddlewareHandler<AppEnv> {
-  return async (c, next) => {
-    for (const step of list) {
-      const res = step(c);
-      if (res) return res;
-    }
-    await next();
-  };
+/** Run steps in order; the first Response ends the run. */
+export function runSteps(c: AppContext, list: readonly Step[]): Response | undefined {
+  for (const step of list) {
+    const res = step(c);
+    if (res) return res;
+  }
+  return undefined;
 }
