@@ -33,6 +33,17 @@ if docker info >/dev/null 2>&1; then
   exit 0
 fi
 
+# A dockerd that was killed (for example when the previous session ended) leaves
+# its pid files behind, and a new dockerd refuses to start while they exist.
+for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+  if [ -f "$pidfile" ]; then
+    pid=$(cat "$pidfile" 2>/dev/null || true)
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null || ! grep -qE 'dockerd|containerd' "/proc/$pid/comm" 2>/dev/null; then
+      as_root rm -f "$pidfile"
+    fi
+  fi
+done
+
 if [ "$(id -u)" -eq 0 ]; then
   nohup dockerd --bridge=none --iptables=false --ip6tables=false >"$LOG" 2>&1 &
 elif command -v sudo >/dev/null 2>&1; then
