@@ -15,6 +15,11 @@ export interface CorsOptions {
   headers?: HeaderSink;
 }
 
+/** Whether a present Origin may use the API (the CORS rule, shared with the WebSocket handshake). */
+export function originAllowed(origin: string, opts: Pick<CorsOptions, 'origins' | 'wildcard'>): boolean {
+  return opts.wildcard || opts.origins.includes(origin);
+}
+
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 /**

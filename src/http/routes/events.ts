@@ -13,7 +13,7 @@
 import type { Authenticator } from '../../auth/authenticate';
 import type { EventRecord } from '../../db/store';
 import { type CloseReason, LiveGroup, type LiveSink, LiveStream, parseCursor, parseSession, parseTypes } from '../../events/live';
-import type { AppContext, AppDeps } from '../context';
+import type { AppContext, AppDeps, Identity } from '../context';
 import type { DefineRoute } from '../define-route';
 import { ErrorCode } from '../errors';
 import { errorResponse } from '../respond';
@@ -61,15 +61,46 @@ export function parseLiveQuery(c: AppContext, opts: { lastEventId: boolean }): L
   return { after, sessionId, types };
 }
 
+/** What both transports share when they open a live stream. */
+export interface LiveContext {
+  deps: AppDeps;
+  authenticator: Authenticator;
+  group: LiveGroup;
+  now: () => number;
+}
+
+/** The stream SSE and WebSocket both open: same hub, revocation check, cursor and filters. */
+export function openLiveStream(
+  ctx: LiveContext,
+  o: { identity: Identity; after: number; q: LiveQuery; sink: LiveSink; release: () => void },
+): LiveStream {
+  return new LiveStream({
+    hub: ctx.deps.events,
+    identity: o.identity,
+    stillValid: (id) => ctx.authenticator.stillValid(id),
+    after: o.after,
+    filter: { sessionId: o.q.sessionId, types: o.q.types },
+    sink: o.sink,
+    now: ctx.now,
+    release: o.release,
+    group: ctx.group,
+  });
+}
+
+/** Audit details of a stream request: its cursor and filters. */
+export function liveAuditDetails(q: LiveQuery) {
+  return { after: q.after ?? null, session: q.sessionId ?? null, types: q.types ?? null };
+}
+
 export function eventsRoutes(route: DefineRoute, deps: AppDeps, authenticator: Authenticator): void {
   const now = deps.now ?? Date.now;
-  const group = new LiveGroup(deps.shutdownSignal);
+  const ctx: LiveContext = { deps, authenticator, group: new LiveGroup(deps.shutdownSignal), now };
 
   route('GET', '/api/events', async (c) => {
     c.set('auditAction', 'events.stream');
     const q = parseLiveQuery(c, { lastEventId: true });
     if (typeof q === 'string') return errorResponse(c, 400, ErrorCode.validation, q);
-    c.set('auditDetails', { after: q.after ?? null, session: q.sessionId ?? null, types: q.types ?? null });
+    c.set('auditDetails', liveAuditDetails(q));
     const identity = c.get('identity');
     if (!identity) return errorResponse(c, 500, ErrorCode.internal, 'no identity');
     const release = deps.events.admit('sse', deps.config.maxSseConnections);
@@ -117,17 +148,7 @@ export function eventsRoutes(route: DefineRoute, deps: AppDeps, authenticator: A
         }
       },
     };
-    const live = new LiveStream({
-      hub: deps.events,
-      identity,
-      stillValid: (id) => authenticator.stillValid(id),
-      after,
-      filter: { sessionId: q.sessionId, types: q.types },
-      sink,
-      now,
-      release,
-      group,
-    });
+    const live = openLiveStream(ctx, { identity, after, q, sink, release });
     const body = new ReadableStream<Uint8Array>(
       {
         start(ctl) {

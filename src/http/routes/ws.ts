@@ -29,13 +29,14 @@ import type { Hono } from 'hono';
 import type { WSContext } from 'hono/ws';
 import type { Authenticator } from '../../auth/authenticate';
 import type { EventRecord } from '../../db/store';
-import { type CloseReason, LiveGroup, type LiveSink, LiveStream, parseCursor, parseSession, parseTypes } from '../../events/live';
+import { type CloseReason, LiveGroup, type LiveSink, type LiveStream, parseCursor, parseSession, parseTypes } from '../../events/live';
 import type { AppContext, AppDeps, AppEnv } from '../context';
 import type { DefineRoute } from '../define-route';
 import { ErrorCode } from '../errors';
+import { originAllowed } from '../middleware/cors';
 import { FailureLimiter } from '../middleware/rate-limit';
 import { errorResponse } from '../respond';
-import { eventJson, parseLiveQuery } from './events';
+import { eventJson, type LiveContext, liveAuditDetails, openLiveStream, parseLiveQuery } from './events';
 
 export const WS_PROTOCOL = 'loki.v1';
 export const WS_BEARER_PREFIX = 'loki.bearer.';
@@ -84,9 +85,8 @@ interface RawSocket {
 export function wsRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps, authenticator: Authenticator): void {
   const now = deps.now ?? Date.now;
   const attempts = new FailureLimiter(deps.config.wsAttemptsPerMinute, 60_000, now);
-  const allowed = new Set(deps.config.corsOrigins);
   const pingEvery = deps.config.wsPingIntervalMs;
-  const group = new LiveGroup(deps.shutdownSignal);
+  const ctx: LiveContext = { deps, authenticator, group: new LiveGroup(deps.shutdownSignal), now };
 
   // Runs before the route's guard: attempts are counted whether or not they authenticate.
   app.use('/ws', async (c, next) => {
@@ -98,7 +98,7 @@ export function wsRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps, a
       return errorResponse(c, 429, ErrorCode.rateLimited, 'too many WebSocket connection attempts; try again later', { 'Retry-After': String(wait) });
     }
     const origin = c.req.header('origin');
-    if (origin !== undefined && !deps.config.corsWildcard && !allowed.has(origin)) {
+    if (origin !== undefined && !originAllowed(origin, { origins: deps.config.corsOrigins, wildcard: deps.config.corsWildcard })) {
       c.set('auditAction', 'ws.origin_refused');
       c.set('auditDetails', { origin: origin.slice(0, 256) });
       return errorResponse(c, 403, ErrorCode.forbiddenOrigin, 'origin is not in the CORS allowlist');
@@ -117,7 +117,7 @@ export function wsRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps, a
     if (typeof q === 'string') return errorResponse(c, 400, ErrorCode.validation, q);
     const identity = c.get('identity');
     if (!identity) return errorResponse(c, 500, ErrorCode.internal, 'no identity');
-    c.set('auditDetails', { after: q.after ?? null, session: q.sessionId ?? null, types: q.types ?? null });
+    c.set('auditDetails', liveAuditDetails(q));
     const after = q.after ?? (await deps.events.latestId());
 
     let live: LiveStream | null = null;
@@ -160,17 +160,7 @@ export function wsRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps, a
             closeFor(ws, reason);
           },
         };
-        live = new LiveStream({
-          hub: deps.events,
-          identity,
-          stillValid: (id) => authenticator.stillValid(id),
-          after,
-          filter: { sessionId: q.sessionId, types: q.types },
-          sink,
-          now,
-          release,
-          group,
-        });
+        live = openLiveStream(ctx, { identity, after, q, sink, release });
         send({ type: 'connected', protocol: ws.protocol || null, cursor: after });
         live.start();
       },
