@@ -47,3 +47,27 @@ export function describeDocker(name: string, probe: DockerProbe, fn: (docker: Do
     it('needs a Docker engine', () => {});
   });
 }
+
+/** The exact HostConfig every sandbox container must get (pinned here, not derived from src/). */
+export function expectedHostConfig(o: { workspace: string; memoryBytes: number; nanoCpus: number }) {
+  return {
+    CapDrop: ['ALL'],
+    CapAdd: [],
+    SecurityOpt: ['no-new-privileges:true'],
+    Privileged: false,
+    ReadonlyRootfs: true,
+    Tmpfs: { '/tmp': 'rw,noexec,nosuid,size=64m' },
+    NetworkMode: 'none',
+    PortBindings: {},
+    PublishAllPorts: false,
+    Memory: o.memoryBytes,
+    MemorySwap: o.memoryBytes,
+    NanoCpus: o.nanoCpus,
+    PidsLimit: 256,
+    Ulimits: [{ Name: 'nofile', Soft: 4096, Hard: 4096 }],
+    Binds: [`${o.workspace}:/workspace:rw`],
+    AutoRemove: false,
+    Init: true,
+    LogConfig: { Type: 'none', Config: {} },
+  };
+}

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultWorkspaceConfig, type WorkspaceConfig } from '../../src/sandbox/config';
+import { expectedHostConfig } from '../helpers/docker';
 import { type PolicyContext, SandboxPolicyError, sandboxPolicyFromConfig, validateHostMount } from '../../src/sandbox/policy';
 
 let root: string;
@@ -53,26 +54,7 @@ describe('sandboxPolicyFromConfig', () => {
       AttachStderr: true,
       OpenStdin: false,
       Tty: false,
-      HostConfig: {
-        CapDrop: ['ALL'],
-        CapAdd: [],
-        SecurityOpt: ['no-new-privileges:true'],
-        Privileged: false,
-        ReadonlyRootfs: true,
-        Tmpfs: { '/tmp': 'rw,noexec,nosuid,size=64m' },
-        NetworkMode: 'none',
-        PortBindings: {},
-        PublishAllPorts: false,
-        Memory: 4 * 1024 ** 3,
-        MemorySwap: 4 * 1024 ** 3,
-        NanoCpus: 2e9,
-        PidsLimit: 256,
-        Ulimits: [{ Name: 'nofile', Soft: 4096, Hard: 4096 }],
-        Binds: [`${ws}:/workspace:rw`],
-        AutoRemove: false,
-        Init: true,
-        LogConfig: { Type: 'none', Config: {} },
-      },
+      HostConfig: expectedHostConfig({ workspace: ws, memoryBytes: 4 * 1024 ** 3, nanoCpus: 2e9 }),
     });
   });
 

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { defaultWorkspaceConfig, type SandboxSettings, type WorkspaceConfig } from '../../src/sandbox/config';
 import { sandboxPolicyFromConfig } from '../../src/sandbox/policy';
 import { removeOrphans, runSession, type SessionHooks, type SessionResult, type SessionSpec, stopAllForWorker } from '../../src/sandbox/runner';
-import { describeDocker, dockerAvailable, SANDBOX_IMAGE } from '../helpers/docker';
+import { describeDocker, dockerAvailable, SANDBOX_IMAGE, expectedHostConfig } from '../helpers/docker';
 
 const probe = await dockerAvailable();
 const WORKER = `test-worker-${process.pid}`;
@@ -130,26 +130,7 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
       AutoRemove: hc.AutoRemove,
       Init: hc.Init,
       LogConfig: hc.LogConfig,
-    }).toEqual({
-      CapDrop: ['ALL'],
-      CapAdd: [],
-      SecurityOpt: ['no-new-privileges:true'],
-      Privileged: false,
-      ReadonlyRootfs: true,
-      Tmpfs: { '/tmp': 'rw,noexec,nosuid,size=64m' },
-      NetworkMode: 'none',
-      PortBindings: {},
-      PublishAllPorts: false,
-      Memory: 256 * 1024 ** 2,
-      MemorySwap: 256 * 1024 ** 2,
-      NanoCpus: 1e9,
-      PidsLimit: 256,
-      Ulimits: [{ Name: 'nofile', Soft: 4096, Hard: 4096 }],
-      Binds: [`${ws}:/workspace:rw`],
-      AutoRemove: false,
-      Init: true,
-      LogConfig: { Type: 'none', Config: {} },
-    });
+    }).toEqual(expectedHostConfig({ workspace: ws, memoryBytes: 256 * 1024 ** 2, nanoCpus: 1e9 }));
     expect(info.Config.User).toBe('1000:1000');
     expect(info.Config.WorkingDir).toBe('/workspace');
     expect(info.Config.Labels).toMatchObject({ 'loki.session': 's1', 'loki.worker': WORKER });
