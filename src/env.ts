@@ -31,6 +31,12 @@ export interface Config {
   syslog: null | { host: string; port: number; proto: SyslogProto };
   sandboxMode: boolean;
   branchProtection: boolean;
+  /** `LOKI_POLICY_FILE`: the operator's sandbox policy (default `$LOKI_HOME/policy.yaml`). */
+  policyFile: string;
+  /** `LOKI_ALLOW_HOST_SESSIONS`: the env shortcut for `host_sessions: true` in the policy. */
+  allowHostSessions: boolean;
+  /** The Docker socket the worker talks to (from `DOCKER_HOST` when it is `unix://…`). */
+  dockerSocket: string;
   budgetLimitUsd: number | null;
   workspaceRoots: string[];
   url: string;
@@ -239,6 +245,9 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     syslog: syslogHost ? { host: syslogHost, port: syslogPort, proto: syslogProto } : null,
     sandboxMode: bool(env, 'LOKI_SANDBOX_MODE', false),
     branchProtection: bool(env, 'LOKI_BRANCH_PROTECTION', true),
+    policyFile: absPath(env, 'LOKI_POLICY_FILE') ?? `${home}/policy.yaml`,
+    allowHostSessions: bool(env, 'LOKI_ALLOW_HOST_SESSIONS', false),
+    dockerSocket: dockerSocketFrom(env),
     budgetLimitUsd,
     workspaceRoots,
     url: url(env, 'LOKI_URL', `http://127.0.0.1:${port}`),
@@ -259,6 +268,22 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     bodyLimitBytes: int(env, 'LOKI_BODY_LIMIT', 1024 * 1024, 1024, 64 * 1024 * 1024),
   };
   return config;
+}
+
+function absPath(env: Env, name: string): string | undefined {
+  const v = read(env, name);
+  if (v !== undefined && !v.startsWith('/')) throw new ConfigError(name, v, 'an absolute path');
+  return v;
+}
+
+/** `DOCKER_HOST=unix:///path` → that path; a TCP or SSH engine has no local socket to protect. */
+function dockerSocketFrom(env: Env): string {
+  const v = read(env, 'DOCKER_HOST');
+  if (v === undefined) return '/var/run/docker.sock';
+  const m = /^unix:\/\/(\/.+)$/.exec(v);
+  if (m) return m[1]!;
+  if (/^(?:tcp|ssh|http|https|npipe):\/\//.test(v)) return '/var/run/docker.sock';
+  throw new ConfigError('DOCKER_HOST', v, 'unix:///path/to/docker.sock or tcp://host:port');
 }
 
 const WORKER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;

@@ -7,6 +7,7 @@
 import os from 'node:os';
 import { pathToFileURL } from 'node:url';
 import { ConfigError, checkBind, type Config, loadConfig, readProcessEnv } from './env';
+import { loadOperatorPolicy, type OperatorPolicy, PolicyFileError } from './sandbox/session-policy';
 import { startServer } from './server';
 import { createLogger } from './util/logger';
 
@@ -26,6 +27,19 @@ export function configOrExit(overrides: Record<string, string | undefined> = {})
   }
 }
 
+/** Load the operator's sandbox policy or exit 2 with one line naming the file and the key. */
+export function policyOrExit(config: Config): OperatorPolicy {
+  try {
+    return loadOperatorPolicy(config.policyFile, { allowHostSessions: config.allowHostSessions });
+  } catch (err) {
+    if (err instanceof PolicyFileError) {
+      process.stderr.write(`loki: invalid operator policy: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}
+
 export async function runDashboard(overrides: { host?: string; port?: string } = {}): Promise<void> {
   const config = configOrExit({ LOKI_DASHBOARD_HOST: overrides.host, LOKI_DASHBOARD_PORT: overrides.port });
   try {
@@ -34,11 +48,12 @@ export async function runDashboard(overrides: { host?: string; port?: string } =
     process.stderr.write(`loki: ${(err as Error).message}\n`);
     process.exit(2);
   }
+  const operatorPolicy = policyOrExit(config);
   process.umask(0o077);
   const logger = createLogger();
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
-    server = await startServer(config, { logger });
+    server = await startServer(config, { logger, operatorPolicy });
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     const why = e.code === 'EADDRINUSE' ? `port ${config.port} on ${config.host} is already in use` : e.message;
@@ -47,6 +62,8 @@ export async function runDashboard(overrides: { host?: string; port?: string } =
   }
   logger.info('loki dashboard listening', {
     url: server.url,
+    policy: operatorPolicy.source ?? 'built-in defaults (no policy file)',
+    host_sessions: operatorPolicy.hostSessions,
     db: config.dbPath,
     auth: config.enterpriseAuth || config.oidc !== null,
     audit: config.auditEnabled,

@@ -20,6 +20,7 @@ import { sha256Hex } from './db/sqlite-audit';
 import { openSqlite, migrate, createSqliteStore, tightenDbFiles, type SqliteDb } from './db/sqlite';
 import type { Config } from './env';
 import { EventHub } from './events/hub';
+import { loadOperatorPolicy, type OperatorPolicy } from './sandbox/session-policy';
 import { createNodeSessionValidator } from './sessions/node-validator';
 import { SessionService } from './sessions/service';
 import { selectWsProtocol } from './http/routes/ws';
@@ -88,8 +89,10 @@ export interface NodeRuntime {
 }
 
 /** Open the database, migrate, and build the app with its Node deps. */
-export async function buildNodeRuntime(config: Config, opts: { logger?: Logger } = {}): Promise<NodeRuntime> {
+export async function buildNodeRuntime(config: Config, opts: { logger?: Logger; operatorPolicy?: OperatorPolicy } = {}): Promise<NodeRuntime> {
   const logger = opts.logger ?? createLogger();
+  // Decided once, at start-up: a malformed file stops the server (see `policyOrExit`).
+  const operatorPolicy = opts.operatorPolicy ?? loadOperatorPolicy(config.policyFile, { allowHostSessions: config.allowHostSessions });
   const db = openSqlite(config.dbPath);
   const applied = migrate(db);
   tightenDbFiles(config.dbPath);
@@ -125,9 +128,19 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger }
     hostCheck: isLoopbackBind(config.host),
     staticFiles: staticFile,
     shutdownSignal: shutdown.signal,
-    sessions: createNodeSessionValidator({ roots: config.workspaceRoots, home: os.homedir() }),
+    sessions: createNodeSessionValidator({
+      roots: config.workspaceRoots,
+      home: os.homedir(),
+      operator: operatorPolicy,
+      forceSandbox: config.sandboxMode,
+      lokiHome: config.home,
+      dockerSocket: config.dockerSocket,
+    }),
     upgradeWebSocket,
-    statusExtras: () => ({ syslog: nodeAudit.syslog ? nodeAudit.syslog.stats() : null }),
+    statusExtras: () => ({
+      syslog: nodeAudit.syslog ? nodeAudit.syslog.stats() : null,
+      policy: { source: operatorPolicy.source, host_sessions: operatorPolicy.hostSessions },
+    }),
   };
   const loki = createLokiApp(deps);
   // Running sessions whose worker stopped heartbeating become `lost` (never re-run).
@@ -187,7 +200,7 @@ export interface RunningServer {
   stop(deadlineMs?: number): Promise<void>;
 }
 
-export async function startServer(config: Config, opts: { logger?: Logger } = {}): Promise<RunningServer> {
+export async function startServer(config: Config, opts: { logger?: Logger; operatorPolicy?: OperatorPolicy } = {}): Promise<RunningServer> {
   const runtime = await buildNodeRuntime(config, opts);
   const logger = runtime.deps.logger;
   if (runtime.applied.length) logger.info('migrations applied', { applied: runtime.applied });

@@ -24,6 +24,14 @@ const linesOf = (data) => {
   return data && typeof data.text === 'string' ? [data] : [];
 };
 
+/** What a session committed, as one line of text. */
+const resultText = (r) => {
+  if (!r || typeof r !== 'object') return '';
+  if (!r.commit) return 'no changes';
+  const counts = `${Number(r.files_changed)} files, +${Number(r.insertions)} -${Number(r.deletions)}`;
+  return r.kind === 'git' ? `${String(r.commit).slice(0, 12)} on ${r.branch} (${counts})` : `patch (${counts})`;
+};
+
 /** Sessions: start, list, stop, and the live output of one session. */
 export function sessionsPanel() {
   const error = el('p', { class: 'error', role: 'alert', hidden: true });
@@ -36,7 +44,7 @@ export function sessionsPanel() {
     prd: el('input', { type: 'text', name: 'prd', required: true, autocomplete: 'off', spellcheck: 'false', placeholder: 'prd.md' }),
     budget: el('input', { type: 'number', name: 'budget', min: '0.01', step: '0.01', placeholder: 'USD' }),
     name: el('input', { type: 'text', name: 'name', maxlength: '255', autocomplete: 'off' }),
-    sandbox: el('input', { type: 'checkbox', name: 'sandbox' }),
+    host: el('input', { type: 'checkbox', name: 'host' }),
   };
   const form = el(
     'form',
@@ -45,7 +53,7 @@ export function sessionsPanel() {
     el('label', {}, 'PRD ', f.prd),
     el('label', {}, 'Budget ', f.budget),
     el('label', {}, 'Name ', f.name),
-    el('label', {}, f.sandbox, ' sandbox'),
+    el('label', { title: 'Outside the sandbox, on the worker host: only if the operator allows host sessions' }, f.host, ' host session'),
     el('button', { type: 'submit' }, 'Start session'),
   );
   const tbody = el('tbody', { id: 'session-rows' });
@@ -59,7 +67,8 @@ export function sessionsPanel() {
     const body = { workspace: f.workspace.value.trim(), prd: f.prd.value.trim() };
     if (f.name.value.trim()) body.name = f.name.value.trim();
     if (f.budget.value) body.budget_usd = Number(f.budget.value);
-    if (f.sandbox.checked) body.sandbox = true;
+    // Every session is sandboxed unless a host session is asked for (the operator decides).
+    body.sandbox = !f.host.checked;
     try {
       await api('/api/sessions', { method: 'POST', body });
       showError(null);
@@ -115,16 +124,19 @@ export function sessionsPanel() {
     const budget = pick(s, 'budget_usd', 'budgetUsd');
     const cost = pick(s, 'cost_usd', 'costUsd');
     const stopButton = el('button', { type: 'button', class: 'danger', on: { click: () => stop(id, stopButton) } }, 'Stop');
-    const terminal = ['succeeded', 'failed', 'stopped', 'timed_out', 'budget_exceeded', 'oom_killed', 'lost'].includes(status);
+    const terminal = ['succeeded', 'failed', 'stopped', 'timed_out', 'budget_exceeded', 'oom_killed', 'disk_exceeded', 'lost'].includes(status);
+    const host = pick(s, 'host_session') === true;
     return el(
       'tr',
       { 'data-session': id },
       el('td', {}, id),
       el('td', { class: 'name' }, pick(s, 'name') ?? ''),
       el('td', {}, status),
+      el('td', host ? { class: 'host-session', title: 'ran on the worker host, outside the sandbox' } : {}, host ? 'HOST' : 'sandbox'),
       el('td', { class: 'path' }, pick(s, 'workspace') ?? ''),
       el('td', { class: 'path' }, pick(s, 'prd') ?? ''),
       el('td', {}, cost === null ? '' : `$${Number(cost).toFixed(2)}${budget === null ? '' : ` / $${Number(budget).toFixed(2)}`}`),
+      el('td', { class: 'path' }, resultText(pick(s, 'result'))),
       el('td', {}, time(pick(s, 'created_at', 'createdAt'))),
       el('td', {}, el('button', { type: 'button', on: { click: () => show(s) } }, 'Output'), terminal ? null : stopButton),
     );
@@ -152,7 +164,7 @@ export function sessionsPanel() {
       el(
         'thead',
         {},
-        el('tr', {}, el('th', {}, 'ID'), el('th', {}, 'Name'), el('th', {}, 'Status'), el('th', {}, 'Workspace'), el('th', {}, 'PRD'), el('th', {}, 'Cost'), el('th', {}, 'Created'), el('th', {}, '')),
+        el('tr', {}, el('th', {}, 'ID'), el('th', {}, 'Name'), el('th', {}, 'Status'), el('th', {}, 'Where'), el('th', {}, 'Workspace'), el('th', {}, 'PRD'), el('th', {}, 'Cost'), el('th', {}, 'Result'), el('th', {}, 'Created'), el('th', {}, '')),
       ),
       tbody,
     ),
@@ -168,7 +180,7 @@ export function sessionsPanel() {
     refresh,
     onEvent(e) {
       if (e.type === 'output' && selected !== null && e.session_id === selected) appendLines(linesOf(e.data));
-      if (e.type === 'session_state' || e.type === 'session_created' || e.type === 'budget_warning') {
+      if (e.type === 'session_state' || e.type === 'session_created' || e.type === 'budget_warning' || e.type === 'session_result') {
         // Coalesce bursts of state changes into one list refresh.
         clearTimeout(refreshTimer);
         refreshTimer = setTimeout(refresh, 300);

@@ -47,6 +47,7 @@ export class Authenticator {
       scopes: row.scopes,
       expiresAt: row.expiresAt,
       tokenId: row.id,
+      workerId: row.workerId,
       via: 'token',
     };
   }

@@ -36,6 +36,7 @@ export async function importLegacyTokens(store: TokenStore, file: string, now: n
         revokedAt: t.revoked ? now : null,
         createdBy: `import:loki-mode:${t.legacyId}`,
         source: 'legacy',
+        workerId: null,
       });
       imported.push({ id, name: t.name, role: t.role, revoked: t.revoked });
     } catch (err) {

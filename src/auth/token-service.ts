@@ -2,6 +2,7 @@
  * Token administration shared by the API and the CLI: validation, creation
  * (plaintext returned once), listing without secrets, revocation by id or name.
  */
+import { WORKER_ID_PATTERN } from '../sessions/api';
 import { type TokenRecord, type TokenStore, UniqueViolation } from '../db/store';
 import { isRole, narrowScopes, type Role, ROLES } from './roles';
 import { generateToken, MAX_EXPIRES_DAYS, randomId, sha256Hex, validateTokenName } from './tokens';
@@ -20,6 +21,8 @@ export interface CreateTokenInput {
   role?: unknown;
   scopes?: unknown;
   expiresDays?: unknown;
+  /** Required for the `worker` role: the only worker id the token may claim under. */
+  workerId?: unknown;
   createdBy: string | null;
 }
 
@@ -36,6 +39,7 @@ export function publicToken(t: TokenRecord) {
     revoked_at: t.revokedAt === null ? null : new Date(t.revokedAt).toISOString(),
     created_by: t.createdBy,
     source: t.source,
+    worker_id: t.workerId,
     status: t.revokedAt !== null ? 'revoked' : t.expiresAt !== null && t.expiresAt <= Date.now() ? 'expired' : 'active',
   };
 }
@@ -60,6 +64,19 @@ export async function createToken(store: TokenStore, input: CreateTokenInput, no
   const narrowed = narrowScopes(role, input.scopes as string[] | undefined);
   if ('error' in narrowed) throw new TokenInputError(narrowed.error);
   const days = parseExpiresDays(input.expiresDays);
+  let workerId: string | null = null;
+  if (role === 'worker') {
+    if (typeof input.workerId !== 'string' || !WORKER_ID_PATTERN.test(input.workerId)) {
+      throw new TokenInputError(
+        input.workerId === undefined || input.workerId === null
+          ? 'a worker token must be bound to a worker id (worker_id, --worker-id): the protocol refuses it under any other id'
+          : `worker_id must be 1-64 letters, digits, ".", "_" or "-" (got ${JSON.stringify(input.workerId)})`,
+      );
+    }
+    workerId = input.workerId;
+  } else if (input.workerId !== undefined && input.workerId !== null) {
+    throw new TokenInputError('worker_id is only for tokens of the worker role');
+  }
   const plaintext = generateToken();
   const record: TokenRecord = {
     id: randomId('tok_', 8),
@@ -74,6 +91,7 @@ export async function createToken(store: TokenStore, input: CreateTokenInput, no
     revokedAt: null,
     createdBy: input.createdBy,
     source: 'native',
+    workerId,
   };
   try {
     await store.insert(record);

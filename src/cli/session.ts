@@ -6,12 +6,27 @@ export function sessionCommands(program: Command): void {
     .command('start')
     .description('start an agent session for a PRD through the dashboard API; exit code = session outcome')
     .argument('<prd>', 'path to the PRD file, inside the current workspace')
-    .option('--sandbox', 'run the session in the Docker sandbox')
+    .option('--sandbox', 'run the session in the Docker sandbox (the default)')
+    .option('--host', 'run on the worker host, outside the sandbox (the operator must allow host sessions)')
     .option('--budget <usd>', 'budget in USD (e.g. 5.00)')
     .option('--name <name>', 'a name for the session')
-    .action(async (prd: string, o: { sandbox?: boolean; budget?: string; name?: string }) => {
+    .action(async (prd: string, o: { sandbox?: boolean; host?: boolean; budget?: string; name?: string }) => {
       const { runStart } = await import('./start');
       process.exit(await runStart(prd, o));
+    });
+
+  const sessions = program.command('sessions').description('agent sessions');
+  sessions
+    .command('branches')
+    .description('list the loki/session-* branches of a repository; --prune deletes the merged ones (never the checked-out branch)')
+    .option('--repo <dir>', 'the repository (default: the git root of the current directory)')
+    .option('--into <branch>', 'merged into this branch (default: the current branch)')
+    .option('--prune', 'delete the session branches already merged')
+    .option('--all', 'with --prune: delete abandoned (unmerged) session branches too')
+    .option('--json', 'print JSON')
+    .action(async (o: { repo?: string; into?: string; prune?: boolean; all?: boolean; json?: boolean }) => {
+      const { runBranches } = await import('./branches');
+      process.exit(await runBranches(o));
     });
 
   const sandbox = program.command('sandbox').description('the sandbox worker');

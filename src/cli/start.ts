@@ -1,5 +1,5 @@
 /**
- * `loki start ./prd.md [--sandbox] [--budget 5.00] [--name N]`: an API client
+ * `loki start ./prd.md [--sandbox | --host] [--budget 5.00] [--name N]`: an API client
  * (`LOKI_URL`, `LOKI_TOKEN`). It sends the workspace (the git root of the current
  * directory, or the directory itself) and the PRD path relative to it, streams
  * the session's output to stdout until the session ends, and prints the outcome
@@ -9,7 +9,10 @@
  * Exit codes (`START_EXIT_CODES`):
  *   0 succeeded · 1 failed · 2 usage error or request refused (400/401/403/404)
  *   3 server unreachable or server error · 4 stopped · 5 timed_out
- *   6 budget_exceeded · 7 oom_killed · 8 lost
+ *   6 budget_exceeded · 7 oom_killed · 8 lost · 9 disk_exceeded
+ *
+ * Every session is sandboxed unless `--host` asks for a host session (which the
+ * operator's policy must allow); `LOKI_SANDBOX_MODE=true` makes `--host` an error.
  */
 import { spawn } from 'node:child_process';
 import { realpathSync } from 'node:fs';
@@ -30,6 +33,7 @@ export const START_EXIT_CODES: Record<SessionState | 'usage' | 'unreachable', nu
   budget_exceeded: 6,
   oom_killed: 7,
   lost: 8,
+  disk_exceeded: 9,
   // not outcomes; listed so the table is total
   queued: 1,
   running: 1,
@@ -119,7 +123,23 @@ function outcomeLine(s: SessionView): string {
   return `session ${s.id} ${s.status}${secs}${code}${cost}${why}`;
 }
 
-export async function runStart(prd: string, o: { sandbox?: boolean; budget?: string; name?: string }): Promise<number> {
+/** What the session committed, in one line (null: no result). */
+function resultLine(s: SessionView): string | null {
+  const r = s.result;
+  if (!r) return null;
+  const counts = `${r.files_changed} file${r.files_changed === 1 ? '' : 's'} changed, +${r.insertions} -${r.deletions}`;
+  if (!r.commit) return 'the agent changed nothing';
+  if (r.kind === 'git') return `committed ${r.commit.slice(0, 12)} on branch ${r.branch} (${counts}); your checkout was not touched`;
+  return r.has_patch
+    ? `${counts}; the patch: GET /api/sessions/${s.id}/patch (apply it with git apply)`
+    : `${counts}; the patch was too large to send, it is kept on the worker`;
+}
+
+export async function runStart(prd: string, o: { sandbox?: boolean; host?: boolean; budget?: string; name?: string }): Promise<number> {
+  if (o.host && o.sandbox) {
+    say('--host and --sandbox exclude each other');
+    return START_EXIT_CODES.usage;
+  }
   let budget: number | undefined;
   if (o.budget !== undefined) {
     const b = parseBudget(o.budget);
@@ -130,6 +150,10 @@ export async function runStart(prd: string, o: { sandbox?: boolean; budget?: str
     budget = b.usd;
   }
   const config = configOrExit();
+  if (o.host && config.sandboxMode) {
+    say('--host is refused: LOKI_SANDBOX_MODE=true requests a sandbox for every session');
+    return START_EXIT_CODES.usage;
+  }
   const cwd = realpathSync(process.cwd());
   const workspace = (await gitRoot(cwd)) ?? cwd;
   const prdRelative = path.relative(workspace, path.resolve(cwd, prd));
@@ -144,16 +168,16 @@ export async function runStart(prd: string, o: { sandbox?: boolean; budget?: str
     session = await client.createSession({
       workspace,
       prd: prdRelative.split(path.sep).join('/'),
-      ...(o.sandbox ? { sandbox: true } : {}),
+      sandbox: !o.host,
       ...(budget !== undefined ? { budget_usd: budget } : {}),
       ...(o.name !== undefined ? { name: o.name } : {}),
     });
   } catch (err) {
     return apiFailure(err, config.url);
   }
-  say(
-    `session ${session.id} queued (${session.sandbox ? 'sandbox' : 'no sandbox'}${session.budget_usd !== null ? `, budget $${session.budget_usd.toFixed(2)}` : ''})`,
-  );
+  const where = session.host_session ? 'HOST SESSION: runs on the worker host, outside the sandbox' : 'sandbox';
+  const policy = session.policy_sha256 ? `, policy ${session.policy_sha256.slice(0, 12)}` : '';
+  say(`session ${session.id} queued (${where}${session.budget_usd !== null ? `, budget $${session.budget_usd.toFixed(2)}` : ''}${policy})`);
 
   let interrupts = 0;
   const onInterrupt = () => {
@@ -200,6 +224,8 @@ export async function runStart(prd: string, o: { sandbox?: boolean; budget?: str
       }
     }
     const final = await client.getSession(session.id);
+    const committed = resultLine(final);
+    if (committed) say(committed);
     say(outcomeLine(final));
     return START_EXIT_CODES[final.status];
   } catch (err) {

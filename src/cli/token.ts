@@ -23,18 +23,19 @@ export function tokenCommands(enterprise: Command): void {
     .option('--role <role>', 'admin, operator, viewer, auditor or worker', 'viewer')
     .option('--scopes <list>', 'comma-separated subset of the role\'s scopes')
     .option('--expires <days>', 'expire after this many days (1-3650)', parseExpiresOption)
+    .option('--worker-id <id>', 'for --role worker (required): the only worker id the token may claim under')
     .option('--json', 'print JSON')
-    .action(async (name: string, o: { role: string; scopes?: string; expires?: number; json?: boolean }) => {
+    .action(async (name: string, o: { role: string; scopes?: string; expires?: number; workerId?: string; json?: boolean }) => {
       const ctx = await openLocal();
       try {
         const { record, plaintext } = await createToken(
           ctx.store.tokens,
-          { name, role: o.role, scopes: o.scopes?.split(',').map((s) => s.trim()).filter(Boolean), expiresDays: o.expires, createdBy: cliActor().name },
+          { name, role: o.role, scopes: o.scopes?.split(',').map((s) => s.trim()).filter(Boolean), expiresDays: o.expires, workerId: o.workerId, createdBy: cliActor().name },
           Date.now(),
         );
         await recordCli(ctx, 'token.create', {
           resource: { type: 'token', id: record.id },
-          details: { name: record.name, role: record.role, scopes: record.scopes, expires_at: record.expiresAt },
+          details: { name: record.name, role: record.role, scopes: record.scopes, expires_at: record.expiresAt, worker_id: record.workerId },
         });
         await ctx.store.events.insert('token_created', null, { id: record.id, name: record.name, role: record.role }, Date.now());
         if (o.json) {

@@ -2,7 +2,7 @@
  * Store implementation over drizzle's SQLite dialect. The same code serves
  * better-sqlite3 (sync driver; queries are awaitable) and D1 (async driver).
  */
-import { and, asc, desc, eq, gt, inArray, isNotNull, isNull, lt, or, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, getTableColumns, gt, inArray, isNotNull, isNull, lt, or, sql } from 'drizzle-orm';
 import type { BaseSQLiteDatabase } from 'drizzle-orm/sqlite-core';
 import type { Role, Scope } from '../auth/roles';
 import * as schema from './schema';
@@ -30,7 +30,10 @@ function toToken(r: TokenRow): TokenRecord {
   };
 }
 
-function toSession(r: SessionRow): SessionRecord {
+/** Every session column but the (possibly large) patch, which only `resultPatch` reads. */
+const { resultPatch: _patchColumn, ...sessionColumns } = getTableColumns(schema.sessions);
+
+function toSession(r: Omit<SessionRow, 'resultPatch'>): SessionRecord {
   return { ...r, status: r.status as SessionState };
 }
 
@@ -100,12 +103,12 @@ export function createDrizzleStore(db: AnyDb, kind: 'sqlite' | 'd1'): Store {
         await db.insert(sessions).values(s);
       },
       async get(id) {
-        const rows = await db.select().from(sessions).where(eq(sessions.id, id)).limit(1);
+        const rows = await db.select(sessionColumns).from(sessions).where(eq(sessions.id, id)).limit(1);
         return rows[0] ? toSession(rows[0]) : null;
       },
       async list({ limit, status, before }) {
         const rows = await db
-          .select()
+          .select(sessionColumns)
           .from(sessions)
           .where(
             and(
@@ -143,7 +146,7 @@ export function createDrizzleStore(db: AnyDb, kind: 'sqlite' | 'd1'): Store {
               ),
             ),
           )
-          .returning();
+          .returning(sessionColumns);
         return rows[0] ? toSession(rows[0]) : null;
       },
       async renew(id, leaseId, leaseUntil) {
@@ -181,7 +184,7 @@ export function createDrizzleStore(db: AnyDb, kind: 'sqlite' | 'd1'): Store {
               cond.leaseId !== undefined ? eq(sessions.leaseId, cond.leaseId) : undefined,
             ),
           )
-          .returning();
+          .returning(sessionColumns);
         return rows[0] ? toSession(rows[0]) : null;
       },
       async reserveLogLines(id, count, bytes) {
@@ -192,6 +195,18 @@ export function createDrizzleStore(db: AnyDb, kind: 'sqlite' | 'd1'): Store {
           .returning({ logLines: sessions.logLines, logBytes: sessions.logBytes });
         const r = rows[0];
         return r ? { firstLine: r.logLines - count + 1, logBytes: r.logBytes } : null;
+      },
+      async saveResult(id, leaseId, result, patch) {
+        const rows = await db
+          .update(sessions)
+          .set({ result, resultPatch: patch })
+          .where(and(eq(sessions.id, id), eq(sessions.leaseId, leaseId)))
+          .returning({ id: sessions.id });
+        return rows.length > 0;
+      },
+      async resultPatch(id) {
+        const rows = await db.select({ p: sessions.resultPatch }).from(sessions).where(eq(sessions.id, id)).limit(1);
+        return rows[0]?.p ?? null;
       },
       async requestStop(id) {
         const rows = await db
@@ -206,7 +221,7 @@ export function createDrizzleStore(db: AnyDb, kind: 'sqlite' | 'd1'): Store {
           .update(sessions)
           .set({ status: 'lost', reason: 'worker lease expired', endedAt: now })
           .where(and(eq(sessions.status, 'running'), lt(sessions.leaseExpiresAt, now)))
-          .returning();
+          .returning(sessionColumns);
         return rows.map(toSession);
       },
       async appendLogs(id, lines) {

@@ -23,6 +23,8 @@ export const tokens = sqliteTable(
     revokedAt: integer('revoked_at'),
     createdBy: text('created_by'),
     source: text('source').notNull().default('native'),
+    /** A `worker` token's worker id: the protocol refuses it under any other id. */
+    workerId: text('worker_id'),
   },
   (t) => [uniqueIndex('tokens_name_uq').on(t.name), uniqueIndex('tokens_hash_uq').on(t.hash)],
 );
@@ -82,6 +84,10 @@ export const sessions = sqliteTable(
     containerId: text('container_id'),
     baseBranch: text('base_branch'),
     agentBranch: text('agent_branch'),
+    policy: text('policy'),
+    policySha256: text('policy_sha256'),
+    result: text('result'),
+    resultPatch: text('result_patch'),
   },
   (t) => [index('sessions_status_idx').on(t.status, t.createdAt)],
 );

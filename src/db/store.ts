@@ -18,6 +18,8 @@ export interface TokenRecord {
   revokedAt: number | null;
   createdBy: string | null;
   source: 'native' | 'legacy';
+  /** A worker token's bound worker id (null: not a worker token, or created before binding). */
+  workerId: string | null;
 }
 
 export const SESSION_STATES = [
@@ -29,6 +31,7 @@ export const SESSION_STATES = [
   'timed_out',
   'budget_exceeded',
   'oom_killed',
+  'disk_exceeded',
   'lost',
 ] as const;
 export type SessionState = (typeof SESSION_STATES)[number];
@@ -59,6 +62,11 @@ export interface SessionRecord {
   containerId: string | null;
   baseBranch: string | null;
   agentBranch: string | null;
+  /** The effective policy fixed at creation (canonical JSON) and its SHA-256. */
+  policy: string | null;
+  policySha256: string | null;
+  /** What the worker committed (JSON of `SessionResultView`); a copy workspace's patch is read with `resultPatch`. */
+  result: string | null;
 }
 
 export interface LogLine {
@@ -112,6 +120,9 @@ export interface SessionStore {
    */
   reserveLogLines(id: string, count: number, bytes: number): Promise<{ firstLine: number; logBytes: number } | null>;
   requestStop(id: string): Promise<boolean>;
+  /** Record what the worker committed (and a copy workspace's patch) while it holds the lease. */
+  saveResult(id: string, leaseId: string, result: string, patch: string | null): Promise<boolean>;
+  resultPatch(id: string): Promise<string | null>;
   /** Mark running sessions with expired leases as lost; returns them. */
   expireLeases(now: number): Promise<SessionRecord[]>;
   appendLogs(id: string, lines: LogLine[]): Promise<void>;

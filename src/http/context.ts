@@ -6,6 +6,7 @@ import type { Role, Scope } from '../auth/roles';
 import type { Store } from '../db/store';
 import type { Config } from '../env';
 import type { EventHub } from '../events/hub';
+import type { SessionPolicy } from '../sessions/api';
 import type { HeaderSink } from './headers';
 
 export interface Identity {
@@ -15,6 +16,8 @@ export interface Identity {
   /** When the credential stops being valid (ms), for long-lived streams. */
   expiresAt: number | null;
   tokenId: string | null;
+  /** The worker id a worker token is bound to. */
+  workerId?: string | null;
   via: 'token' | 'oidc' | 'loopback';
 }
 
@@ -29,8 +32,17 @@ export interface OidcVerifierPort {
 }
 
 export interface SessionValidator {
-  /** Resolve and check a workspace + PRD path; throws ApiError(400) when refused. */
-  validate(workspace: string, prd: string): Promise<{ workspace: string; prd: string; sandboxFromConfig: boolean }>;
+  /**
+   * Resolve and check a workspace + PRD path, read the workspace config once and
+   * merge it under the operator policy. Throws ApiError 400 (`invalid_path`,
+   * `validation_error`, `policy_violation`) or 403 (`policy_violation`: a host
+   * session the operator does not allow).
+   */
+  validate(
+    workspace: string,
+    prd: string,
+    request: { sandbox?: boolean },
+  ): Promise<{ workspace: string; prd: string; policy: SessionPolicy; policyJson: string; policySha256: string }>;
 }
 
 export interface AppDeps {

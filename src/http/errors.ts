@@ -9,6 +9,7 @@ export const ErrorCode = {
   invalidToken: 'invalid_token',
   insufficientScope: 'insufficient_scope',
   forbidden: 'forbidden',
+  policyViolation: 'policy_violation',
   forbiddenOrigin: 'forbidden_origin',
   forbiddenHost: 'forbidden_host',
   notFound: 'not_found',

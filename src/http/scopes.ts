@@ -31,6 +31,7 @@ export const ROUTES: readonly RouteSpec[] = [
   { method: 'POST', path: '/api/sessions', scope: 'control' },
   { method: 'GET', path: '/api/sessions/:id', scope: 'read' },
   { method: 'GET', path: '/api/sessions/:id/logs', scope: 'read' },
+  { method: 'GET', path: '/api/sessions/:id/patch', scope: 'read' },
   { method: 'POST', path: '/api/sessions/:id/stop', scope: 'control' },
   { method: 'GET', path: '/api/events', scope: 'read' },
   { method: 'GET', path: '/ws', scope: 'read' },

@@ -53,11 +53,19 @@ export interface SandboxSettings {
   envAllowlist: string[];
   capAdd: string[];
   user: string;
+  /** Docker runtime (`runc`, `runsc` for gVisor); null: the operator policy's first. */
+  runtime: string | null;
+  /** Egress allowlist entries (`host:port`, `*.example.com:443`). */
+  egress: string[];
+  /** Disk limit for the session's worktree; null: the operator policy's limit. */
+  diskBytes: number | null;
 }
 
 export interface WorkspaceConfig {
   sandbox: SandboxSettings;
   provider: { command: string[] };
+  /** The `sandbox.*` keys the file sets itself (the rest are defaults, capped by the operator policy). */
+  explicit: string[];
 }
 
 export class SandboxConfigError extends Error {
@@ -157,6 +165,15 @@ const providerCommand = z
     });
   });
 
+/** `host:port` or `*.domain:port`; an IPv6 literal in brackets. Lower-cased. */
+export const EGRESS_ENTRY = /^(?:\*\.)?(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?:\d{1,5}$|^\[[0-9a-f:.]+\]:\d{1,5}$/;
+const egressEntry = z
+  .string()
+  .transform((v) => v.trim().toLowerCase())
+  .refine((v) => EGRESS_ENTRY.test(v) && Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535 && Number(v.slice(v.lastIndexOf(':') + 1)) > 0, {
+    message: 'expected "host:port" or "*.domain:port"',
+  });
+
 const sandboxSchema = z.strictObject({
   enabled: z.boolean().default(false),
   network: z.boolean().default(false),
@@ -169,6 +186,13 @@ const sandboxSchema = z.strictObject({
   env_allowlist: z.array(envName).default([]),
   cap_add: z.array(capName).default([]),
   user: user.default('1000:1000'),
+  runtime: z
+    .string()
+    .regex(/^[a-z][a-z0-9._-]{0,63}$/, 'expected a Docker runtime name such as runc or runsc')
+    .nullable()
+    .default(null),
+  egress: z.array(egressEntry).default([]),
+  disk_limit: memoryLimit.nullable().default(null),
 });
 
 const fileSchema = z.looseObject({
@@ -215,6 +239,10 @@ function issueMessage(error: z.ZodError): string {
   return `${CONFIG_RELATIVE_PATH}: ${at.join('.') || '(root)'}: ${issue.message}`;
 }
 
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
 /** Validate an already-parsed YAML document (exposed for tests and the server). */
 export function workspaceConfigFromObject(doc: unknown, opts: { workspaceDir: string; home: string }): WorkspaceConfig {
   if (doc !== null && doc !== undefined && (typeof doc !== 'object' || Array.isArray(doc))) {
@@ -236,8 +264,12 @@ export function workspaceConfigFromObject(doc: unknown, opts: { workspaceDir: st
       envAllowlist: [...new Set(s.env_allowlist)],
       capAdd: [...new Set(s.cap_add)],
       user: s.user,
+      runtime: s.runtime,
+      egress: [...new Set(s.egress)],
+      diskBytes: s.disk_limit,
     },
     provider: { command: [...(parsed.data.provider?.command ?? DEFAULT_PROVIDER_COMMAND)] },
+    explicit: Object.keys(isRecord(doc) && isRecord(doc.sandbox) ? doc.sandbox : {}),
   };
 }
 

@@ -1,6 +1,6 @@
 /**
- * `sandboxPolicyFromConfig`: a workspace config plus a session → the exact Docker
- * create options. Every security property of the sandbox is written out here, in
+ * `containerOptions`: a session's effective policy plus its context → the exact
+ * Docker create options. Every security property of the sandbox is written out here, in
  * one object, so a test can compare it field by field and a reviewer can read it
  * in one place. Pure apart from `realpath`/`stat` on the host paths it mounts.
  */
@@ -8,7 +8,8 @@ import { realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { ContainerCreateOptions } from 'dockerode';
 import { isInside } from '../util/paths';
-import { CAP_ADD_ALLOWED, FORBIDDEN_ENV, providerArgv, type WorkspaceConfig } from './config';
+import type { SessionPolicy } from '../sessions/api';
+import { CAP_ADD_ALLOWED, FORBIDDEN_ENV, providerArgv } from './config';
 
 export const CONTAINER_WORKSPACE = '/workspace';
 export const LABEL_SESSION = 'loki.session';
@@ -44,7 +45,7 @@ export class SandboxPolicyError extends Error {
 export interface PolicyContext {
   sessionId: string;
   workerId: string;
-  /** Absolute host path of the workspace, mounted read-write at /workspace. */
+  /** The session's private worktree on this host, mounted read-write at /workspace. */
   workspace: string;
   /** The PRD path relative to the workspace, substituted for `{prd}`. */
   prd: string;
@@ -130,23 +131,27 @@ export function sandboxEnv(allowlist: readonly string[], env: PolicyContext['env
   return out;
 }
 
-/** The container create options for one session. Throws `SandboxPolicyError` on a refused mount. */
-export function sandboxPolicyFromConfig(cfg: WorkspaceConfig, ctx: PolicyContext): ContainerCreateOptions {
-  const s = cfg.sandbox;
-  for (const cap of s.capAdd) {
+/**
+ * The container create options for one session, from its effective policy.
+ * `ctx.workspace` is the session's private worktree (the worker made it; it lives in
+ * `$LOKI_HOME/worktrees`, so it is not passed through the mount rules). Extra mounts
+ * were checked against the operator's roots at creation and again by the worker;
+ * the deny rules run once more here. Throws `SandboxPolicyError` on a refused mount.
+ */
+export function containerOptions(p: SessionPolicy, ctx: PolicyContext): ContainerCreateOptions {
+  for (const cap of p.cap_add) {
     if (!CAP_ADD_ALLOWED.includes(cap)) throw new SandboxPolicyError(`cap_add ${cap} is never allowed`, 'cap_add');
   }
-  const workspace = validateHostMount(ctx.workspace, ctx, `workspace ${ctx.workspace}`);
-  const binds = [`${workspace}:${CONTAINER_WORKSPACE}:rw`];
-  for (const m of s.mounts) {
-    binds.push(`${validateHostMount(m.host, ctx, m.source)}:${m.container}:${m.mode}`);
+  const binds = [`${ctx.workspace}:${CONTAINER_WORKSPACE}:rw`];
+  for (const m of p.mounts) {
+    binds.push(`${validateHostMount(m.host, ctx, m.host)}:${m.container}:${m.mode}`);
   }
   return {
-    Image: s.image,
-    Cmd: providerArgv(cfg.provider.command, ctx.prd),
-    User: s.user,
+    Image: p.image,
+    Cmd: providerArgv(p.command, ctx.prd),
+    User: p.user,
     WorkingDir: CONTAINER_WORKSPACE,
-    Env: sandboxEnv(s.envAllowlist, ctx.env),
+    Env: sandboxEnv(p.env_allowlist, ctx.env),
     Labels: { [LABEL_SESSION]: ctx.sessionId, [LABEL_WORKER]: ctx.workerId },
     AttachStdin: false,
     AttachStdout: true,
@@ -154,18 +159,19 @@ export function sandboxPolicyFromConfig(cfg: WorkspaceConfig, ctx: PolicyContext
     OpenStdin: false,
     Tty: false,
     HostConfig: {
+      Runtime: p.runtime,
       CapDrop: ['ALL'],
-      CapAdd: [...s.capAdd],
+      CapAdd: [...p.cap_add],
       SecurityOpt: [NO_NEW_PRIVILEGES],
       Privileged: false,
       ReadonlyRootfs: true,
       Tmpfs: { '/tmp': TMPFS_OPTIONS },
-      NetworkMode: s.network ? 'bridge' : 'none',
+      NetworkMode: p.network ? 'bridge' : 'none',
       PortBindings: {},
       PublishAllPorts: false,
-      Memory: s.memoryBytes,
-      MemorySwap: s.memoryBytes,
-      NanoCpus: s.nanoCpus,
+      Memory: p.memory_bytes,
+      MemorySwap: p.memory_bytes,
+      NanoCpus: p.nano_cpus,
       PidsLimit: PIDS_LIMIT,
       Ulimits: [{ Name: 'nofile', Soft: NOFILE_LIMIT, Hard: NOFILE_LIMIT }],
       Binds: binds,
@@ -177,4 +183,12 @@ export function sandboxPolicyFromConfig(cfg: WorkspaceConfig, ctx: PolicyContext
       LogConfig: { Type: 'none', Config: {} },
     },
   };
+}
+
+/** `"1000:1000"` → uid and gid (gid defaults to the uid). */
+export function parseUser(user: string): { uid: number; gid: number } {
+  const m = /^(\d+)(?::(\d+))?$/.exec(user);
+  if (!m) throw new SandboxPolicyError(`user ${JSON.stringify(user)} is not a numeric uid:gid`, 'env');
+  const uid = Number(m[1]);
+  return { uid, gid: m[2] === undefined ? uid : Number(m[2]) };
 }

@@ -1,7 +1,9 @@
 /**
- * One agent session, start to finish: validate the PRD path, protect the branch,
- * run the provider (in a locked-down container or as a child process), enforce the
- * time, idle-output, budget and output limits, and report one outcome.
+ * One agent session, start to finish: validate the PRD path, make the session's
+ * private worktree (the user's checkout is never touched), run the provider in it
+ * (in a locked-down container or, when the operator allowed it, as a host child
+ * process), enforce the time, idle-output, budget, disk and output limits, commit
+ * what the agent changed onto `loki/session-<id>`, and report one outcome.
  *
  * Both paths share `supervise`: the only difference is how a run is started and
  * terminated. Session-level problems (a refused mount, a PRD outside the workspace,
@@ -9,7 +11,7 @@
  * on misuse (no Docker client for a sandboxed run).
  */
 import { spawn } from 'node:child_process';
-import { realpathSync, statSync } from 'node:fs';
+import { chownSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { finished, Writable } from 'node:stream';
@@ -17,13 +19,23 @@ import type Docker from 'dockerode';
 import { isInside, resolveInside } from '../util/paths';
 import { redactString } from '../util/redact';
 import { createBudgetTracker } from './budget';
-import { FORBIDDEN_ENV, providerArgv, type WorkspaceConfig } from './config';
+import type { SessionPolicy } from '../sessions/api';
+import { FORBIDDEN_ENV, providerArgv } from './config';
 import { DEFAULT_KILL_GRACE_MS, killWithGrace, removeContainer } from './docker';
-import { type BranchInfo, branchCommit, checkBaseMoved, type GitOptions, prepareSessionBranch } from './git';
+import type { GitOptions } from './git';
 import { createOutputCollector, DEFAULT_MAX_OUTPUT_BYTES, type OutputCollector, type OutputStream } from './output';
-import { type PolicyContext, sandboxPolicyFromConfig } from './policy';
+import { containerOptions, type PolicyContext, parseUser } from './policy';
+import {
+  commitWorktree,
+  createWorktree,
+  removeWorktree,
+  type Worktree,
+  WorktreeError,
+  type WorktreeResult,
+  worktreeDiskUsage,
+} from './worktree';
 
-export type SessionOutcome = 'succeeded' | 'failed' | 'stopped' | 'timed_out' | 'budget_exceeded' | 'oom_killed';
+export type SessionOutcome = 'succeeded' | 'failed' | 'stopped' | 'timed_out' | 'budget_exceeded' | 'oom_killed' | 'disk_exceeded';
 
 export interface SessionSpec {
   sessionId: string;
@@ -32,13 +44,11 @@ export interface SessionSpec {
   workspace: string;
   /** PRD path relative to the workspace; must be a regular file inside it. */
   prdRelative: string;
-  sandbox: boolean;
-  config: WorkspaceConfig;
+  /** The effective policy fixed when the session was created (`policy.sandbox` false: a host session). */
+  policy: SessionPolicy;
   budgetUsd: number | null;
   /** The worker's environment: allowlisted names are copied from here, nothing else. */
   env: Readonly<Record<string, string | undefined>>;
-  /** `LOKI_BRANCH_PROTECTION` (default true). */
-  branchProtection?: boolean;
 }
 
 export interface SessionHooks {
@@ -60,18 +70,18 @@ export interface RunnerOptions {
   /** Stored output per session (default 50 MB). */
   maxOutputBytes?: number;
   git?: GitOptions;
-}
-
-export interface SessionBranch extends BranchInfo {
-  /** Whether the base branch moved during the session (null when not checked). */
-  baseMoved: boolean | null;
+  /** Where session worktrees are made (`$LOKI_HOME/worktrees`). */
+  worktreeRoot: string;
+  /** How often the worktree's free space is checked (default 500 ms). */
+  diskPollMs?: number;
 }
 
 export interface SessionResult {
   outcome: SessionOutcome;
   exitCode: number | null;
   containerId?: string;
-  branch?: SessionBranch;
+  /** What was committed (absent when the session failed before or at the commit). */
+  result?: WorktreeResult;
   spentUsd: number;
   outputTruncated: boolean;
   /** Why a session failed before or around the run (redacted). */
@@ -87,7 +97,10 @@ export const HOST_BASE_ENV: readonly string[] = ['PATH', 'HOME', 'LANG', 'LC_ALL
 /** How long to wait for the output streams to drain after the process exited. */
 const DRAIN_MS = 2_000;
 
-type StopReason = 'stopped' | 'timed_out' | 'budget_exceeded';
+type StopReason = 'stopped' | 'timed_out' | 'budget_exceeded' | 'disk_exceeded';
+
+/** Below this much free space in the worktree's file system the session ends `disk_exceeded`. */
+export const DISK_FULL_BYTES = 1024 * 1024;
 
 interface ExitInfo {
   exitCode: number | null;
@@ -144,9 +157,10 @@ async function supervise(
   spec: SessionSpec,
   hooks: SessionHooks,
   options: RunnerOptions,
+  worktree: Worktree,
   start: (collector: OutputCollector) => Promise<Execution>,
 ): Promise<RunSummary> {
-  const settings = spec.config.sandbox;
+  const settings = { timeoutSeconds: spec.policy.timeout_seconds, idleTimeoutSeconds: spec.policy.idle_timeout_seconds };
   const budget = createBudgetTracker(spec.budgetUsd);
   let reason: StopReason | null = null;
   let terminate: (() => Promise<void>) | null = null;
@@ -184,6 +198,25 @@ async function supervise(
   if (reason) return { outcome: reason, exitCode: null, spentUsd: 0, outputTruncated: false };
   hooks.signal?.addEventListener('abort', onAbort, { once: true });
 
+  // The disk limit is a file system of that size (the writes fail with ENOSPC); a
+  // session that fills it is ended, and reported as such.
+  const diskLimited = worktree.mounted && spec.policy.disk_bytes !== null;
+  const diskFull = () => {
+    if (!diskLimited) return false;
+    try {
+      return worktreeDiskUsage(worktree).availBytes < DISK_FULL_BYTES;
+    } catch {
+      return false;
+    }
+  };
+  const diskTrip = () => trip('disk_exceeded', 'disk_exceeded', { limit_bytes: spec.policy.disk_bytes });
+  const diskTimer = diskLimited
+    ? setInterval(() => {
+        if (diskFull()) diskTrip();
+      }, options.diskPollMs ?? 500)
+    : undefined;
+  diskTimer?.unref();
+
   let sessionTimer: NodeJS.Timeout | undefined;
   try {
     let exec: Execution;
@@ -207,6 +240,9 @@ async function supervise(
     const exit = await exec.exited;
     clearTimeout(sessionTimer);
     clearTimeout(idleTimer);
+    clearInterval(diskTimer);
+    // An agent that hit the limit and exited at once (ENOSPC) between two checks.
+    if (!reason && diskFull()) diskTrip();
     await terminating;
     collector.end();
     const outcome: SessionOutcome = reason ?? (exit.oomKilled ? 'oom_killed' : exit.exitCode === 0 ? 'succeeded' : 'failed');
@@ -214,6 +250,7 @@ async function supervise(
   } finally {
     clearTimeout(sessionTimer);
     clearTimeout(idleTimer);
+    clearInterval(diskTimer);
     hooks.signal?.removeEventListener('abort', onAbort);
   }
 }
@@ -237,6 +274,7 @@ async function runInContainer(
   spec: SessionSpec,
   hooks: SessionHooks,
   options: RunnerOptions,
+  worktree: Worktree,
   createOptions: Docker.ContainerCreateOptions,
 ): Promise<RunSummary & { containerId?: string }> {
   const docker = options.docker!;
@@ -256,7 +294,7 @@ async function runInContainer(
   const containerId = container.id;
   hooks.onEvent('container_created', { container_id: containerId, image: createOptions.Image });
   try {
-    const summary = await supervise(spec, hooks, options, async (collector) => {
+    const summary = await supervise(spec, hooks, options, worktree, async (collector) => {
       const stream = (await container.attach({ stream: true, stdout: true, stderr: true })) as NodeJS.ReadableStream & {
         destroy?: () => void;
       };
@@ -316,16 +354,17 @@ function runAsProcess(
   spec: SessionSpec,
   hooks: SessionHooks,
   options: RunnerOptions,
-  workspace: string,
+  worktree: Worktree,
   argv: string[],
 ): Promise<RunSummary> {
   const graceMs = options.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
-  return supervise(spec, hooks, options, async (collector) => {
+  const workspace = worktree.dir;
+  return supervise(spec, hooks, options, worktree, async (collector) => {
     const [program, ...args] = argv as [string, ...string[]];
     // detached: the child leads its own process group, so a stop reaches its children too.
     const child = spawn(program, args, {
       cwd: workspace,
-      env: hostChildEnv(spec.config.sandbox.envAllowlist, spec.env),
+      env: hostChildEnv(spec.policy.env_allowlist, spec.env),
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
     });
@@ -368,88 +407,226 @@ function runAsProcess(
   });
 }
 
+/** Setup and commit failures: the step, for the `session.setup_failed` audit entry. */
+export type SetupStep = 'policy' | 'prepare' | 'disk' | 'ownership' | 'commit' | 'fetch' | 'remove' | 'branch';
+
+/**
+ * Put the PRD the user started the session with into the worktree at the same path
+ * when the base commit lacks it or has another version (it is usually written just
+ * before `loki start` and not committed yet). It then lands in the session's commit.
+ */
+function placePrd(workspace: string, prdRelative: string, worktree: Worktree, owner: { uid: number; gid: number } | null): void {
+  const source = resolveInside(workspace, prdRelative);
+  const content = readFileSync(source);
+  const target = path.join(worktree.dir, prdRelative);
+  let same = false;
+  try {
+    same = lstatSync(target).isFile() && readFileSync(target).equals(content);
+  } catch {
+    same = false;
+  }
+  if (same) return;
+  // The target's parents are created inside the worktree (nothing the agent wrote yet).
+  const real = resolveInside(worktree.dir, path.dirname(prdRelative) || '.', { mustExist: false });
+  if (!isInside(worktree.dir, real)) throw new Error(`PRD path escapes the worktree: ${prdRelative}`);
+  mkdirSync(real, { recursive: true });
+  rmSync(target, { force: true });
+  writeFileSync(target, content, { mode: 0o644 });
+  if (owner) {
+    for (let d = path.dirname(target); isInside(worktree.dir, d); d = path.dirname(d)) {
+      chownSync(d, owner.uid, owner.gid);
+      if (d === worktree.dir) break;
+    }
+    chownSync(target, owner.uid, owner.gid);
+  }
+}
+
+/** Next to each worktree (outside the agent's mount): what the worker needs to recover it after a crash. */
+const WORKTREE_META = 'worktree.json';
+/** A session directory without metadata older than this is a creation that crashed. */
+const ABANDONED_AFTER_MS = 10 * 60_000;
+
+function saveWorktreeMeta(wt: Worktree, workerId: string, prd: string): void {
+  writeFileSync(path.join(wt.base, WORKTREE_META), JSON.stringify({ workerId, prd, worktree: wt }), { mode: 0o600 });
+}
+
+export interface RecoveredWorktree {
+  sessionId: string;
+  /** What was committed from it (null: nothing could be, see `error`). */
+  result: WorktreeResult | null;
+  error: string | null;
+  /** Still on disk (the commit failed: kept, nothing lost). */
+  kept: boolean;
+}
+
+/**
+ * After a crash: the worktrees this worker left behind (sessions it no longer runs,
+ * `keep` says which it does). The agent's work is committed onto its session branch
+ * (or into a patch) before the worktree is removed; one that cannot be committed is
+ * kept where it is. Directories whose creation never finished are removed.
+ */
+export async function recoverWorktrees(root: string, workerId: string, keep: (sessionId: string) => boolean): Promise<RecoveredWorktree[]> {
+  let names: string[];
+  try {
+    names = readdirSync(root);
+  } catch {
+    return [];
+  }
+  const out: RecoveredWorktree[] = [];
+  for (const name of names) {
+    if (keep(name) || !/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(name)) continue;
+    const base = path.join(root, name);
+    let meta: { workerId: string; prd: string; worktree: Worktree } | null = null;
+    try {
+      meta = JSON.parse(readFileSync(path.join(base, WORKTREE_META), 'utf8'));
+    } catch {
+      meta = null;
+    }
+    if (meta && meta.workerId !== workerId) continue;
+    if (!meta) {
+      let age = 0;
+      try {
+        age = Date.now() - statSync(base).mtimeMs;
+      } catch {
+        continue;
+      }
+      if (age < ABANDONED_AFTER_MS) continue;
+      const stub: Worktree = {
+        sessionId: name,
+        kind: 'copy',
+        base,
+        dir: path.join(base, 'fs', 'work'),
+        workTree: path.join(base, 'fs', 'work'),
+        gitDir: path.join(base, 'git'),
+        fsRoot: path.join(base, 'fs'),
+        mounted: true,
+        userRepo: null,
+        baseCommit: '',
+        baseBranch: null,
+        agentBranch: null,
+      };
+      await removeWorktree(stub).catch(() => undefined);
+      out.push({ sessionId: name, result: null, error: 'creation never finished', kept: false });
+      continue;
+    }
+    try {
+      const result = await commitWorktree(meta.worktree, { sessionId: name, prd: meta.prd });
+      if (result.kind === 'copy' && result.commit) {
+        // No server will take it any more (the lease is gone): keep the patch beside the worktrees.
+        const dir = path.join(path.dirname(root), 'results');
+        mkdirSync(dir, { recursive: true, mode: 0o700 });
+        if (result.patch === null) throw new Error('the patch is too large to keep; the worktree stays');
+        writeFileSync(path.join(dir, `${name}.patch`), result.patch, { mode: 0o600 });
+      }
+      await removeWorktree(meta.worktree);
+      out.push({ sessionId: name, result, error: null, kept: false });
+    } catch (err) {
+      out.push({ sessionId: name, result: null, error: messageOf(err), kept: true });
+    }
+  }
+  return out;
+}
+
 /** Run one session to its end. See the module comment for the error model. */
-export async function runSession(spec: SessionSpec, hooks: SessionHooks, options: RunnerOptions = {}): Promise<SessionResult> {
-  if (spec.sandbox && !options.docker) throw new TypeError('runSession: a Docker client is required for sandboxed sessions');
-  const failed = (err: unknown, extra: Partial<SessionResult> = {}): SessionResult => {
+export async function runSession(spec: SessionSpec, hooks: SessionHooks, options: RunnerOptions): Promise<SessionResult> {
+  const sandboxed = spec.policy.sandbox;
+  if (sandboxed && !options.docker) throw new TypeError('runSession: a Docker client is required for sandboxed sessions');
+  const setupFailed = (step: SetupStep, err: unknown, keptAt: string | null = null): SessionResult => {
     const error = messageOf(err);
-    hooks.onEvent('session_error', { message: error });
-    return { outcome: 'failed', exitCode: null, spentUsd: 0, outputTruncated: false, error, ...extra };
+    hooks.onEvent('setup_failed', { step, message: error, kept_at: keptAt });
+    return { outcome: 'failed', exitCode: null, spentUsd: 0, outputTruncated: false, error };
   };
 
-  let workspace: string;
-  let argv: string[];
-  let createOptions: Docker.ContainerCreateOptions | null = null;
+  let paths: { workspace: string; prd: string };
   try {
-    const paths = resolveSessionPaths(spec);
-    workspace = paths.workspace;
-    argv = providerArgv(spec.config.provider.command, paths.prd);
-    if (spec.sandbox) {
+    paths = resolveSessionPaths(spec);
+  } catch (err) {
+    return setupFailed('prepare', err);
+  }
+  if (hooks.signal?.aborted) {
+    hooks.onEvent('stop_requested', {});
+    return { outcome: 'stopped', exitCode: null, spentUsd: 0, outputTruncated: false };
+  }
+
+  // The private worktree: owned by the container's uid (a sandboxed session) or by
+  // the worker (a host session); on a file system of the session's disk limit.
+  const owner = sandboxed ? parseUser(spec.policy.user) : null;
+  let worktree: Worktree;
+  try {
+    worktree = await createWorktree({
+      sessionId: spec.sessionId,
+      workspace: paths.workspace,
+      root: options.worktreeRoot,
+      diskBytes: spec.policy.disk_bytes,
+      owner,
+      git: options.git,
+    });
+  } catch (err) {
+    return setupFailed(err instanceof WorktreeError ? err.step : 'prepare', err);
+  }
+  try {
+    saveWorktreeMeta(worktree, spec.workerId, paths.prd);
+  } catch (err) {
+    await removeWorktree(worktree).catch(() => undefined);
+    return setupFailed('prepare', err);
+  }
+  hooks.onEvent('worktree_created', {
+    kind: worktree.kind,
+    base_branch: worktree.baseBranch,
+    base_commit: worktree.baseCommit,
+    agent_branch: worktree.agentBranch,
+    disk_bytes: worktree.mounted ? spec.policy.disk_bytes : null,
+  });
+
+  let createOptions: Docker.ContainerCreateOptions | null = null;
+  let argv: string[];
+  try {
+    placePrd(paths.workspace, paths.prd, worktree, owner);
+    argv = providerArgv(spec.policy.command, paths.prd);
+    if (sandboxed) {
       const ctx: PolicyContext = {
         sessionId: spec.sessionId,
         workerId: spec.workerId,
-        workspace,
+        workspace: worktree.dir,
         prd: paths.prd,
         env: spec.env,
         home: options.home ?? os.homedir(),
         lokiHome: options.lokiHome,
         dockerSocket: options.dockerSocket,
       };
-      createOptions = sandboxPolicyFromConfig(spec.config, ctx);
+      createOptions = containerOptions(spec.policy, ctx);
     }
   } catch (err) {
-    return failed(err);
-  }
-
-  let branch: BranchInfo | undefined;
-  if (spec.branchProtection !== false) {
-    try {
-      branch = await prepareSessionBranch(workspace, spec.sessionId, options.git);
-    } catch (err) {
-      return failed(err);
-    }
-    if (branch.detached) {
-      hooks.onEvent('branch_detached_warning', { base_commit: branch.baseCommit });
-    } else if (branch.isRepo) {
-      hooks.onEvent('branch_created', {
-        base_branch: branch.baseBranch,
-        base_commit: branch.baseCommit,
-        agent_branch: branch.agentBranch,
-      });
-    }
+    await removeWorktree(worktree).catch(() => undefined);
+    return setupFailed('prepare', err);
   }
 
   let summary: RunSummary & { containerId?: string };
   try {
     summary = createOptions
-      ? await runInContainer(spec, hooks, options, createOptions)
-      : await runAsProcess(spec, hooks, options, workspace, argv);
+      ? await runInContainer(spec, hooks, options, worktree, createOptions)
+      : await runAsProcess(spec, hooks, options, worktree, argv);
   } catch (err) {
     summary = { outcome: 'failed', exitCode: null, spentUsd: 0, outputTruncated: false, error: messageOf(err) };
     hooks.onEvent('session_error', { message: summary.error });
   }
 
-  const result: SessionResult = { ...summary };
-  if (branch) {
-    let baseMoved: boolean | null = null;
-    if (branch.isRepo && !branch.detached && branch.baseBranch) {
-      try {
-        baseMoved = await checkBaseMoved(workspace, branch.baseBranch, branch.baseCommit, options.git);
-      } catch (err) {
-        hooks.onEvent('session_error', { message: `branch check failed: ${messageOf(err)}` });
-      }
-      if (baseMoved) {
-        hooks.onEvent('branch_protection_violation', {
-          base_branch: branch.baseBranch,
-          base_commit: branch.baseCommit,
-          current_commit: await branchCommit(workspace, branch.baseBranch, options.git).catch(() => null),
-          agent_branch: branch.agentBranch,
-        });
-      }
-    }
-    result.branch = { ...branch, baseMoved };
+  // Whatever the outcome, what the agent wrote is committed: nothing is lost. If it
+  // cannot be, the session has failed and the worktree is kept where it is.
+  let committed: WorktreeResult;
+  try {
+    committed = await commitWorktree(worktree, { sessionId: spec.sessionId, prd: paths.prd });
+  } catch (err) {
+    const failed = setupFailed(err instanceof WorktreeError ? err.step : 'commit', `the agent's work could not be committed: ${messageOf(err)}`, worktree.base);
+    return { ...failed, spentUsd: summary.spentUsd, outputTruncated: summary.outputTruncated, containerId: summary.containerId };
   }
-  return result;
+  hooks.onEvent('session_result', { ...committed });
+  try {
+    await removeWorktree(worktree);
+  } catch (err) {
+    hooks.onEvent('session_error', { message: `worktree removal failed: ${messageOf(err)}` });
+  }
+  return { ...summary, result: committed };
 }
 
 export { removeOrphans, stopAllForWorker } from './docker';

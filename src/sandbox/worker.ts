@@ -14,18 +14,23 @@
  * within 15 s; a second signal exits 130 at once.
  */
 import os from 'node:os';
+import path from 'node:path';
 import Docker from 'dockerode';
 import { ApiClientError, LokiClient } from '../client';
 import { pickEnv } from '../env';
 import type { Logger } from '../http/context';
-import { configOrExit } from '../node';
+import { configOrExit, policyOrExit } from '../node';
 import type { Job, WorkerOutcome } from '../sessions/api';
 import { createLogger } from '../util/logger';
 import { redactString } from '../util/redact';
-import { FORBIDDEN_ENV, loadWorkspaceConfig } from './config';
+import { FORBIDDEN_ENV } from './config';
 import { removeContainer } from './docker';
 import { JobReporter } from './reporter';
-import { HOST_BASE_ENV, removeOrphans, runSession, type SessionResult } from './runner';
+import { HOST_BASE_ENV, recoverWorktrees, removeOrphans, runSession, type SessionResult, type SetupStep } from './runner';
+import { type OperatorPolicy, PolicyViolation, recheckSessionPolicy } from './session-policy';
+
+/** The largest patch (JSON-encoded) posted to the server; a larger one stays on the worker. */
+export const MAX_POSTED_PATCH_CHARS = 768 * 1024;
 
 export const MIN_CONCURRENCY = 1;
 export const MAX_CONCURRENCY = 32;
@@ -45,9 +50,15 @@ export interface SandboxWorkerOptions {
   docker: Docker | null;
   killGraceMs: number;
   maxOutputBytes: number;
-  /** The worker user's home (mount rules, `~` in configs). */
+  /** The worker user's home (mount rules). */
   home: string;
   lokiHome: string;
+  /** This worker host's copy of the operator policy: every session's policy is checked against it. */
+  operatorPolicy: OperatorPolicy;
+  /** Where session worktrees are made (default `$LOKI_HOME/worktrees`). */
+  worktreeRoot?: string;
+  /** The Docker socket this worker uses (never mounted into a session). */
+  dockerSocket?: string;
   logger: Logger;
   /** Reads the allowlisted variables from the worker's environment. */
   pickEnv?: (names: readonly string[]) => Record<string, string>;
@@ -201,23 +212,24 @@ export class SandboxWorker {
     if (s.stop_requested) a.abort.abort('stop');
     log.info('session claimed', { session: s.id, sandbox: s.sandbox, prd: s.prd });
 
-    const hints: { timeout?: string; budget?: string; error?: string } = {};
+    const hints: Hints = {};
     let result: SessionResult;
+    const policy = job.policy;
     try {
-      const config = loadWorkspaceConfig(s.workspace, { home: this.o.home });
-      const names = [...(s.sandbox ? [] : HOST_BASE_ENV), ...config.sandbox.envAllowlist].filter((n) => !FORBIDDEN_ENV.test(n));
-      if (s.sandbox && !this.o.docker) throw new Error('this worker has no Docker engine, and the session is sandboxed');
+      // The policy was fixed when the session was created; this worker's operator
+      // has a say too. No file in the workspace is read to decide anything.
+      recheckSessionPolicy(policy, this.o.operatorPolicy, { home: this.o.home, lokiHome: this.o.lokiHome, dockerSocket: this.o.dockerSocket });
+      if (policy.sandbox && !this.o.docker) throw new Error('this worker has no Docker engine, and the session is sandboxed');
+      const names = [...(policy.sandbox ? [] : HOST_BASE_ENV), ...policy.env_allowlist].filter((n) => !FORBIDDEN_ENV.test(n));
       result = await runSession(
         {
           sessionId: s.id,
           workerId: this.o.workerId,
           workspace: s.workspace,
           prdRelative: s.prd,
-          sandbox: s.sandbox,
-          config,
+          policy,
           budgetUsd: s.budget_usd,
           env: (this.o.pickEnv ?? pickEnv)(names),
-          branchProtection: job.branch_protection,
         },
         {
           signal: a.abort.signal,
@@ -228,13 +240,19 @@ export class SandboxWorker {
           docker: this.o.docker ?? undefined,
           home: this.o.home,
           lokiHome: this.o.lokiHome,
+          dockerSocket: this.o.dockerSocket,
           killGraceMs: this.o.killGraceMs,
           maxOutputBytes: this.o.maxOutputBytes,
+          worktreeRoot: this.o.worktreeRoot ?? path.join(this.o.lokiHome, 'worktrees'),
         },
       );
     } catch (err) {
       const message = redactString(err instanceof Error ? err.message : String(err));
-      reporter.event({ type: 'notice', data: { event: 'session_error', message } });
+      if (err instanceof PolicyViolation) {
+        reporter.event({ type: 'setup_failed', data: { step: 'policy', message } });
+      } else {
+        reporter.event({ type: 'notice', data: { event: 'session_error', message } });
+      }
       result = { outcome: 'failed', exitCode: null, spentUsd: 0, outputTruncated: false, error: message };
     }
 
@@ -251,7 +269,7 @@ export class SandboxWorker {
   }
 
   /** Runner events → protocol events. */
-  private forward(a: ActiveSession, r: JobReporter, hints: { timeout?: string; budget?: string; error?: string }, type: string, d: Record<string, unknown>): void {
+  private forward(a: ActiveSession, r: JobReporter, hints: Hints, type: string, d: Record<string, unknown>): void {
     const str = (v: unknown) => (typeof v === 'string' ? v : null);
     const num = (v: unknown) => (typeof v === 'number' ? v : null);
     const containerId = str(d.container_id) ?? '';
@@ -270,27 +288,45 @@ export class SandboxWorker {
         a.containerIds.delete(containerId);
         r.event({ type: 'container', data: { event: 'removed', container_id: containerId } });
         return;
-      case 'branch_created':
-        r.event({
-          type: 'branch',
-          data: { event: 'created', base_branch: str(d.base_branch), base_commit: str(d.base_commit), agent_branch: str(d.agent_branch) },
-        });
+      case 'worktree_created':
+        if (d.kind === 'git') {
+          r.event({
+            type: 'branch',
+            data: { event: 'created', base_branch: str(d.base_branch), base_commit: str(d.base_commit), agent_branch: str(d.agent_branch) },
+          });
+        }
         return;
-      case 'branch_detached_warning':
-        r.event({ type: 'branch', data: { event: 'detached', base_commit: str(d.base_commit) } });
+      case 'setup_failed':
+        hints.error = str(d.message) ?? undefined;
+        r.event({ type: 'setup_failed', data: { step: (str(d.step) ?? 'prepare') as SetupStep, message: str(d.message) ?? 'setup failed', kept_at: str(d.kept_at) } });
         return;
-      case 'branch_protection_violation':
+      case 'session_result': {
+        let patch = str(d.patch);
+        let tooLarge = d.patchTooLarge === true;
+        if (patch !== null && JSON.stringify(patch).length > MAX_POSTED_PATCH_CHARS) {
+          patch = null;
+          tooLarge = true;
+        }
         r.event({
-          type: 'branch',
+          type: 'result',
           data: {
-            event: 'violation',
-            base_branch: str(d.base_branch),
-            base_commit: str(d.base_commit),
-            agent_branch: str(d.agent_branch),
-            current_commit: str(d.current_commit),
+            kind: d.kind === 'copy' ? 'copy' : 'git',
+            commit: str(d.commit),
+            base_commit: str(d.baseCommit),
+            branch: str(d.branch),
+            files_changed: num(d.filesChanged) ?? 0,
+            insertions: num(d.insertions) ?? 0,
+            deletions: num(d.deletions) ?? 0,
+            diffstat: (str(d.diffstat) ?? '').slice(0, 65_536),
+            patch,
+            patch_too_large: tooLarge,
           },
         });
         return;
+      }
+      case 'disk_exceeded':
+        hints.disk = `the session wrote more than its disk limit of ${formatSize(num(d.limit_bytes))}`;
+        break;
       case 'budget_warning':
       case 'budget_exceeded': {
         const spent = num(d.spent_usd) ?? 0;
@@ -317,6 +353,16 @@ export class SandboxWorker {
     r.event({ type: 'notice', data: { ...d, event: type as 'session_timeout' } });
   }
 
+  /** Commit and remove the worktrees of sessions this worker no longer runs (after a crash). */
+  private async recoverWorktrees(live: Set<string>): Promise<void> {
+    const root = this.o.worktreeRoot ?? path.join(this.o.lokiHome, 'worktrees');
+    for (const r of await recoverWorktrees(root, this.o.workerId, (id) => live.has(id))) {
+      const fields = { session: r.sessionId, worker_id: this.o.workerId, commit: r.result?.commit ?? null, branch: r.result?.branch ?? null };
+      if (r.kept) this.o.logger.error('orphan worktree could not be committed; kept', { ...fields, err: r.error, path: path.join(root, r.sessionId) });
+      else this.o.logger.info('orphan worktree committed and removed', { ...fields, note: r.error });
+    }
+  }
+
   /** Remove this worker's containers that no running session owns. */
   private sweepOrphans(): Promise<void> {
     this.sweeping ??= (async () => {
@@ -326,11 +372,21 @@ export class SandboxWorker {
         try {
           const serverLive = await this.o.client.workerSessionIds(this.o.workerId, this.stopping.signal);
           suspects = serverLive.some((id) => !this.active.has(id));
-          const removed = await removeOrphans(docker, this.o.workerId, new LiveSessions(serverLive, this.active));
+          const live = new LiveSessions(serverLive, this.active);
+          const removed = await removeOrphans(docker, this.o.workerId, live);
           for (const id of removed) this.o.logger.info('orphan container removed', { container_id: id, worker_id: this.o.workerId });
+          await this.recoverWorktrees(live);
         } catch (err) {
           if (!this.stopping.signal.aborted) this.o.logger.warn('orphan check failed; will retry', { err: (err as Error).message });
           suspects = true;
+        }
+      }
+      if (!docker) {
+        // A worker without an engine runs host sessions only; it still recovers their worktrees.
+        try {
+          await this.recoverWorktrees(new LiveSessions(await this.o.client.workerSessionIds(this.o.workerId, this.stopping.signal), this.active));
+        } catch (err) {
+          if (!this.stopping.signal.aborted) this.o.logger.warn('worktree recovery failed', { err: (err as Error).message });
         }
       }
       this.sweeping = null;
@@ -343,11 +399,23 @@ export class SandboxWorker {
   }
 }
 
+interface Hints {
+  timeout?: string;
+  budget?: string;
+  error?: string;
+  disk?: string;
+}
+
+function formatSize(bytes: number | null): string {
+  if (bytes === null) return '?';
+  return bytes % 1024 ** 3 === 0 ? `${bytes / 1024 ** 3} GiB` : `${Math.round(bytes / 1024 ** 2)} MiB`;
+}
+
 /** One line saying why a session ended the way it did (null for success). */
 export function outcomeReason(
   result: SessionResult,
   abortReason: unknown,
-  hints: { timeout?: string; budget?: string; error?: string },
+  hints: Hints,
 ): string | null {
   const outcome: WorkerOutcome = result.outcome;
   switch (outcome) {
@@ -361,6 +429,8 @@ export function outcomeReason(
       return hints.budget ?? 'budget exceeded';
     case 'oom_killed':
       return 'out of memory (sandbox.memory_limit)';
+    case 'disk_exceeded':
+      return hints.disk ?? 'disk limit reached';
     case 'failed':
       return result.error ?? hints.error ?? (result.exitCode !== null ? `the provider exited with code ${result.exitCode}` : 'failed');
   }
@@ -390,6 +460,7 @@ export async function runWorkerCli(o: { concurrency: string }): Promise<void> {
     process.exit(2);
   }
   const config = configOrExit();
+  const operatorPolicy = policyOrExit(config);
   const logger = createLogger();
   let docker: Docker | null = new Docker();
   try {
@@ -407,6 +478,8 @@ export async function runWorkerCli(o: { concurrency: string }): Promise<void> {
     maxOutputBytes: config.sessionOutputLimitBytes,
     home: os.homedir(),
     lokiHome: config.home,
+    operatorPolicy,
+    dockerSocket: config.dockerSocket,
     logger,
   });
   let signals = 0;

@@ -9,12 +9,13 @@ import { SESSION_STATES, type SessionState } from '../db/store';
 export const MAX_CLAIM_WAIT_MS = 25_000;
 export const WORKER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 /** Outcomes a worker may report; `lost` is the server's alone, `queued`/`running` are not outcomes. */
-export const WORKER_OUTCOMES = ['succeeded', 'failed', 'stopped', 'timed_out', 'budget_exceeded', 'oom_killed'] as const;
+export const WORKER_OUTCOMES = ['succeeded', 'failed', 'stopped', 'timed_out', 'budget_exceeded', 'oom_killed', 'disk_exceeded'] as const;
 export type WorkerOutcome = (typeof WORKER_OUTCOMES)[number];
 export const CONTAINER_EVENTS = ['created', 'started', 'exited', 'removed', 'stopped', 'orphan_removed'] as const;
 /** Runner notices a worker may forward; each becomes a live event of the same name. */
 export const NOTICE_EVENTS = [
   'session_timeout',
+  'disk_exceeded',
   'stop_requested',
   'output_truncated',
   'process_started',
@@ -23,6 +24,50 @@ export const NOTICE_EVENTS = [
 ] as const;
 
 const isoOrNull = z.string().nullable();
+
+/**
+ * A session's effective policy: the workspace config merged under the operator
+ * policy when the session was created. Stored with the session and handed to the
+ * worker in the claim; the worker runs exactly this and reads no workspace file.
+ */
+export const sessionPolicySchema = z.strictObject({
+  /** false: a host session (the operator allowed it). */
+  sandbox: z.boolean(),
+  image: z.string().min(1).max(512),
+  runtime: z.string().min(1).max(64),
+  /** An open network (the operator allowed it); otherwise NetworkMode none. */
+  network: z.boolean(),
+  egress: z.array(z.string().max(300)).max(256),
+  memory_bytes: z.number().int().positive(),
+  nano_cpus: z.number().int().positive(),
+  timeout_seconds: z.number().int().positive(),
+  idle_timeout_seconds: z.number().int().positive(),
+  /** Disk limit of the session's worktree; null only when the operator turned it off. */
+  disk_bytes: z.number().int().positive().nullable(),
+  mounts: z.array(z.strictObject({ host: z.string().max(4096), container: z.string().max(4096), mode: z.enum(['ro', 'rw']) })).max(64),
+  env_allowlist: z.array(z.string().max(256)).max(256),
+  cap_add: z.array(z.string().max(64)).max(16),
+  user: z.string().max(64),
+  command: z.array(z.string().max(65_536)).min(1).max(1024),
+});
+export type SessionPolicy = z.infer<typeof sessionPolicySchema>;
+
+/** What the worker committed when the agent ended (null until then, or when setup failed). */
+export const sessionResultSchema = z.object({
+  /** `git`: a commit on `branch` in the workspace's repository; `copy`: a patch (non-git workspace). */
+  kind: z.enum(['git', 'copy']),
+  commit: z.string().max(128).nullable(),
+  base_commit: z.string().max(128).nullable(),
+  branch: z.string().max(512).nullable(),
+  files_changed: z.number().int().min(0),
+  insertions: z.number().int().min(0),
+  deletions: z.number().int().min(0),
+  diffstat: z.string().max(65_536),
+  /** A copy workspace's patch is served by `GET /api/sessions/:id/patch`. */
+  has_patch: z.boolean(),
+  patch_too_large: z.boolean(),
+});
+export type SessionResultView = z.infer<typeof sessionResultSchema>;
 
 export const sessionSchema = z.object({
   id: z.string(),
@@ -48,6 +93,11 @@ export const sessionSchema = z.object({
   container_id: z.string().nullable(),
   base_branch: z.string().nullable(),
   agent_branch: z.string().nullable(),
+  /** Ran on the worker host, outside the sandbox (the operator allowed it). */
+  host_session: z.boolean(),
+  policy: sessionPolicySchema.nullable(),
+  policy_sha256: z.string().nullable(),
+  result: sessionResultSchema.nullable(),
 });
 export type SessionView = z.infer<typeof sessionSchema>;
 
@@ -87,6 +137,9 @@ export const jobSchema = z.object({
   lease_ms: z.number(),
   /** The server's `LOKI_BRANCH_PROTECTION`. */
   branch_protection: z.boolean(),
+  /** The session's effective policy, fixed at creation: the worker runs exactly this. */
+  policy: sessionPolicySchema,
+  policy_sha256: z.string(),
 });
 export type Job = z.infer<typeof jobSchema>;
 export const claimResponseSchema = z.object({ job: jobSchema });
@@ -183,6 +236,21 @@ export const workerEventSchema = z.discriminatedUnion('type', [
       limit_usd: z.number().nullish(),
       warning: z.boolean().optional(),
       exceeded: z.boolean().optional(),
+    }),
+  }),
+  z.object({
+    seq: z.number().int().min(1),
+    type: z.literal('result'),
+    data: sessionResultSchema.omit({ has_patch: true }).extend({ patch: z.string().max(8 * 1024 * 1024).nullable() }),
+  }),
+  z.object({
+    seq: z.number().int().min(1),
+    type: z.literal('setup_failed'),
+    data: z.object({
+      step: z.enum(['policy', 'prepare', 'disk', 'ownership', 'commit', 'fetch', 'remove', 'branch']),
+      message: str(4096),
+      /** Where the worker kept the agent's work when it could not be committed (nothing lost). */
+      kept_at: str(4096).nullish(),
     }),
   }),
   z.object({

@@ -6,13 +6,16 @@
  *   `LOKI_WORKSPACE_ROOTS` and is a directory;
  * - the PRD resolves inside the workspace through `resolveInside` (symlinks
  *   followed, so a link pointing out is refused) and is a regular file;
- * - the workspace's `.loki/config.yaml` is valid, and says whether it forces the sandbox.
+ * - the workspace's `.loki/config.yaml` is valid; it is read here, once, and merged
+ *   under the operator policy into the session's effective policy (the only time
+ *   any workspace file decides anything, and it can only narrow the operator's).
  */
 import { realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { SessionValidator } from '../http/context';
 import { ApiError, ErrorCode } from '../http/errors';
 import { loadWorkspaceConfig, SandboxConfigError } from '../sandbox/config';
+import { canonicalPolicyJson, effectiveSessionPolicy, type OperatorPolicy, PolicyViolation, policySha256 } from '../sandbox/session-policy';
 import { isInside, PathError, resolveInside } from '../util/paths';
 import { checkSessionPaths } from './service';
 
@@ -21,6 +24,12 @@ export interface NodeSessionValidatorOptions {
   roots: readonly string[];
   /** Home directory for `~` in the workspace config's mounts. */
   home: string;
+  /** The operator's policy, loaded at start-up. */
+  operator: OperatorPolicy;
+  /** `LOKI_SANDBOX_MODE`. */
+  forceSandbox?: boolean;
+  lokiHome?: string;
+  dockerSocket?: string;
 }
 
 function invalidPath(message: string): never {
@@ -41,7 +50,7 @@ function realRoots(roots: readonly string[]): string[] {
 
 export function createNodeSessionValidator(opts: NodeSessionValidatorOptions): SessionValidator {
   return {
-    async validate(workspace, prd) {
+    async validate(workspace, prd, request) {
       checkSessionPaths(workspace, prd);
       let realWorkspace: string;
       try {
@@ -66,17 +75,32 @@ export function createNodeSessionValidator(opts: NodeSessionValidatorOptions): S
       }
       if (realPrd === realWorkspace || !statSync(realPrd).isFile()) invalidPath(`prd is not a regular file: ${prd}`);
 
-      let sandboxFromConfig: boolean;
+      let config: ReturnType<typeof loadWorkspaceConfig>;
       try {
-        sandboxFromConfig = loadWorkspaceConfig(realWorkspace, { home: opts.home }).sandbox.enabled;
+        config = loadWorkspaceConfig(realWorkspace, { home: opts.home });
       } catch (err) {
         if (err instanceof SandboxConfigError) throw new ApiError(400, ErrorCode.validation, err.message);
+        throw err;
+      }
+      let policy: ReturnType<typeof effectiveSessionPolicy>;
+      try {
+        policy = effectiveSessionPolicy({
+          config,
+          operator: opts.operator,
+          requestedSandbox: request.sandbox,
+          forceSandbox: opts.forceSandbox === true,
+          mountContext: { home: opts.home, lokiHome: opts.lokiHome, dockerSocket: opts.dockerSocket },
+        });
+      } catch (err) {
+        if (err instanceof PolicyViolation) throw new ApiError(err.status, ErrorCode.policyViolation, err.message);
         throw err;
       }
       return {
         workspace: realWorkspace,
         prd: path.posix.normalize(prd.split(path.sep).join('/')),
-        sandboxFromConfig,
+        policy,
+        policyJson: canonicalPolicyJson(policy),
+        policySha256: policySha256(policy),
       };
     },
   };

@@ -21,7 +21,10 @@ import {
   type EventsInput,
   type Job,
   MAX_CLAIM_WAIT_MS,
+  type SessionPolicy,
+  type SessionResultView,
   type SessionView,
+  sessionPolicySchema,
   type WorkerEvent,
 } from './api';
 
@@ -107,7 +110,22 @@ export function sessionView(s: SessionRecord): SessionView {
     container_id: s.containerId,
     base_branch: s.baseBranch,
     agent_branch: s.agentBranch,
+    host_session: !s.sandbox,
+    policy: s.policy ? (JSON.parse(s.policy) as SessionPolicy) : null,
+    policy_sha256: s.policySha256,
+    result: s.result ? (JSON.parse(s.result) as SessionResultView) : null,
   };
+}
+
+/** The stored policy of a session, checked again on the way out (null: none, or not valid any more). */
+export function sessionPolicyOf(s: SessionRecord): SessionPolicy | null {
+  if (!s.policy) return null;
+  try {
+    const parsed = sessionPolicySchema.safeParse(JSON.parse(s.policy));
+    return parsed.success ? parsed.data : null;
+  } catch {
+    return null;
+  }
 }
 
 export type SessionServiceDeps = Pick<AppDeps, 'store' | 'events' | 'audit' | 'config' | 'logger'> & {
@@ -146,13 +164,18 @@ export class SessionService {
     if (!validator) {
       throw new ApiError(503, ErrorCode.unavailable, 'this server cannot check workspace paths (no file system); start sessions through a Node server');
     }
-    const checked = await validator.validate(input.workspace, input.prd);
+    // LOKI_SANDBOX_MODE on the server forces the sandbox; the validator merges the
+    // workspace config under the operator policy (a host session needs both the
+    // request's `sandbox: false` and the operator's permission).
+    const checked = await validator.validate(input.workspace, input.prd, {
+      sandbox: this.deps.config.sandboxMode ? true : input.sandbox,
+    });
     const record: SessionRecord = {
       id: randomId('ses_', 8),
       name: input.name ?? null,
       workspace: checked.workspace,
       prd: checked.prd,
-      sandbox: input.sandbox === true || this.deps.config.sandboxMode || checked.sandboxFromConfig,
+      sandbox: checked.policy.sandbox,
       budgetUsd,
       costUsd: 0,
       status: 'queued',
@@ -172,6 +195,9 @@ export class SessionService {
       containerId: null,
       baseBranch: null,
       agentBranch: null,
+      policy: checked.policyJson,
+      policySha256: checked.policySha256,
+      result: null,
     };
     await this.deps.store.sessions.insert(record);
     await this.publishState(record, null);
@@ -241,6 +267,30 @@ export class SessionService {
             );
             return null;
           }
+          const policy = sessionPolicyOf(claimed);
+          if (!policy || !claimed.policySha256) {
+            // Created before session policies existed (or the row was altered): it
+            // cannot be run under a policy nobody fixed. End it, loudly, and go on.
+            const failed = await this.deps.store.sessions.transition(
+              claimed.id,
+              { from: ['running'], leaseId },
+              { status: 'failed', reason: 'the session has no valid stored policy; start it again', endedAt: this.now(), leaseExpiresAt: null },
+            );
+            if (failed) {
+              await this.publishState(failed, 'queued');
+              await this.deps.audit
+                .append({
+                  ts: this.now(),
+                  action: 'session.setup_failed',
+                  resource: { type: 'session', id: claimed.id },
+                  actor: SWEEPER_ACTOR,
+                  outcome: { status: null, success: false, error: 'no_policy' },
+                  details: { step: 'policy', message: 'no valid stored policy', workspace: claimed.workspace },
+                })
+                .catch((err) => this.deps.logger.error('audit write failed', { err: String(err), session: claimed.id }));
+            }
+            continue;
+          }
           await this.publishState(claimed, 'queued');
           return {
             session: sessionView(claimed),
@@ -248,6 +298,8 @@ export class SessionService {
             lease_expires_at: new Date(claimed.leaseExpiresAt ?? now + this.leaseMs).toISOString(),
             lease_ms: this.leaseMs,
             branch_protection: this.deps.config.branchProtection,
+            policy,
+            policy_sha256: claimed.policySha256,
           };
         }
         const remaining = deadline - this.now();
@@ -383,6 +435,23 @@ export class SessionService {
           patch.costUsd = d.spent_usd;
           const type = d.exceeded ? 'budget_exceeded' : d.warning ? 'budget_warning' : 'budget';
           await this.publish(type, id, { spent_usd: d.spent_usd, limit_usd: d.limit_usd ?? s.budgetUsd });
+          break;
+        }
+        case 'result': {
+          const { patch: patchText, ...rest } = ev.data;
+          const view: SessionResultView = { ...rest, has_patch: patchText !== null };
+          if (!(await this.deps.store.sessions.saveResult(id, leaseId, JSON.stringify(view), patchText))) {
+            throw new ApiError(409, ErrorCode.conflict, `session ${id} is no longer held by this lease`);
+          }
+          await audit('session.result', { ...view, diffstat: undefined, workspace: s.workspace, worker_id: s.workerId });
+          await this.publish('session_result', id, view);
+          break;
+        }
+        case 'setup_failed': {
+          const d = ev.data;
+          const action = d.step === 'branch' ? 'branch_protection_violation' : 'session.setup_failed';
+          await audit(action, { ...d, workspace: s.workspace, worker_id: s.workerId }, false);
+          await this.publish('session_setup_failed', id, d);
           break;
         }
         case 'notice': {

@@ -49,8 +49,9 @@ export function describeDocker(name: string, probe: DockerProbe, fn: (docker: Do
 }
 
 /** The exact HostConfig every sandbox container must get (pinned here, not derived from src/). */
-export function expectedHostConfig(o: { workspace: string; memoryBytes: number; nanoCpus: number }) {
+export function expectedHostConfig(o: { workspace: string; memoryBytes: number; nanoCpus: number; runtime?: string }) {
   return {
+    Runtime: o.runtime ?? 'runc',
     CapDrop: ['ALL'],
     CapAdd: [],
     SecurityOpt: ['no-new-privileges:true'],

@@ -18,7 +18,7 @@ import { HOSTILE_PRD, makeWorkspace, providerConfig, tempRoot } from '../session
 
 const probe = await dockerAvailable();
 const WORKER_ID = `e2e-${process.pid}`;
-const TERMINAL = new Set(['succeeded', 'failed', 'stopped', 'timed_out', 'budget_exceeded', 'oom_killed', 'lost']);
+const TERMINAL = new Set(['succeeded', 'failed', 'stopped', 'timed_out', 'budget_exceeded', 'oom_killed', 'disk_exceeded', 'lost']);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 20_000): Promise<T> {
@@ -65,8 +65,8 @@ describeDocker('loki start → server → worker → Docker (end to end)', probe
     }
   }
 
-  async function token(name: string, role: string): Promise<string> {
-    const r = await runCli(['enterprise', 'token', 'generate', name, '--role', role, '--json'], { LOKI_HOME: home, HOME: home });
+  async function token(name: string, role: string, extra: string[] = []): Promise<string> {
+    const r = await runCli(['enterprise', 'token', 'generate', name, '--role', role, '--json', ...extra], { LOKI_HOME: home, HOME: home });
     expect(r.code, r.stderr).toBe(0);
     return (JSON.parse(r.stdout) as { token: string }).token;
   }
@@ -78,7 +78,7 @@ describeDocker('loki start → server → worker → Docker (end to end)', probe
     rmSync('/tmp/pwned', { force: true });
     server = await spawnServer({ LOKI_WORKSPACE_ROOTS: root, LOKI_ENTERPRISE_AUTH: 'true', LOKI_SANDBOX_LEASE_MS: '3000' }, home);
     opsToken = await token('e2e-operator', 'operator');
-    workerToken = await token('e2e-worker', 'worker');
+    workerToken = await token('e2e-worker', 'worker', ['--worker-id', WORKER_ID]);
     client = new LokiClient({ url: server.url, token: opsToken });
     worker = await startWorker(4);
   });
@@ -118,8 +118,8 @@ describeDocker('loki start → server → worker → Docker (end to end)', probe
     await expect(docker.getContainer(s.container_id!).inspect()).rejects.toMatchObject({ statusCode: 404 });
   });
 
-  it('without the sandbox the provider runs as a child process on loki/session-<id>, with no Loki credential in its environment', async () => {
-    const ws = makeWorkspace(root, 'repo', { config: providerConfig(['/bin/sh', '-c', 'cat "$1"; env', 'sh', '{prd}']) });
+  it('run from a subdirectory of a repository: the git root is the workspace, the agent sees only its worktree, no Loki credential reaches it', async () => {
+    const ws = makeWorkspace(root, 'repo', { config: providerConfig(['/bin/sh', '-c', 'cat "$1"; env; pwd; echo agent > out.txt', 'sh', '{prd}']) });
     const git = (...args: string[]) => {
       const g = spawnSync('git', ['-c', 'user.name=t', '-c', 'user.email=t@localhost', ...args], { cwd: ws, encoding: 'utf8' });
       expect(g.status, g.stderr).toBe(0);
@@ -129,17 +129,19 @@ describeDocker('loki start → server → worker → Docker (end to end)', probe
     git('add', '.');
     git('commit', '-q', '-m', 'init');
     mkdirSync(path.join(ws, 'sub'));
-    // Run from a subdirectory: the workspace is the git root, the PRD path relative to it.
     const r = await start(path.join(ws, 'sub'), ['../prd.md']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.startsWith('# PRD\nbuild the thing\n')).toBe(true);
     expect(r.stdout).not.toContain(workerToken);
     expect(r.stdout).not.toContain(opsToken);
     expect(r.stdout).not.toMatch(/^LOKI_/m);
+    expect(r.stdout.trim().split('\n').at(-1)).toBe('/workspace');
     const s = await client.getSession(sessionIdFrom(r.stderr));
-    expect(s).toMatchObject({ sandbox: false, workspace: ws, prd: 'prd.md', base_branch: 'main', agent_branch: `loki/session-${s.id}` });
-    expect(git('symbolic-ref', 'HEAD')).toBe(`refs/heads/loki/session-${s.id}`);
-    expect(eventTypes(s.id)).toContain('branch');
+    expect(s).toMatchObject({ sandbox: true, workspace: ws, prd: 'prd.md', base_branch: 'main', agent_branch: `loki/session-${s.id}` });
+    expect(git('symbolic-ref', 'HEAD')).toBe('refs/heads/main');
+    expect(git('show', `loki/session-${s.id}:out.txt`)).toBe('agent');
+    expect(existsSync(path.join(ws, 'out.txt'))).toBe(false);
+    expect(eventTypes(s.id)).toEqual(expect.arrayContaining(['branch', 'session_result']));
   });
 
   it('a provider reporting costs past the budget ends budget_exceeded (exit 6) after a budget_warning', async () => {
@@ -198,6 +200,10 @@ describeDocker('loki start → server → worker → Docker (end to end)', probe
     }, 30_000);
     expect(s.reason).toBe('worker lease expired');
     expect(worker.output()).toContain(`"container_id":"${container.Id}"`);
+    // Its worktree is recovered: the (empty) work committed, the file system unmounted, the directory gone.
+    await until('the orphan worktree to be recovered', async () => !existsSync(path.join(home, 'worktrees', created.id)));
+    expect(worker.output()).toContain('orphan worktree committed and removed');
+    expect(spawnSync('losetup', ['-a'], { encoding: 'utf8' }).stdout).not.toContain(created.id);
     expect(eventTypes(created.id)).not.toContain('output');
   });
 

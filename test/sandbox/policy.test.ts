@@ -2,9 +2,9 @@ import { mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { defaultWorkspaceConfig, type WorkspaceConfig } from '../../src/sandbox/config';
+import { containerOptions, type PolicyContext, SandboxPolicyError, validateHostMount } from '../../src/sandbox/policy';
+import type { SessionPolicy } from '../../src/sessions/api';
 import { expectedHostConfig } from '../helpers/docker';
-import { type PolicyContext, SandboxPolicyError, sandboxPolicyFromConfig, validateHostMount } from '../../src/sandbox/policy';
 
 let root: string;
 let home: string;
@@ -35,14 +35,30 @@ afterAll(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
-function config(patch: Partial<WorkspaceConfig['sandbox']> = {}, command?: string[]): WorkspaceConfig {
-  const base = defaultWorkspaceConfig({ workspaceDir: ws, home });
-  return { sandbox: { ...base.sandbox, ...patch }, provider: { command: command ?? ['agent', '--prd', '{prd}'] } };
+function policy(patch: Partial<SessionPolicy> = {}): SessionPolicy {
+  return {
+    sandbox: true,
+    image: 'loki-sandbox:local',
+    runtime: 'runc',
+    network: false,
+    egress: [],
+    memory_bytes: 4 * 1024 ** 3,
+    nano_cpus: 2e9,
+    timeout_seconds: 3600,
+    idle_timeout_seconds: 900,
+    disk_bytes: 10 * 1024 ** 3,
+    mounts: [],
+    env_allowlist: [],
+    cap_add: [],
+    user: '1000:1000',
+    command: ['agent', '--prd', '{prd}'],
+    ...patch,
+  };
 }
 
-describe('sandboxPolicyFromConfig', () => {
+describe('containerOptions', () => {
   it('builds the exact create options from the defaults', () => {
-    expect(sandboxPolicyFromConfig(config(), ctx)).toEqual({
+    expect(containerOptions(policy(), ctx)).toEqual({
       Image: 'loki-sandbox:local',
       Cmd: ['agent', '--prd', 'prd.md'],
       User: '1000:1000',
@@ -58,17 +74,18 @@ describe('sandboxPolicyFromConfig', () => {
     });
   });
 
-  it('applies config values: network, limits, caps, env allowlist, mounts', () => {
-    const opts = sandboxPolicyFromConfig(
-      config({
+  it('applies policy values: network, limits, caps, env allowlist, mounts, runtime', () => {
+    const opts = containerOptions(
+      policy({
         network: true,
-        memoryBytes: 16 * 1024 ** 2,
-        nanoCpus: 5e8,
-        capAdd: ['CHOWN'],
-        envAllowlist: ['ANTHROPIC_API_KEY', 'MISSING', 'LOKI_WORKER_TOKEN', 'LOKI_TOKEN'],
-        mounts: [{ host: data, container: '/data', mode: 'ro', source: `${data}:/data:ro` }],
+        memory_bytes: 16 * 1024 ** 2,
+        nano_cpus: 5e8,
+        cap_add: ['CHOWN'],
+        env_allowlist: ['ANTHROPIC_API_KEY', 'MISSING', 'LOKI_WORKER_TOKEN', 'LOKI_TOKEN'],
+        mounts: [{ host: data, container: '/data', mode: 'ro' }],
         user: '1001:1002',
         image: 'other:1',
+        runtime: 'runsc',
       }),
       ctx,
     );
@@ -77,6 +94,7 @@ describe('sandboxPolicyFromConfig', () => {
     expect(opts.Env).toEqual(['ANTHROPIC_API_KEY=sk-ant-xyz']);
     expect(opts.HostConfig).toMatchObject({
       NetworkMode: 'bridge',
+      Runtime: 'runsc',
       Memory: 16 * 1024 ** 2,
       MemorySwap: 16 * 1024 ** 2,
       NanoCpus: 5e8,
@@ -88,11 +106,11 @@ describe('sandboxPolicyFromConfig', () => {
 
   it('passes a hostile PRD name as one argument', () => {
     const name = "a b'; rm -rf ~; $(touch /tmp/pwned).md";
-    expect(sandboxPolicyFromConfig(config({}, ['cat', '{prd}']), { ...ctx, prd: name }).Cmd).toEqual(['cat', name]);
+    expect(containerOptions(policy({ command: ['cat', '{prd}'] }), { ...ctx, prd: name }).Cmd).toEqual(['cat', name]);
   });
 
-  it('refuses a capability outside the allowlist even if the config object was built by hand', () => {
-    expect(() => sandboxPolicyFromConfig(config({ capAdd: ['SETUID'] }), ctx)).toThrow(SandboxPolicyError);
+  it('refuses a capability outside the allowlist even if the policy object was built by hand', () => {
+    expect(() => containerOptions(policy({ cap_add: ['SETUID'] }), ctx)).toThrow(SandboxPolicyError);
   });
 });
 
@@ -145,12 +163,10 @@ describe('mount rules', () => {
     expect(validateHostMount(path.join(home, 'projects'), ctx)).toBe(path.join(home, 'projects'));
   });
 
-  it('names the rule and the entry in the message', () => {
-    const cfg = config({ mounts: [{ host: path.join(home, '.ssh'), container: '/k', mode: 'ro', source: '~/.ssh:/k:ro' }] });
-    expect(() => sandboxPolicyFromConfig(cfg, ctx)).toThrow('mount ~/.ssh:/k:ro refused (rule ssh): ~/.ssh is never mounted');
-  });
-
-  it('applies the same rules to the workspace', () => {
-    expect(() => sandboxPolicyFromConfig(config(), { ...ctx, workspace: home })).toThrow(/rule home/);
+  it('applies the deny rules again to a handed-over policy, naming the rule and the path', () => {
+    const ssh = path.join(home, '.ssh');
+    expect(() => containerOptions(policy({ mounts: [{ host: ssh, container: '/k', mode: 'ro' }] }), ctx)).toThrow(
+      `mount ${ssh} refused (rule ssh): ~/.ssh is never mounted`,
+    );
   });
 });

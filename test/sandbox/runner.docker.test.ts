@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { defaultWorkspaceConfig, type SandboxSettings, type WorkspaceConfig } from '../../src/sandbox/config';
-import { sandboxPolicyFromConfig } from '../../src/sandbox/policy';
+import { containerOptions } from '../../src/sandbox/policy';
+import type { SessionPolicy } from '../../src/sessions/api';
 import { removeOrphans, runSession, type SessionHooks, type SessionResult, type SessionSpec, stopAllForWorker } from '../../src/sandbox/runner';
 import { describeDocker, dockerAvailable, SANDBOX_IMAGE, expectedHostConfig } from '../helpers/docker';
 
@@ -20,9 +20,25 @@ let ws: string;
 let home: string;
 let counter = 0;
 
-function config(command: string[], patch: Partial<SandboxSettings> = {}): WorkspaceConfig {
-  const base = defaultWorkspaceConfig({ workspaceDir: ws, home });
-  return { sandbox: { ...base.sandbox, memoryBytes: 256 * 1024 ** 2, nanoCpus: 1e9, timeoutSeconds: 30, ...patch }, provider: { command } };
+function policy(command: string[], patch: Partial<SessionPolicy> = {}): SessionPolicy {
+  return {
+    sandbox: true,
+    image: SANDBOX_IMAGE,
+    runtime: 'runc',
+    network: false,
+    egress: [],
+    memory_bytes: 256 * 1024 ** 2,
+    nano_cpus: 1e9,
+    timeout_seconds: 30,
+    idle_timeout_seconds: 900,
+    disk_bytes: 64 * 1024 ** 2,
+    mounts: [],
+    env_allowlist: [],
+    cap_add: [],
+    user: '1000:1000',
+    command,
+    ...patch,
+  };
 }
 
 interface Recorded {
@@ -61,7 +77,7 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
   async function run(
     command: string[],
     opts: {
-      settings?: Partial<SandboxSettings>;
+      settings?: Partial<SessionPolicy>;
       spec?: Partial<SessionSpec>;
       onEvent?: (type: string, data: Record<string, unknown>) => void;
       signal?: AbortSignal;
@@ -83,14 +99,12 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
       workerId: WORKER,
       workspace: ws,
       prdRelative: 'prd.md',
-      sandbox: true,
-      config: config(command, opts.settings),
+      policy: policy(command, opts.settings),
       budgetUsd: null,
       env: { ANTHROPIC_API_KEY: 'test-provider-key', LOKI_WORKER_TOKEN: 'loki_workersecretvalue', PATH: '/usr/bin' },
-      branchProtection: false,
       ...opts.spec,
     };
-    const result = await runSession(spec, hooks, { docker, home, killGraceMs: 1_000 });
+    const result = await runSession(spec, hooks, { docker, home, killGraceMs: 1_000, worktreeRoot: path.join(home, 'worktrees') });
     return { result, out, err, events };
   }
 
@@ -102,7 +116,7 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
   it('creates the container with exactly the sandbox HostConfig, and removes it', async () => {
     let inspected: Promise<Docker.ContainerInspectInfo> | undefined;
     const r = await run(sh('sleep 0.3; echo done'), {
-      settings: { envAllowlist: ['ANTHROPIC_API_KEY', 'LOKI_WORKER_TOKEN'] },
+      settings: { env_allowlist: ['ANTHROPIC_API_KEY', 'LOKI_WORKER_TOKEN'] },
       onEvent: (type, data) => {
         if (type === 'container_started') inspected = docker.getContainer(String(data.container_id)).inspect();
       },
@@ -112,6 +126,7 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
     const info = await inspected!;
     const hc = info.HostConfig;
     expect({
+      Runtime: hc.Runtime,
       CapDrop: hc.CapDrop,
       CapAdd: hc.CapAdd,
       SecurityOpt: hc.SecurityOpt,
@@ -130,14 +145,14 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
       AutoRemove: hc.AutoRemove,
       Init: hc.Init,
       LogConfig: hc.LogConfig,
-    }).toEqual(expectedHostConfig({ workspace: ws, memoryBytes: 256 * 1024 ** 2, nanoCpus: 1e9 }));
+    }).toEqual(expectedHostConfig({ workspace: path.join(home, 'worktrees', 's1', 'fs', 'work'), memoryBytes: 256 * 1024 ** 2, nanoCpus: 1e9 }));
     expect(info.Config.User).toBe('1000:1000');
     expect(info.Config.WorkingDir).toBe('/workspace');
     expect(info.Config.Labels).toMatchObject({ 'loki.session': 's1', 'loki.worker': WORKER });
     expect(info.Config.Env).toContain('ANTHROPIC_API_KEY=test-provider-key');
     expect(info.Config.Env?.some((e) => e.startsWith('LOKI_'))).toBe(false);
     expect(info.NetworkSettings.Ports ?? {}).toEqual({});
-    expect(r.events.map((e) => e.type)).toEqual(['container_created', 'container_started', 'container_exited', 'container_removed']);
+    expect(r.events.map((e) => e.type)).toEqual(['worktree_created', 'container_created', 'container_started', 'container_exited', 'container_removed', 'session_result']);
     await assertGone(r.result);
   });
 
@@ -172,13 +187,15 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
     expect(r.out).toContain('loki-vars=0');
     if (process.env.CI === 'true') expect(r.out).not.toContain('rootshell-missing');
     if (!r.out.includes('rootshell-missing')) expect(r.out).toContain('rootshell-exit=1');
-    expect(existsSync(path.join(ws, 'written'))).toBe(true);
+    // The write landed in the session's worktree and so in its result, never in the workspace itself.
+    expect(existsSync(path.join(ws, 'written'))).toBe(false);
+    expect(r.result.result).toMatchObject({ kind: 'copy', filesChanged: 1 });
+    expect(r.result.result!.patch).toContain('diff --git a/written b/written\nnew file mode 100644');
     await assertGone(r.result);
   });
 
   it('control: without no-new-privileges the same setuid binary does gain root (so the test above means something)', async () => {
-    const cfg = config(['/bin/suid/rootshell', '/bin/id', '-u']);
-    const opts = sandboxPolicyFromConfig(cfg, { sessionId: 'control', workerId: WORKER, workspace: ws, prd: 'prd.md', env: {}, home });
+    const opts = containerOptions(policy(['/bin/suid/rootshell', '/bin/id', '-u']), { sessionId: 'control', workerId: WORKER, workspace: ws, prd: 'prd.md', env: {}, home });
     const hasRootshell = await runProbe(docker, ['/bin/sh', '-c', '[ -x /bin/suid/rootshell ] && echo yes || echo no']);
     if (hasRootshell.trim() !== 'yes') {
       expect(process.env.CI).not.toBe('true');
@@ -205,7 +222,7 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
     let sampling: Promise<void> | undefined;
     // Every process forks forever; PID 1 waits on a sleeper started first, so it keeps its slot.
     const r = await run(sh('sleep 600 & s=$!; f() { while :; do f & done; }; f & wait $s'), {
-      settings: { timeoutSeconds: 4, nanoCpus: 5e8 },
+      settings: { timeout_seconds: 4, nano_cpus: 5e8 },
       onEvent: (type, data) => {
         if (type !== 'container_started') return;
         const id = String(data.container_id);
@@ -236,7 +253,7 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
   });
 
   it('reports a memory hog as oom_killed', async () => {
-    const r = await run(['/bin/tail', '/dev/zero'], { settings: { memoryBytes: 16 * 1024 ** 2 } });
+    const r = await run(['/bin/tail', '/dev/zero'], { settings: { memory_bytes: 16 * 1024 ** 2 } });
     expect(r.result.outcome).toBe('oom_killed');
     expect(r.result.exitCode).toBe(137);
     expect(r.events.find((e) => e.type === 'container_exited')?.data).toMatchObject({ oom_killed: true });
@@ -245,7 +262,7 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
 
   it('times out a sleeper that ignores SIGTERM (SIGKILL after the grace)', async () => {
     const started = Date.now();
-    const r = await run(sh('trap "" TERM; sleep 60 & wait $!; sleep 60'), { settings: { timeoutSeconds: 1 } });
+    const r = await run(sh('trap "" TERM; sleep 60 & wait $!; sleep 60'), { settings: { timeout_seconds: 1 } });
     expect(r.result.outcome).toBe('timed_out');
     const elapsed = Date.now() - started;
     expect(elapsed).toBeGreaterThanOrEqual(1_900); // 1 s timeout + 1 s grace before SIGKILL
@@ -288,15 +305,18 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
     const missing = await run(['true'], { settings: { image: 'loki-sandbox:does-not-exist' } });
     expect(missing.result.outcome).toBe('failed');
     expect(missing.result.error).toMatch(/container create failed/);
+    // A policy handed over with a forbidden mount (the server and worker checks
+    // were bypassed): the deny rules still refuse it before any container exists.
     const refused = await run(['true'], {
-      settings: { mounts: [{ host: '/etc', container: '/e', mode: 'ro', source: '/etc:/e:ro' }] },
+      settings: { mounts: [{ host: '/etc', container: '/e', mode: 'ro' }] },
     });
     expect(refused.result).toMatchObject({ outcome: 'failed', error: expect.stringMatching(/rule etc/) });
-    expect(refused.events.map((e) => e.type)).toEqual(['session_error']);
+    expect(refused.events.map((e) => e.type)).toEqual(['worktree_created', 'setup_failed']);
+    expect(existsSync(path.join(home, 'worktrees', `s${counter}`))).toBe(false);
   });
 
   it('removes orphans of this worker and stops all of its containers', async () => {
-    const base = sandboxPolicyFromConfig(config(['/bin/sleep', '60']), {
+    const base = containerOptions(policy(['/bin/sleep', '60']), {
       sessionId: 'x',
       workerId: WORKER,
       workspace: ws,

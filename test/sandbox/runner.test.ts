@@ -1,10 +1,14 @@
-/** The host (non-sandbox) path of runSession: a child process with the same limits. */
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+/**
+ * The host-session path of runSession: a child process with the same limits, in the
+ * session's private worktree (never the workspace itself), committed afterwards.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { defaultWorkspaceConfig, type SandboxSettings, type WorkspaceConfig } from '../../src/sandbox/config';
 import { runSession, type SessionHooks, type SessionSpec } from '../../src/sandbox/runner';
+import type { SessionPolicy } from '../../src/sessions/api';
 
 let ws: string;
 let home: string;
@@ -19,10 +23,29 @@ afterEach(() => {
   rmSync(home, { recursive: true, force: true });
 });
 
-function config(command: string[], patch: Partial<SandboxSettings> = {}): WorkspaceConfig {
-  const base = defaultWorkspaceConfig({ workspaceDir: ws, home });
-  return { sandbox: { ...base.sandbox, ...patch }, provider: { command } };
+/** A host session's policy (no disk limit: the loop-mounted file system is tested with Docker). */
+function policy(command: string[], patch: Partial<SessionPolicy> = {}): SessionPolicy {
+  return {
+    sandbox: false,
+    image: 'loki-sandbox:local',
+    runtime: 'runc',
+    network: false,
+    egress: [],
+    memory_bytes: 4 * 1024 ** 3,
+    nano_cpus: 2e9,
+    timeout_seconds: 3600,
+    idle_timeout_seconds: 900,
+    disk_bytes: null,
+    mounts: [],
+    env_allowlist: [],
+    cap_add: [],
+    user: '1000:1000',
+    command,
+    ...patch,
+  };
 }
+
+const worktree = (id = 'host1') => path.join(home, 'worktrees', id, 'fs', 'work');
 
 function recorder(signal?: AbortSignal) {
   const lines: string[] = [];
@@ -36,14 +59,13 @@ function recorder(signal?: AbortSignal) {
   return { hooks, lines, errLines, events, types: () => events.map((e) => e.type) };
 }
 
-function spec(command: string[], patch: Partial<SessionSpec> = {}, settings: Partial<SandboxSettings> = {}): SessionSpec {
+function spec(command: string[], patch: Partial<SessionSpec> = {}, settings: Partial<SessionPolicy> = {}): SessionSpec {
   return {
     sessionId: 'host1',
     workerId: 'w1',
     workspace: ws,
     prdRelative: 'prd.md',
-    sandbox: false,
-    config: config(command, settings),
+    policy: policy(command, settings),
     budgetUsd: null,
     env: { PATH: '/usr/bin:/bin', HOME: home, LOKI_WORKER_TOKEN: 'loki_workertokenvalue', SECRET_THING: 'x', API_KEY: 'k' },
     ...patch,
@@ -55,23 +77,26 @@ const opts = {
   get home() {
     return home;
   },
+  get worktreeRoot() {
+    return path.join(home, 'worktrees');
+  },
 };
 
 describe('runSession without the sandbox', () => {
-  it('runs the provider in the workspace with the PRD as one argument and only allowlisted env', async () => {
+  it('runs the provider in its worktree with the PRD as one argument and only allowlisted env', async () => {
     const name = "a b'; rm -rf ~; $(touch /tmp/pwned).md";
     // The name holds a `/`: it is a directory `a b'; rm -rf ~; $(touch ` with `tmp/pwned).md` below it.
     mkdirSync(path.dirname(path.join(ws, name)), { recursive: true });
     writeFileSync(path.join(ws, name), 'x');
     const r = recorder();
     const result = await runSession(
-      spec(['/bin/sh', '-c', 'printf "<%s>\\n" "$@"; pwd; env | sort', 'sh', '{prd}'], { prdRelative: name }, { envAllowlist: ['API_KEY'] }),
+      spec(['/bin/sh', '-c', 'printf "<%s>\\n" "$@"; pwd; env | sort', 'sh', '{prd}'], { prdRelative: name }, { env_allowlist: ['API_KEY'] }),
       r.hooks,
       opts,
     );
     expect(result).toMatchObject({ outcome: 'succeeded', exitCode: 0 });
     expect(r.lines[0]).toBe(`<${name}>`);
-    expect(r.lines[1]).toBe(ws);
+    expect(r.lines[1]).toBe(worktree());
     const env = r.lines.slice(2).filter((l) => !l.startsWith('PWD=') && !l.startsWith('SHLVL=') && !l.startsWith('_='));
     expect(env).toEqual(['API_KEY=k', `HOME=${home}`, 'PATH=/usr/bin:/bin']);
     expect(existsSync('/tmp/pwned')).toBe(false);
@@ -89,7 +114,7 @@ describe('runSession without the sandbox', () => {
   it('times out a sleeper, escalating to SIGKILL when SIGTERM is ignored', async () => {
     const r = recorder();
     const started = Date.now();
-    const result = await runSession(spec(['/bin/sh', '-c', 'trap "" TERM; sleep 30'], {}, { timeoutSeconds: 1 }), r.hooks, opts);
+    const result = await runSession(spec(['/bin/sh', '-c', 'trap "" TERM; sleep 30'], {}, { timeout_seconds: 1 }), r.hooks, opts);
     expect(result.outcome).toBe('timed_out');
     expect(r.events.find((e) => e.type === 'session_timeout')?.data).toEqual({ kind: 'session', seconds: 1 });
     expect(Date.now() - started).toBeLessThan(5_000);
@@ -98,7 +123,7 @@ describe('runSession without the sandbox', () => {
   it('times out on idle output', async () => {
     const r = recorder();
     const result = await runSession(
-      spec(['/bin/sh', '-c', 'echo start; sleep 30'], {}, { timeoutSeconds: 60, idleTimeoutSeconds: 1 }),
+      spec(['/bin/sh', '-c', 'echo start; sleep 30'], {}, { timeout_seconds: 60, idle_timeout_seconds: 1 }),
       r.hooks,
       opts,
     );
@@ -109,8 +134,13 @@ describe('runSession without the sandbox', () => {
   it('stops on request with SIGTERM', async () => {
     const ac = new AbortController();
     const r = recorder(ac.signal);
-    setTimeout(() => ac.abort(), 300);
-    const result = await runSession(spec(['/bin/sh', '-c', 'trap "echo got-term; exit 0" TERM; while :; do sleep 0.05; done']), r.hooks, opts);
+    const onOutput = r.hooks.onOutput;
+    // Stop once the trap is installed (the worktree is made first, so no fixed delay).
+    r.hooks.onOutput = (stream, line) => {
+      onOutput(stream, line);
+      if (line === 'ready') ac.abort();
+    };
+    const result = await runSession(spec(['/bin/sh', '-c', 'trap "echo got-term; exit 0" TERM; echo ready; while :; do sleep 0.05; done']), r.hooks, opts);
     expect(result.outcome).toBe('stopped');
     expect(r.lines).toContain('got-term');
     expect(r.types()).toContain('stop_requested');
@@ -123,6 +153,7 @@ describe('runSession without the sandbox', () => {
     const result = await runSession(spec(['/bin/sh', '-c', 'touch started']), r.hooks, opts);
     expect(result.outcome).toBe('stopped');
     expect(existsSync(path.join(ws, 'started'))).toBe(false);
+    expect(existsSync(path.join(home, 'worktrees', 'host1'))).toBe(false);
   });
 
   it('stops at the budget with a warning first', async () => {
@@ -164,51 +195,67 @@ describe('runSession without the sandbox', () => {
     const refused = await runSession(spec(['/bin/sh', '-c', 'touch ran'], { prdRelative: prd }), r.hooks, opts);
     expect(refused.outcome).toBe('failed');
     expect(refused.error).toBeTruthy();
-    expect(r.types()).toEqual(['session_error']);
+    expect(r.types()).toEqual(['setup_failed']);
     expect(existsSync(path.join(ws, 'ran'))).toBe(false);
   });
 
-  it('works on loki/session-<id> and reports a moved base branch', async () => {
-    const gitEnv = { GIT_AUTHOR_NAME: 'a', GIT_AUTHOR_EMAIL: 'a@a', GIT_COMMITTER_NAME: 'a', GIT_COMMITTER_EMAIL: 'a@a' };
-    const allow = { envAllowlist: Object.keys(gitEnv) };
-    const setup = await runSession(
-      spec(['/bin/sh', '-c', 'git init -q -b main && git commit -q --allow-empty -m base'], { branchProtection: false, env: { ...spec([]).env, ...gitEnv } }, allow),
-      recorder().hooks,
-      opts,
-    );
-    expect(setup.outcome).toBe('succeeded');
+  it('never touches the workspace: a git repository gets one commit on loki/session-<id>, the checkout stays as it was', async () => {
+    const git = (...args: string[]) => {
+      const g = spawnSync('git', ['-c', 'user.name=u', '-c', 'user.email=u@u', ...args], { cwd: ws, encoding: 'utf8' });
+      expect(g.status, g.stderr).toBe(0);
+      return g.stdout.trim();
+    };
+    git('init', '-q', '-b', 'main');
+    git('add', '-A');
+    git('commit', '-q', '-m', 'base');
+    const base = git('rev-parse', 'HEAD');
     const r = recorder();
-    const result = await runSession(
-      spec(['/bin/sh', '-c', 'git symbolic-ref --short HEAD; git commit -q --allow-empty -m agent && git update-ref refs/heads/main HEAD'], { env: { ...spec([]).env, ...gitEnv } }, allow),
-      r.hooks,
-      opts,
-    );
+    // The agent tries the old tricks: switch branches, move main, write hooks.
+    const agent = 'echo agent > agent.txt; git checkout -q -b evil 2>/dev/null; ls -a; if test -e .git; then echo HAS_GIT; fi';
+    const result = await runSession(spec(['/bin/sh', '-c', agent]), r.hooks, opts);
     expect(result.outcome).toBe('succeeded');
-    expect(r.lines[0]).toBe('loki/session-host1');
-    expect(result.branch).toMatchObject({ isRepo: true, baseBranch: 'main', agentBranch: 'loki/session-host1', detached: false, baseMoved: true });
-    expect(r.types()).toEqual(expect.arrayContaining(['branch_created', 'branch_protection_violation']));
-    const violation = r.events.find((e) => e.type === 'branch_protection_violation')!.data;
-    expect(violation.base_commit).toBe(result.branch!.baseCommit);
-    expect(violation.current_commit).not.toBe(result.branch!.baseCommit);
+    expect(r.lines).not.toContain('HAS_GIT');
+    expect(git('symbolic-ref', 'HEAD')).toBe('refs/heads/main');
+    expect(git('rev-parse', 'main')).toBe(base);
+    expect(git('status', '--porcelain')).toBe('');
+    expect(existsSync(path.join(ws, 'agent.txt'))).toBe(false);
+    expect(git('rev-list', '--count', `${base}..loki/session-host1`)).toBe('1');
+    expect(git('show', 'loki/session-host1:agent.txt')).toBe('agent');
+    expect(result.result).toMatchObject({ kind: 'git', branch: 'loki/session-host1', baseCommit: base, filesChanged: 1, insertions: 1, deletions: 0 });
+    expect(r.types()).toEqual(expect.arrayContaining(['worktree_created', 'session_result']));
+    expect(r.events.find((e) => e.type === 'worktree_created')!.data).toMatchObject({ kind: 'git', base_branch: 'main', base_commit: base, agent_branch: 'loki/session-host1' });
+    expect(readdirSync(path.join(home, 'worktrees'))).toEqual([]);
   });
 
-  it('runs on a detached HEAD with a warning event', async () => {
-    const gitEnv = { GIT_AUTHOR_NAME: 'a', GIT_AUTHOR_EMAIL: 'a@a', GIT_COMMITTER_NAME: 'a', GIT_COMMITTER_EMAIL: 'a@a' };
-    const allow = { envAllowlist: Object.keys(gitEnv) };
-    const env = { ...spec([]).env, ...gitEnv };
-    await runSession(
-      spec(['/bin/sh', '-c', 'git init -q -b main && git commit -q --allow-empty -m base && git checkout -q --detach'], { branchProtection: false, env }, allow),
-      recorder().hooks,
-      opts,
-    );
+  it('an uncommitted PRD is placed in the worktree and lands in the session commit', async () => {
+    const git = (...args: string[]) => spawnSync('git', ['-c', 'user.name=u', '-c', 'user.email=u@u', ...args], { cwd: ws, encoding: 'utf8' }).stdout.trim();
+    rmSync(path.join(ws, 'prd.md'));
+    writeFileSync(path.join(ws, 'README'), 'r\n');
+    git('init', '-q', '-b', 'main');
+    git('add', '-A');
+    git('commit', '-q', '-m', 'base');
+    mkdirSync(path.join(ws, 'docs'));
+    writeFileSync(path.join(ws, 'docs', 'prd.md'), '# new PRD\n');
     const r = recorder();
-    const result = await runSession(spec(['/bin/sh', '-c', 'true'], { env }, allow), r.hooks, opts);
+    const result = await runSession(spec(['/bin/cat', '{prd}'], { prdRelative: 'docs/prd.md' }), r.hooks, opts);
     expect(result.outcome).toBe('succeeded');
-    expect(result.branch).toMatchObject({ isRepo: true, detached: true, baseMoved: null });
-    expect(r.types()).toContain('branch_detached_warning');
+    expect(r.lines).toEqual(['# new PRD']);
+    expect(git('show', 'loki/session-host1:docs/prd.md')).toBe('# new PRD');
+  });
+
+  it('a workspace that is not a repository gets a copy; the result is a patch', async () => {
+    writeFileSync(path.join(ws, 'keep.txt'), 'keep\n');
+    const r = recorder();
+    const result = await runSession(spec(['/bin/sh', '-c', 'echo new > new.txt; rm keep.txt']), r.hooks, opts);
+    expect(result.outcome).toBe('succeeded');
+    expect(readFileSync(path.join(ws, 'keep.txt'), 'utf8')).toBe('keep\n');
+    expect(existsSync(path.join(ws, 'new.txt'))).toBe(false);
+    expect(result.result).toMatchObject({ kind: 'copy', branch: null, filesChanged: 2, patchTooLarge: false });
+    expect(result.result!.patch).toContain('+++ b/new.txt');
+    expect(result.result!.patch).toContain('--- a/keep.txt');
   });
 
   it('requires a Docker client for sandboxed sessions', async () => {
-    await expect(runSession(spec(['true'], { sandbox: true }), recorder().hooks, opts)).rejects.toThrow(TypeError);
+    await expect(runSession(spec(['true'], {}, { sandbox: true }), recorder().hooks, opts)).rejects.toThrow(TypeError);
   });
 });

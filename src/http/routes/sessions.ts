@@ -4,6 +4,7 @@ import { createSessionBody } from '../../sessions/api';
 import { SessionService, sessionView } from '../../sessions/service';
 import type { AppContext, AppDeps } from '../context';
 import type { DefineRoute } from '../define-route';
+import { ApiError, ErrorCode } from '../errors';
 import { validate } from '../validate';
 
 const intParam = (max: number, what: string) =>
@@ -44,7 +45,15 @@ export function sessionRoutes(route: DefineRoute, deps: AppDeps): void {
     c.set('auditDetails', { workspace: body.workspace, prd: body.prd, sandbox: body.sandbox ?? null, name: body.name ?? null });
     const s = await sessions.create(body, actorName(c));
     c.set('auditResource', { type: 'session', id: s.id });
-    c.set('auditDetails', { workspace: s.workspace, prd: s.prd, sandbox: s.sandbox, budget_usd: s.budgetUsd, name: s.name });
+    c.set('auditDetails', {
+      workspace: s.workspace,
+      prd: s.prd,
+      sandbox: s.sandbox,
+      host_session: !s.sandbox,
+      policy_sha256: s.policySha256,
+      budget_usd: s.budgetUsd,
+      name: s.name,
+    });
     return c.json(sessionView(s), 201);
   });
 
@@ -82,6 +91,20 @@ export function sessionRoutes(route: DefineRoute, deps: AppDeps): void {
       ended: TERMINAL_STATES.has(s.status),
       lines: lines.map((l) => ({ line: l.line, stream: l.stream, text: l.text, ts: new Date(l.ts).toISOString() })),
       next_after: lines.length ? lines[lines.length - 1]!.line : after,
+    });
+  });
+
+  /** A copy (non-git) workspace's result: the agent's changes as a git patch (`git apply` it). */
+  route('GET', '/api/sessions/:id/patch', validate('param', idParam), async (c) => {
+    const { id } = c.req.valid('param' as never) as z.infer<typeof idParam>;
+    const s = await sessions.get(id);
+    const patch = await deps.store.sessions.resultPatch(id);
+    if (patch === null) {
+      throw new ApiError(404, ErrorCode.notFound, s.result ? `session ${id} has no patch (see result.kind and result.branch)` : `session ${id} has no result yet`);
+    }
+    return c.body(patch, 200, {
+      'Content-Type': 'text/x-diff; charset=utf-8',
+      'Content-Disposition': `attachment; filename="${id}.patch"`,
     });
   });
 

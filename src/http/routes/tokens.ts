@@ -10,6 +10,7 @@ const createBody = z.object({
   name: z.string(),
   role: z.string().optional(),
   scopes: z.array(z.string()).max(16).optional(),
+  worker_id: z.string().max(64).optional(),
   expires_days: z.union([z.number(), z.null()]).optional(),
 });
 
@@ -29,11 +30,11 @@ export function tokenRoutes(route: DefineRoute, deps: AppDeps): void {
       const identity = c.get('identity');
       const { record, plaintext } = await createToken(
         deps.store.tokens,
-        { name: body.name, role: body.role, scopes: body.scopes, expiresDays: body.expires_days, createdBy: identity?.actor.name ?? null },
+        { name: body.name, role: body.role, scopes: body.scopes, expiresDays: body.expires_days, workerId: body.worker_id, createdBy: identity?.actor.name ?? null },
         now(),
       );
       c.set('auditResource', { type: 'token', id: record.id });
-      c.set('auditDetails', { name: record.name, role: record.role, scopes: record.scopes, expires_at: record.expiresAt });
+      c.set('auditDetails', { name: record.name, role: record.role, scopes: record.scopes, expires_at: record.expiresAt, worker_id: record.workerId });
       await deps.events.publish('token_created', null, { id: record.id, name: record.name, role: record.role }).catch(() => {});
       return c.json({ ...publicToken(record), token: plaintext }, 201);
     } catch (err) {

@@ -1,0 +1,653 @@
+/**
+ * Session worktrees against real git, real loop mounts and real uids (the suite
+ * runs as root). The agent is simulated by processes running as uid 1000.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  commitWorktree,
+  createWorktree,
+  listSessionBranches,
+  pruneSessionBranches,
+  removeWorktree,
+  type Worktree,
+  WorktreeError,
+  type WorktreeOptions,
+  worktreeDiskUsage,
+} from '../../src/sandbox/worktree';
+
+const AGENT = { uid: 1000, gid: 1000 };
+const MiB = 1024 * 1024;
+const isRoot = process.getuid?.() === 0;
+
+let tmp: string;
+let root: string;
+let repo: string;
+let markers: string;
+const made: Worktree[] = [];
+
+const ENV = {
+  PATH: '/usr/local/bin:/usr/bin:/bin',
+  GIT_CONFIG_NOSYSTEM: '1',
+  GIT_CONFIG_GLOBAL: '/dev/null',
+  GIT_AUTHOR_NAME: 'User',
+  GIT_AUTHOR_EMAIL: 'user@example.com',
+  GIT_COMMITTER_NAME: 'User',
+  GIT_COMMITTER_EMAIL: 'user@example.com',
+  LC_ALL: 'C',
+  // The test's own status calls must not rewrite the index (it may belong to another uid).
+  GIT_OPTIONAL_LOCKS: '0',
+};
+
+/** The test's own git: any owner, and none of the repository's hooks or fsmonitor. */
+const TEST_GIT = ['-c', 'safe.directory=*', '-c', 'core.fsmonitor=false', '-c', 'core.hooksPath=/dev/null'];
+
+function git(cwd: string, ...args: string[]): string {
+  const r = spawnSync('git', [...TEST_GIT, ...args], { cwd, encoding: 'utf8', env: ENV, maxBuffer: 256 * MiB });
+  if (r.status !== 0) throw new Error(`git ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+function gitBuf(cwd: string, ...args: string[]): Buffer {
+  const r = spawnSync('git', [...TEST_GIT, ...args], { cwd, env: ENV, maxBuffer: 256 * MiB });
+  if (r.status !== 0) throw new Error(`git ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Run a shell script as the agent (uid 1000) with `cwd` as its working directory. */
+function agent(cwd: string, script: string): { status: number | null; stderr: string } {
+  const r = spawnSync('sh', ['-c', script], { cwd, uid: AGENT.uid, gid: AGENT.gid, encoding: 'utf8', env: { PATH: ENV.PATH } });
+  return { status: r.status, stderr: r.stderr };
+}
+
+function write(file: string, content: string | Buffer, mode?: number): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, content);
+  if (mode !== undefined) fs.chmodSync(file, mode);
+}
+
+function initRepo(dir: string, files: Record<string, string>): string {
+  fs.mkdirSync(dir, { recursive: true });
+  git(dir, 'init', '-q', '-b', 'main');
+  for (const [name, content] of Object.entries(files)) write(path.join(dir, name), content);
+  git(dir, 'add', '-A');
+  git(dir, 'commit', '-q', '-m', 'base');
+  return git(dir, 'rev-parse', 'HEAD');
+}
+
+/** Path → content of every blob in a commit's tree (symlinks as `-> target`). */
+function treeOf(cwd: string, commit: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const entry of gitBuf(cwd, 'ls-tree', '-r', '-z', commit).toString('utf8').split('\0')) {
+    if (!entry) continue;
+    const [meta, name] = entry.split('\t') as [string, string];
+    const [mode, type, oid] = meta.split(' ') as [string, string, string];
+    if (type === 'commit') {
+      out[name] = `gitlink ${oid}`;
+      continue;
+    }
+    const body = gitBuf(cwd, 'cat-file', 'blob', oid).toString('utf8');
+    out[name] = mode === '120000' ? `-> ${body}` : mode === '100755' ? `x ${body}` : body;
+  }
+  return out;
+}
+
+/** What a user would notice in their checkout. */
+function checkoutState(dir: string) {
+  const gitDir = path.join(dir, '.git');
+  return {
+    head: fs.readFileSync(path.join(gitDir, 'HEAD'), 'utf8'),
+    headCommit: git(dir, 'rev-parse', 'HEAD'),
+    status: git(dir, 'status', '--porcelain', '--untracked-files=all'),
+    index: fs.readFileSync(path.join(gitDir, 'index')).toString('hex'),
+    files: snapshotDir(dir, ['.git']),
+  };
+}
+
+function refsOf(dir: string): string {
+  return git(dir, 'for-each-ref', '--format=%(refname) %(objectname)');
+}
+
+/** Path → description of everything under `dir` (lstat only). */
+function snapshotDir(dir: string, skip: string[] = []): Record<string, string> {
+  const out: Record<string, string> = {};
+  const visit = (d: string) => {
+    for (const name of fs.readdirSync(d).sort()) {
+      const full = path.join(d, name);
+      const rel = path.relative(dir, full);
+      if (skip.includes(rel)) continue;
+      const st = fs.lstatSync(full);
+      if (st.isSymbolicLink()) out[rel] = `link ${fs.readlinkSync(full)}`;
+      else if (st.isDirectory()) {
+        out[rel] = 'dir';
+        visit(full);
+      } else out[rel] = `${st.mode & 0o100 ? 'x ' : ''}${fs.readFileSync(full).toString('hex')}`;
+    }
+  };
+  visit(dir);
+  return out;
+}
+
+function loopLines(img: string): string[] {
+  const r = spawnSync('losetup', ['-a'], { encoding: 'utf8' });
+  return r.stdout.split('\n').filter((l) => l.includes(img));
+}
+
+function mounted(p: string): boolean {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === p);
+}
+
+async function create(o: Partial<WorktreeOptions> & { sessionId: string; workspace: string }): Promise<Worktree> {
+  const wt = await createWorktree({ root, diskBytes: null, owner: AGENT, ...o });
+  made.push(wt);
+  return wt;
+}
+
+function markerFiles(): string[] {
+  return fs.readdirSync(markers);
+}
+
+beforeEach(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'loki-wt-'));
+  // Traversable, so that a repository owned by another uid is usable by that uid.
+  fs.chmodSync(tmp, 0o755);
+  root = path.join(tmp, 'worktrees');
+  repo = path.join(tmp, 'repo');
+  markers = path.join(tmp, 'markers');
+  fs.mkdirSync(markers);
+  fs.chmodSync(markers, 0o1777);
+});
+
+afterEach(async () => {
+  for (const wt of made.splice(0)) await removeWorktree(wt).catch(() => undefined);
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+describe.skipIf(!isRoot)('session worktrees', () => {
+  it('isolates a git workspace and lands exactly the agent commit on loki/session-<id>', async () => {
+    const base = initRepo(repo, { 'a.txt': 'a\n', 'b.txt': 'b\n', 'dir/c.txt': 'c\n' });
+    // Local, uncommitted state of the user's checkout must survive untouched.
+    write(path.join(repo, 'a.txt'), 'local edit\n');
+    write(path.join(repo, 'staged.txt'), 'staged\n');
+    git(repo, 'add', 'staged.txt');
+    write(path.join(repo, 'untracked.txt'), 'u\n');
+    const before = checkoutState(repo);
+    const refsBefore = refsOf(repo);
+
+    const wt = await create({ sessionId: 's1', workspace: repo, diskBytes: 64 * MiB });
+    expect(wt).toMatchObject({
+      sessionId: 's1',
+      kind: 'git',
+      base: path.join(fs.realpathSync(root), 's1'),
+      userRepo: fs.realpathSync(repo),
+      baseCommit: base,
+      baseBranch: 'main',
+      agentBranch: 'loki/session-s1',
+      mounted: true,
+    });
+    expect(wt.dir).toBe(wt.workTree);
+    expect(wt.workTree).toBe(path.join(wt.fsRoot, 'work'));
+    expect(wt.gitDir).toBe(path.join(wt.base, 'git'));
+    expect(mounted(wt.fsRoot)).toBe(true);
+    expect(loopLines(path.join(wt.base, 'disk.img'))).toHaveLength(1);
+    expect(fs.statSync(root).mode & 0o777).toBe(0o700);
+    expect(fs.statSync(wt.base).mode & 0o777).toBe(0o700);
+    expect(fs.statSync(wt.gitDir).uid).toBe(0);
+    expect(fs.statSync(wt.dir).uid).toBe(1000);
+    // The work tree is the base commit, not the user's local state.
+    expect(snapshotDir(wt.workTree, ['lost+found'])).toEqual({
+      'a.txt': Buffer.from('a\n').toString('hex'),
+      'b.txt': Buffer.from('b\n').toString('hex'),
+      dir: 'dir',
+      'dir/c.txt': Buffer.from('c\n').toString('hex'),
+    });
+    expect(checkoutState(repo)).toEqual(before);
+    expect(refsOf(repo)).toBe(refsBefore);
+
+    const r = agent(wt.dir, 'printf "new\\n" > new.txt && printf "changed\\n" > b.txt && rm dir/c.txt && mkdir -p deep/x && printf "d\\n" > deep/x/y');
+    expect(r).toEqual({ status: 0, stderr: '' });
+
+    const result = await commitWorktree(wt, { sessionId: 's1', prd: 'docs/prd.md' });
+    expect(result).toMatchObject({
+      kind: 'git',
+      baseCommit: base,
+      branch: 'loki/session-s1',
+      filesChanged: 4,
+      insertions: 3,
+      deletions: 2,
+      patch: null,
+      patchTooLarge: false,
+    });
+    expect(result.commit).toMatch(/^[0-9a-f]{40}$/);
+    expect(result.diffstat).toContain('4 files changed, 3 insertions(+), 2 deletions(-)');
+    expect(result.diffstat).toContain('new.txt');
+
+    const commit = result.commit!;
+    expect(git(repo, 'rev-parse', 'refs/heads/loki/session-s1')).toBe(commit);
+    expect(git(repo, 'rev-list', '--count', `${base}..${commit}`)).toBe('1');
+    expect(git(repo, 'rev-parse', `${commit}^`)).toBe(base);
+    expect(git(repo, 'log', '-1', '--format=%an|%ae|%s', commit)).toBe('Loki session s1|loki-session-s1@localhost|loki: session s1 (docs/prd.md)');
+    expect(treeOf(repo, commit)).toEqual({ 'a.txt': 'a\n', 'b.txt': 'changed\n', 'deep/x/y': 'd\n', 'new.txt': 'new\n' });
+    // Nothing else moved in the user's repository.
+    expect(checkoutState(repo)).toEqual(before);
+    expect(refsOf(repo).split('\n').sort()).toEqual([...refsBefore.split('\n'), `refs/heads/loki/session-s1 ${commit}`].sort());
+    expect(git(repo, 'fsck', '--no-dangling')).toBe('');
+
+    const img = path.join(wt.base, 'disk.img');
+    await removeWorktree(wt);
+    expect(fs.existsSync(wt.base)).toBe(false);
+    expect(mounted(wt.fsRoot)).toBe(false);
+    expect(loopLines(img)).toEqual([]);
+    await removeWorktree(wt); // idempotent
+  });
+
+  it('mounts the workspace subdirectory of the repository', async () => {
+    const base = initRepo(repo, { 'top.txt': 't\n', 'pkg/app/main.txt': 'm\n' });
+    const wt = await create({ sessionId: 'sub1', workspace: path.join(repo, 'pkg', 'app'), owner: null });
+    expect(wt.dir).toBe(path.join(wt.workTree, 'pkg', 'app'));
+    expect(wt.mounted).toBe(false);
+    expect(fs.statSync(wt.dir).uid).toBe(0); // host session: the worker keeps it
+    write(path.join(wt.dir, 'added.txt'), 'added\n');
+    const result = await commitWorktree(wt, { sessionId: 'sub1', prd: 'prd.md' });
+    expect(result).toMatchObject({ baseCommit: base, filesChanged: 1, insertions: 1, deletions: 0 });
+    expect(treeOf(repo, result.commit!)).toEqual({ 'top.txt': 't\n', 'pkg/app/main.txt': 'm\n', 'pkg/app/added.txt': 'added\n' });
+  });
+
+  it('creates a subdirectory workspace that is not in the base commit', async () => {
+    initRepo(repo, { 'top.txt': 't\n' });
+    fs.mkdirSync(path.join(repo, 'fresh'));
+    const wt = await create({ sessionId: 'sub2', workspace: path.join(repo, 'fresh') });
+    expect(wt.dir).toBe(path.join(wt.workTree, 'fresh'));
+    expect(fs.statSync(wt.dir).uid).toBe(1000);
+    expect(agent(wt.dir, 'printf "x\\n" > x').status).toBe(0);
+    const result = await commitWorktree(wt, { sessionId: 'sub2', prd: 'p' });
+    expect(treeOf(repo, result.commit!)).toEqual({ 'top.txt': 't\n', 'fresh/x': 'x\n' });
+  });
+
+  it('works with a repository owned by another uid and leaves no root-owned file in its .git', async () => {
+    const base = initRepo(repo, { 'a.txt': 'a\n' });
+    // Hooks and fsmonitor configured by the repository owner never run as root (nor at all).
+    write(path.join(repo, '.git', 'hooks', 'reference-transaction'), `#!/bin/sh\ntouch ${markers}/ref-hook\n`, 0o755);
+    git(repo, 'config', 'core.fsmonitor', `touch ${markers}/user-fsmonitor; false`);
+    spawnSync('chown', ['-R', '4242:4242', repo]);
+    const before = checkoutState(repo);
+
+    const wt = await create({ sessionId: 'own1', workspace: repo, diskBytes: 32 * MiB });
+    expect(wt.baseCommit).toBe(base);
+    expect(agent(wt.dir, 'printf "agent\\n" > a.txt').status).toBe(0);
+    const result = await commitWorktree(wt, { sessionId: 'own1', prd: 'prd.md' });
+    expect(git(repo, 'rev-parse', 'refs/heads/loki/session-own1')).toBe(result.commit);
+    expect(treeOf(repo, result.commit!)).toEqual({ 'a.txt': 'agent\n' });
+    expect(checkoutState(repo)).toEqual(before);
+
+    const notOwned: string[] = [];
+    const visit = (d: string) => {
+      for (const name of fs.readdirSync(d)) {
+        const full = path.join(d, name);
+        const st = fs.lstatSync(full);
+        if (st.uid !== 4242 || st.gid !== 4242) notOwned.push(`${full} ${st.uid}:${st.gid}`);
+        if (st.isDirectory()) visit(full);
+      }
+    };
+    visit(path.join(repo, '.git'));
+    expect(notOwned).toEqual([]);
+    expect(markerFiles()).toEqual([]);
+  });
+
+  it('lets the container uid write everything in a root-owned repository copy, but not the private git dir', async () => {
+    initRepo(repo, { 'a.txt': 'a\n', 'ro/b.txt': 'b\n' });
+    fs.chmodSync(path.join(repo, 'ro', 'b.txt'), 0o444);
+    const wt = await create({ sessionId: 'own2', workspace: repo });
+    expect(fs.statSync(repo).uid).toBe(0);
+    expect(agent(wt.dir, 'printf 1 > a.txt && printf 2 > ro/new && rm ro/b.txt && mkdir d && printf 3 > d/e').status).toBe(0);
+    expect(agent(wt.dir, `touch ${wt.gitDir}/x`).status).not.toBe(0);
+    expect(agent(wt.dir, `ls ${wt.base}`).status).not.toBe(0);
+  });
+
+  it('never runs code the agent planted in the work tree (attributes, .git config, hooks, nested repositories)', async () => {
+    // A submodule in the base commit: the agent makes it an embedded repository whose
+    // HEAD matches the gitlink, the case in which `git add -A` runs `git status` in it.
+    const lib = path.join(tmp, 'lib');
+    const libCommit = initRepo(lib, { 'lib.txt': 'lib\n' });
+    initRepo(repo, { 'a.txt': 'a\n' });
+    write(path.join(repo, '.gitmodules'), '[submodule "sub"]\n\tpath = sub\n\turl = ../lib\n');
+    git(repo, 'update-index', '--add', '--cacheinfo', `160000,${libCommit},sub`);
+    git(repo, 'add', '.gitmodules');
+    git(repo, 'commit', '-q', '-m', 'submodule');
+    const base = git(repo, 'rev-parse', 'HEAD');
+
+    const wt = await create({ sessionId: 'evil1', workspace: repo });
+    const evilConfig = (tag: string) =>
+      `[core]\n\tfsmonitor = touch ${markers}/${tag}-fsmonitor; false\n\thooksPath = hooks\n` +
+      `[filter "evil"]\n\tclean = touch ${markers}/${tag}-clean; cat\n\tsmudge = touch ${markers}/${tag}-smudge; cat\n\tprocess = touch ${markers}/${tag}-process\n` +
+      `[diff "evil"]\n\ttextconv = touch ${markers}/${tag}-textconv; cat\n\tcommand = touch ${markers}/${tag}-extdiff\n` +
+      `[core]\n\tpager = touch ${markers}/${tag}-pager; cat\n`;
+    const hook = (tag: string) => `#!/bin/sh\ntouch ${markers}/${tag}-hook\n`;
+    // The work tree's own `.git` directory, `.gitattributes` and a `hooks/` directory.
+    write(path.join(wt.dir, '.gitattributes'), '* filter=evil diff=evil\n');
+    write(path.join(wt.dir, '.git', 'config'), evilConfig('top'));
+    write(path.join(wt.dir, '.git', 'HEAD'), 'ref: refs/heads/main\n');
+    fs.mkdirSync(path.join(wt.dir, '.git', 'objects'), { recursive: true });
+    fs.mkdirSync(path.join(wt.dir, '.git', 'refs'), { recursive: true });
+    for (const h of ['pre-commit', 'post-commit', 'reference-transaction', 'post-index-change']) {
+      write(path.join(wt.dir, '.git', 'hooks', h), hook(`top-${h}`), 0o755);
+      write(path.join(wt.dir, 'hooks', h), hook(`wt-${h}`), 0o755);
+    }
+    write(path.join(wt.dir, '.GIT', 'config'), evilConfig('upper'));
+    // The embedded repository at the submodule path, HEAD = the gitlink.
+    fs.cpSync(path.join(lib, '.git'), path.join(wt.dir, 'sub', '.git'), { recursive: true });
+    git(path.join(wt.dir, 'sub'), 'checkout', '-q', '-f', libCommit);
+    fs.appendFileSync(path.join(wt.dir, 'sub', '.git', 'config'), evilConfig('sub'));
+    write(path.join(wt.dir, 'sub', '.gitattributes'), '* filter=evil diff=evil\n');
+    // Same size, new mtime: `git status` in the embedded repository would have to hash it (clean filter).
+    write(path.join(wt.dir, 'sub', 'lib.txt'), 'LIB\n');
+    for (const h of ['pre-commit', 'post-checkout', 'reference-transaction']) write(path.join(wt.dir, 'sub', '.git', 'hooks', h), hook(`sub-${h}`), 0o755);
+    // Another nested repository, not tracked.
+    git(wt.dir, 'init', '-q', 'vendor/other');
+    write(path.join(wt.dir, 'vendor', 'other', 'o.txt'), 'o\n');
+    fs.appendFileSync(path.join(wt.dir, 'vendor', 'other', '.git', 'config'), evilConfig('other'));
+    write(path.join(wt.dir, 'vendor', 'other', '.gitattributes'), '* filter=evil\n');
+    // A FIFO would block a reader forever.
+    spawnSync('mkfifo', [path.join(wt.dir, 'fifo')]);
+    spawnSync('chown', ['-R', '1000:1000', wt.dir]);
+
+    const result = await commitWorktree(wt, { sessionId: 'evil1', prd: 'prd.md' });
+    expect(markerFiles()).toEqual([]);
+    const tree = treeOf(repo, result.commit!);
+    expect(Object.keys(tree).sort()).toEqual([
+      '.gitattributes',
+      '.gitmodules',
+      'a.txt',
+      'hooks/post-commit',
+      'hooks/post-index-change',
+      'hooks/pre-commit',
+      'hooks/reference-transaction',
+      'sub',
+      'vendor/other/.gitattributes',
+      'vendor/other/o.txt',
+    ]);
+    // The gitlink stays at the base (its embedded repository was not followed).
+    expect(git(repo, 'ls-tree', result.commit!, 'sub')).toBe(`160000 commit ${libCommit}\tsub`);
+    expect(git(repo, 'rev-parse', `${result.commit}^`)).toBe(base);
+    expect(markerFiles()).toEqual([]);
+    await removeWorktree(wt);
+    expect(markerFiles()).toEqual([]);
+  });
+
+  it('keeps symbolic links as links, in git and copy workspaces', async () => {
+    initRepo(repo, { 'a.txt': 'a\n' });
+    fs.symlinkSync('/etc/passwd', path.join(repo, 'passwd'));
+    git(repo, 'add', 'passwd');
+    git(repo, 'commit', '-q', '-m', 'link');
+    const wt = await create({ sessionId: 'ln1', workspace: repo });
+    expect(fs.lstatSync(path.join(wt.dir, 'passwd')).isSymbolicLink()).toBe(true);
+    expect(fs.readlinkSync(path.join(wt.dir, 'passwd'))).toBe('/etc/passwd');
+    expect(fs.lstatSync('/etc/passwd').uid).toBe(0); // lchown: the target was not chowned
+    expect(agent(wt.dir, 'ln -s /etc/shadow shadow').status).toBe(0);
+    const result = await commitWorktree(wt, { sessionId: 'ln1', prd: 'p' });
+    expect(treeOf(repo, result.commit!)).toEqual({ 'a.txt': 'a\n', passwd: '-> /etc/passwd', shadow: '-> /etc/shadow' });
+
+    const plain = path.join(tmp, 'plain');
+    write(path.join(plain, 'f.txt'), 'f\n');
+    fs.symlinkSync('/etc/passwd', path.join(plain, 'passwd'));
+    fs.symlinkSync('/etc', path.join(plain, 'etcdir'));
+    fs.symlinkSync('f.txt', path.join(plain, 'rel'));
+    const cw = await create({ sessionId: 'ln2', workspace: plain });
+    expect(cw.kind).toBe('copy');
+    expect(snapshotDir(cw.dir)).toEqual({
+      etcdir: 'link /etc',
+      'f.txt': Buffer.from('f\n').toString('hex'),
+      passwd: 'link /etc/passwd',
+      rel: 'link f.txt',
+    });
+    expect(treeOfPrivate(cw, cw.baseCommit)).toEqual({ etcdir: '-> /etc', 'f.txt': 'f\n', passwd: '-> /etc/passwd', rel: '-> f.txt' });
+    expect(fs.lstatSync('/etc/passwd').uid).toBe(0);
+  });
+
+  it('produces a patch for a copy workspace that reproduces the agent result', async () => {
+    const plain = path.join(tmp, 'plain');
+    write(path.join(plain, 'keep.txt'), 'keep\n');
+    write(path.join(plain, 'edit.txt'), 'one\ntwo\nthree\n');
+    write(path.join(plain, 'gone.txt'), 'bye\n');
+    write(path.join(plain, 'bin.dat'), Buffer.from([0, 1, 2, 255, 0, 7]));
+    write(path.join(plain, 'latin1.txt'), Buffer.from('caf\xe9\n', 'latin1'));
+    write(path.join(plain, 'run.sh'), '#!/bin/sh\n');
+    fs.symlinkSync('keep.txt', path.join(plain, 'link'));
+    spawnSync('mkfifo', [path.join(plain, 'fifo')]);
+    const original = snapshotDir(plain, ['fifo']);
+
+    const wt = await create({ sessionId: 'cp1', workspace: plain, diskBytes: 32 * MiB });
+    expect(wt).toMatchObject({ kind: 'copy', userRepo: null, baseBranch: null, agentBranch: null, dir: wt.workTree });
+    expect(wt.baseCommit).toMatch(/^[0-9a-f]{40}$/);
+    expect(snapshotDir(wt.dir, ['lost+found'])).toEqual(original); // no FIFO
+    const script = [
+      'printf "one\\n2\\nthree\\nfour\\n" > edit.txt',
+      'rm gone.txt',
+      'printf "\\000\\001new binary\\377" > new.bin',
+      'printf "\\351t\\351\\n" > latin1.txt',
+      'chmod +x run.sh',
+      'rm link && ln -s edit.txt link',
+      'mkdir -p a/b && printf "deep\\n" > a/b/c.txt',
+    ].join(' && ');
+    expect(agent(wt.dir, script)).toEqual({ status: 0, stderr: '' });
+    const expected = snapshotDir(wt.dir, ['lost+found']);
+
+    const result = await commitWorktree(wt, { sessionId: 'cp1', prd: 'prd.md' });
+    expect(result).toMatchObject({ kind: 'copy', branch: null, patchTooLarge: false, filesChanged: 7 });
+    expect(result.patch).toBeTypeOf('string');
+
+    const fresh = path.join(tmp, 'fresh');
+    fs.cpSync(plain, fresh, { recursive: true, verbatimSymlinks: true, filter: (s) => !s.endsWith('fifo') });
+    fs.writeFileSync(path.join(tmp, 'p.diff'), result.patch!);
+    const applied = spawnSync('git', ['apply', path.join(tmp, 'p.diff')], { cwd: fresh, encoding: 'utf8', env: ENV });
+    expect(applied.stderr).toBe('');
+    expect(applied.status).toBe(0);
+    expect(snapshotDir(fresh)).toEqual(expected);
+  });
+
+  it('gives a readable text patch, and none when it is over 8 MiB', async () => {
+    const plain = path.join(tmp, 'plain');
+    write(path.join(plain, 'a.txt'), 'old line\n');
+    const wt = await create({ sessionId: 'cp2', workspace: plain });
+    write(path.join(wt.dir, 'a.txt'), 'new line\n');
+    const small = await commitWorktree(wt, { sessionId: 'cp2', prd: 'p' });
+    expect(small.patch).toContain('-old line\n+new line\n');
+    expect(small).toMatchObject({ filesChanged: 1, insertions: 1, deletions: 1 });
+
+    const wt2 = await create({ sessionId: 'cp3', workspace: plain });
+    const lines = Array.from({ length: 150_000 }, (_, i) => `line ${i} ${'x'.repeat(60)}`).join('\n');
+    write(path.join(wt2.dir, 'big.txt'), lines);
+    const big = await commitWorktree(wt2, { sessionId: 'cp3', prd: 'p' });
+    expect(big).toMatchObject({ patch: null, patchTooLarge: true, filesChanged: 1, insertions: 150_000 });
+    expect(big.commit).toMatch(/^[0-9a-f]{40}$/);
+  });
+
+  it('enforces the disk limit on the session file system only', async () => {
+    initRepo(repo, { 'a.txt': 'a\n' });
+    const hostBefore = fs.statfsSync(tmp);
+    const wt = await create({ sessionId: 'disk1', workspace: repo, diskBytes: 32 * MiB });
+    const r = agent(wt.dir, 'head -c 100000000 /dev/zero > big');
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain('No space left on device');
+    const usage = worktreeDiskUsage(wt);
+    expect(usage.totalBytes).toBeLessThanOrEqual(32 * MiB);
+    expect(usage.totalBytes).toBeGreaterThan(24 * MiB);
+    expect(usage.availBytes).toBeLessThan(MiB);
+    const hostAfter = fs.statfsSync(tmp);
+    const dropped = (hostBefore.bavail - hostAfter.bavail) * hostAfter.bsize;
+    expect(dropped).toBeLessThan(40 * MiB);
+    const img = path.join(wt.base, 'disk.img');
+    expect(fs.statSync(img).size).toBe(32 * MiB);
+    await removeWorktree(wt);
+    expect(loopLines(img)).toEqual([]);
+    expect(fs.existsSync(wt.base)).toBe(false);
+  });
+
+  it('reports no commit and creates no branch when nothing changed', async () => {
+    const base = initRepo(repo, { 'a.txt': 'a\n' });
+    const refs = refsOf(repo);
+    const wt = await create({ sessionId: 'none1', workspace: repo });
+    // Rewriting a file with the same content, or touching it, is no change.
+    expect(agent(wt.dir, 'printf "a\\n" > a.txt && touch a.txt').status).toBe(0);
+    expect(await commitWorktree(wt, { sessionId: 'none1', prd: 'p' })).toEqual({
+      kind: 'git',
+      commit: null,
+      baseCommit: base,
+      branch: null,
+      filesChanged: 0,
+      insertions: 0,
+      deletions: 0,
+      diffstat: '',
+      patch: null,
+      patchTooLarge: false,
+    });
+    expect(refsOf(repo)).toBe(refs);
+
+    const plain = path.join(tmp, 'plain');
+    write(path.join(plain, 'x'), 'x\n');
+    const cw = await create({ sessionId: 'none2', workspace: plain });
+    expect(await commitWorktree(cw, { sessionId: 'none2', prd: 'p' })).toMatchObject({ kind: 'copy', commit: null, patch: '', filesChanged: 0 });
+  });
+
+  it('refuses to overwrite an existing session branch', async () => {
+    const base = initRepo(repo, { 'a.txt': 'a\n' });
+    git(repo, 'branch', 'loki/session-dup1', base);
+    const wt = await create({ sessionId: 'dup1', workspace: repo });
+    write(path.join(wt.dir, 'a.txt'), 'agent\n');
+    const err = await commitWorktree(wt, { sessionId: 'dup1', prd: 'p' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorktreeError);
+    expect((err as WorktreeError).step).toBe('fetch');
+    expect((err as WorktreeError).message).toContain('already exists');
+    expect(git(repo, 'rev-parse', 'refs/heads/loki/session-dup1')).toBe(base);
+  });
+
+  it('fails loudly and cleans up: bad session id, no commits, broken .git, existing session dir', async () => {
+    fs.mkdirSync(repo);
+    const bad = await createWorktree({ sessionId: '../x', workspace: repo, root, diskBytes: null, owner: null }).catch((e: unknown) => e);
+    expect(bad).toBeInstanceOf(WorktreeError);
+    expect((bad as WorktreeError).step).toBe('prepare');
+
+    git(repo, 'init', '-q', '-b', 'main');
+    const empty = await createWorktree({ sessionId: 'e1', workspace: repo, root, diskBytes: 32 * MiB, owner: AGENT }).catch((e: unknown) => e);
+    expect(empty).toBeInstanceOf(WorktreeError);
+    expect((empty as WorktreeError).message).toContain('no commits');
+    expect(fs.existsSync(path.join(root, 'e1'))).toBe(false);
+    expect(loopLines(path.join(root, 'e1', 'disk.img'))).toEqual([]);
+
+    // A `.git` that git rejects is an error, never a silent fallback to a copy.
+    const broken = path.join(tmp, 'broken');
+    write(path.join(broken, '.git'), 'gitdir: /nonexistent\n');
+    const b = await createWorktree({ sessionId: 'e2', workspace: broken, root, diskBytes: null, owner: null }).catch((e: unknown) => e);
+    expect(b).toBeInstanceOf(WorktreeError);
+    expect(fs.existsSync(path.join(root, 'e2'))).toBe(false);
+
+    fs.mkdirSync(path.join(root, 'e3'));
+    write(path.join(root, 'e3', 'keep'), 'k');
+    const plain = path.join(tmp, 'plain');
+    fs.mkdirSync(plain);
+    const exists = await createWorktree({ sessionId: 'e3', workspace: plain, root, diskBytes: null, owner: null }).catch((e: unknown) => e);
+    expect((exists as WorktreeError).message).toContain('already exists');
+    expect(fs.readFileSync(path.join(root, 'e3', 'keep'), 'utf8')).toBe('k');
+  });
+
+  it('removes a worktree the agent made hard to delete', async () => {
+    initRepo(repo, { 'a.txt': 'a\n' });
+    for (const diskBytes of [null, 32 * MiB]) {
+      const wt = await create({ sessionId: `rm${diskBytes ? 'disk' : 'plain'}`, workspace: repo, diskBytes });
+      const r = agent(wt.dir, 'mkdir -p ro/inner && printf x > ro/inner/f && chmod 000 ro/inner/f && chmod 555 ro/inner && chmod 000 ro && chmod 000 a.txt');
+      expect(r.status).toBe(0);
+      await removeWorktree(wt);
+      expect(fs.existsSync(wt.base)).toBe(false);
+    }
+  });
+
+  it('lists and prunes session branches, never a checked-out one', async () => {
+    const c1 = initRepo(repo, { 'a.txt': 'a\n' });
+    write(path.join(repo, 'a.txt'), 'a2\n');
+    git(repo, 'commit', '-q', '-am', 'two');
+    const c2 = git(repo, 'rev-parse', 'HEAD');
+    git(repo, 'checkout', '-q', '-b', 'side', c1);
+    write(path.join(repo, 's.txt'), 's\n');
+    git(repo, 'add', 's.txt');
+    git(repo, 'commit', '-q', '-m', 'side');
+    const side = git(repo, 'rev-parse', 'HEAD');
+    git(repo, 'branch', 'loki/session-merged1', c1);
+    git(repo, 'branch', 'loki/session-merged2', c2);
+    git(repo, 'branch', 'loki/session-unmerged', side);
+    git(repo, 'branch', 'loki/session-linked', c1);
+    git(repo, 'branch', 'loki/session-here', c1);
+    git(repo, 'branch', 'loki/other', c1);
+    git(repo, 'worktree', 'add', '-q', path.join(tmp, 'linked'), 'loki/session-linked');
+    git(repo, 'checkout', '-q', 'loki/session-here');
+
+    expect(await listSessionBranches(repo, { into: 'main' })).toEqual([
+      { branch: 'loki/session-here', commit: c1, merged: true },
+      { branch: 'loki/session-linked', commit: c1, merged: true },
+      { branch: 'loki/session-merged1', commit: c1, merged: true },
+      { branch: 'loki/session-merged2', commit: c2, merged: true },
+      { branch: 'loki/session-unmerged', commit: side, merged: false },
+    ]);
+    // Default `into`: the current branch (loki/session-here at c1).
+    expect((await listSessionBranches(repo)).filter((b) => b.merged).map((b) => b.branch)).toEqual([
+      'loki/session-here',
+      'loki/session-linked',
+      'loki/session-merged1',
+    ]);
+
+    expect(await pruneSessionBranches(repo, { mode: 'merged', into: 'main' })).toEqual([
+      { branch: 'loki/session-merged1', commit: c1 },
+      { branch: 'loki/session-merged2', commit: c2 },
+    ]);
+    expect(await pruneSessionBranches(repo, { mode: 'all' })).toEqual([{ branch: 'loki/session-unmerged', commit: side }]);
+    expect(git(repo, 'for-each-ref', '--format=%(refname:short)', 'refs/heads/')).toBe(
+      ['loki/other', 'loki/session-here', 'loki/session-linked', 'main', 'side'].join('\n'),
+    );
+    expect(await pruneSessionBranches(repo, { mode: 'all' })).toEqual([]);
+    const bad = await listSessionBranches(repo, { into: '--output=/tmp/x' }).catch((e: unknown) => e);
+    expect(bad).toBeInstanceOf(WorktreeError);
+  });
+
+  it('handles a repository with 10,000 files', { timeout: 300_000 }, async () => {
+    fs.mkdirSync(repo);
+    for (let d = 0; d < 100; d++) {
+      for (let f = 0; f < 100; f++) write(path.join(repo, `d${d}`, `f${f}.txt`), `file ${d}/${f}\n`.repeat(20));
+    }
+    git(repo, 'init', '-q', '-b', 'main');
+    git(repo, 'add', '-A');
+    git(repo, 'commit', '-q', '-m', 'big');
+
+    let t = performance.now();
+    const wt = await create({ sessionId: 'big1', workspace: repo, diskBytes: 512 * MiB });
+    const createMs = performance.now() - t;
+    expect(agent(wt.dir, 'for i in $(seq 0 99); do echo changed >> d$i/f0.txt; echo new > d$i/new.txt; done').status).toBe(0);
+    t = performance.now();
+    const result = await commitWorktree(wt, { sessionId: 'big1', prd: 'p' });
+    const commitMs = performance.now() - t;
+    t = performance.now();
+    await removeWorktree(wt);
+    const removeMs = performance.now() - t;
+    expect(result).toMatchObject({ filesChanged: 200, insertions: 200, deletions: 0 });
+    const copyRoot = path.join(tmp, 'copyws');
+    fs.cpSync(repo, copyRoot, { recursive: true, filter: (s) => path.basename(s) !== '.git' });
+    t = performance.now();
+    const cw = await create({ sessionId: 'big2', workspace: copyRoot, diskBytes: 512 * MiB });
+    const copyCreateMs = performance.now() - t;
+    expect(agent(cw.dir, 'echo changed >> d0/f0.txt').status).toBe(0);
+    t = performance.now();
+    const cres = await commitWorktree(cw, { sessionId: 'big2', prd: 'p' });
+    const copyCommitMs = performance.now() - t;
+    expect(cres.filesChanged).toBe(1);
+    console.log(
+      `10,000 files: git create ${createMs.toFixed(0)} ms, commit (200 files changed) ${commitMs.toFixed(0)} ms, ` +
+        `remove ${removeMs.toFixed(0)} ms; copy create ${copyCreateMs.toFixed(0)} ms, commit ${copyCommitMs.toFixed(0)} ms`,
+    );
+  });
+});
+
+/** The tree of a commit in a worktree's private repository (read by the test's own git). */
+function treeOfPrivate(wt: Worktree, commit: string): Record<string, string> {
+  return treeOf(wt.gitDir, commit);
+}
