@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the test suite needs: rsyslog (+ TLS driver) for the syslog
-# tests, Chromium for the browser tests, openssl for test certificates, git for
-# branch protection. Idempotent: installs only what is missing.
+# tests, Chromium for the browser tests, openssl for test certificates, git,
+# e2fsprogs/mount/util-linux for session worktrees. Idempotent: installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -10,6 +10,10 @@ command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v git >/dev/null 2>&1 || need+=(git)
+# Session worktrees: a loop-mounted ext4 per session, git run as the repository's owner.
+command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v losetup >/dev/null 2>&1 || need+=(mount)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "ci-deps: installing ${need[*]}"

@@ -7,12 +7,17 @@
  *    --network none loki-sandbox:local <same command>` to its first stdout byte.
  *    Sequential rounds (default 20 each, after 2 warm-ups).
  * 2. Throughput: N sessions (default 20) queued at once through one worker at
- *    concurrency 4: sessions per minute, outcomes, containers left behind.
+ *    concurrency 4: sessions per minute, outcomes, containers and worktrees left behind.
+ * 3. Worktrees: for a git repository of 10,000 files, the time to make a session's
+ *    private worktree (on its own 10 GiB loop-mounted file system, owned by uid
+ *    1000), to commit an agent's change to 10 files onto `loki/session-<id>` in the
+ *    repository, and to remove it (--wt-rounds N, default 5).
  *
- * Options: --rounds N, --sessions N, --concurrency N. Prints JSON.
+ * Both 1 and 2 include the worktree step (a two-file workspace). Options: --rounds N,
+ * --sessions N, --concurrency N, --files N, --wt-rounds N. Prints JSON.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -20,6 +25,7 @@ import Docker from 'dockerode';
 import { LokiClient } from '../../src/client';
 import { TERMINAL_STATES } from '../../src/db/store';
 import { loadConfig } from '../../src/env';
+import { commitWorktree, createWorktree, removeWorktree } from '../../src/sandbox/worktree';
 import { type RunningServer, startServer } from '../../src/server';
 import { freePort, numberArg, ROOT } from './lib';
 
@@ -29,6 +35,8 @@ const concurrency = numberArg('concurrency', 4);
 const IMAGE = 'loki-sandbox:local';
 const COMMAND = ['echo', 'hello from the sandbox'];
 const WORKER_ID = `bench-${process.pid}`;
+const repoFiles = numberArg('files', 10_000);
+const wtRounds = numberArg('wt-rounds', 5);
 
 const quiet = { info() {}, warn() {}, error: (msg: string, f?: Record<string, unknown>) => process.stderr.write(`${msg} ${JSON.stringify(f ?? {})}\n`) };
 
@@ -56,6 +64,46 @@ function dockerRunFirstOutput(): Promise<number> {
     child.once('error', reject);
     child.once('close', (code) => (code === 0 && first !== null ? resolve(first) : reject(new Error(`docker run failed (${code}): ${err}`))));
   });
+}
+
+function git(cwd: string, args: string[]): void {
+  const r = spawnSync('git', ['-c', 'user.name=bench', '-c', 'user.email=bench@localhost', ...args], { cwd, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`git ${args[0]} failed: ${r.stderr}`);
+}
+
+/** Worktree create / commit / remove for a repository of `repoFiles` files. */
+async function worktreeBench(home: string) {
+  const repo = mkdtempSync(path.join(os.tmpdir(), 'loki-bench-wt-repo-'));
+  for (let d = 0; d < 100; d++) {
+    mkdirSync(path.join(repo, `dir${d}`));
+    for (let f = 0; f < repoFiles / 100; f++) writeFileSync(path.join(repo, `dir${d}`, `file${f}.txt`), `content ${d}/${f}\n`.repeat(8));
+  }
+  git(repo, ['init', '-q', '-b', 'main']);
+  git(repo, ['add', '-A']);
+  git(repo, ['commit', '-q', '-m', 'base']);
+  const create: number[] = [];
+  const commit: number[] = [];
+  const remove: number[] = [];
+  const root = path.join(home, 'bench-worktrees');
+  try {
+    for (let i = 0; i < wtRounds; i++) {
+      const id = `bench${i}`;
+      let t = performance.now();
+      const wt = await createWorktree({ sessionId: id, workspace: repo, root, diskBytes: 10 * 1024 ** 3, owner: { uid: 1000, gid: 1000 } });
+      create.push(performance.now() - t);
+      for (let f = 0; f < 10; f++) writeFileSync(path.join(wt.dir, 'dir0', `file${f}.txt`), `changed by the agent ${i}\n`);
+      t = performance.now();
+      const r = await commitWorktree(wt, { sessionId: id, prd: 'prd.md' });
+      commit.push(performance.now() - t);
+      if (r.filesChanged !== 10) throw new Error(`expected 10 files changed, got ${r.filesChanged}`);
+      t = performance.now();
+      await removeWorktree(wt);
+      remove.push(performance.now() - t);
+    }
+  } finally {
+    rmSync(repo, { recursive: true, force: true });
+  }
+  return { files: repoFiles, rounds: wtRounds, create_ms: stats(create), commit_ms: stats(commit), remove_ms: stats(remove) };
 }
 
 async function main() {
@@ -168,6 +216,8 @@ async function main() {
     const seconds = (performance.now() - t0) / 1000;
     const leftover = await docker.listContainers({ all: true, filters: { label: [`loki.worker=${WORKER_ID}`] } });
     const leftoverCli = await docker.listContainers({ all: true, filters: { ancestor: [IMAGE] } });
+    const leftoverWorktrees = existsSync(path.join(home, 'worktrees')) ? readdirSync(path.join(home, 'worktrees')).length : 0;
+    const worktrees = await worktreeBench(home);
 
     const lokiStats = stats(loki);
     const cliStats = stats(cli);
@@ -192,9 +242,11 @@ async function main() {
         outcomes,
         leftover_containers: leftover.length,
         leftover_containers_of_image: leftoverCli.length,
-        target: 'zero leftover containers',
-        target_met: leftover.length === 0,
+        leftover_worktrees: leftoverWorktrees,
+        target: 'zero leftover containers and worktrees',
+        target_met: leftover.length === 0 && leftoverWorktrees === 0,
       },
+      worktree_10k_files: worktrees,
     };
     process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   } finally {

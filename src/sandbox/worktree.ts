@@ -819,7 +819,9 @@ async function deliverToUserRepo(wt: Worktree, ctx: GitCtx, commit: string, opts
   const ref = `refs/heads/${wt.agentBranch}`;
   const repo = await openUserRepo(wt.userRepo!, opts, 'fetch');
   if (!repo) throw new WorktreeError('fetch', `${wt.userRepo} is no longer a git repository`);
-  if ((await gitMaybe(repo.ctx, ['show-ref', '--verify', '--quiet', ref], 'fetch')) !== null) {
+  const existing = await gitMaybe(repo.ctx, ['rev-parse', '--verify', '--quiet', ref], 'fetch');
+  if (existing === commit) return; // delivered by an earlier attempt
+  if (existing !== null) {
     throw new WorktreeError('fetch', `branch ${wt.agentBranch} already exists in ${wt.userRepo}; not overwriting it`);
   }
   // The repository owner may not be able to reach G: hand over a bundle in a
@@ -882,14 +884,22 @@ export async function commitWorktree(
     const tree = await snapshotTree(ctx, wt.workTree, 'commit');
     const baseTree = await gitOut(ctx, ['rev-parse', '--verify', `${wt.baseCommit}^{tree}`], 'commit');
     if (tree === baseTree) return unchanged;
-    const prd = oneLine(o.prd);
-    const message = `loki: session ${wt.sessionId} (${prd})\n\nPRD: ${prd}\n`;
-    commit = await gitOut(ctx, ['commit-tree', tree, '-p', wt.baseCommit, '-F', '-'], 'commit', {
-      input: message,
-      env: { GIT_AUTHOR_NAME: `Loki session ${wt.sessionId}`, GIT_AUTHOR_EMAIL: `loki-session-${wt.sessionId}@localhost` },
-    });
-    // Empty old value: refuse if the ref already exists (a second commit of the same worktree).
-    await gitOut(ctx, ['update-ref', `refs/heads/${branchName}`, commit, ''], 'commit');
+    // A retry (say, after a failed delivery) reuses the commit made for the same tree.
+    const ref = `refs/heads/${branchName}`;
+    const previous = await gitMaybe(ctx, ['rev-parse', '--verify', '--quiet', `${ref}^{commit}`], 'commit');
+    const previousTree = previous ? await gitOut(ctx, ['rev-parse', '--verify', `${previous}^{tree}`], 'commit') : null;
+    if (previous && previousTree === tree) {
+      commit = previous;
+    } else {
+      const prd = oneLine(o.prd);
+      const message = `loki: session ${wt.sessionId} (${prd})\n\nPRD: ${prd}\n`;
+      commit = await gitOut(ctx, ['commit-tree', tree, '-p', wt.baseCommit, '-F', '-'], 'commit', {
+        input: message,
+        env: { GIT_AUTHOR_NAME: `Loki session ${wt.sessionId}`, GIT_AUTHOR_EMAIL: `loki-session-${wt.sessionId}@localhost` },
+      });
+      // Old value: the ref must still be where we saw it (absent: empty).
+      await gitOut(ctx, ['update-ref', ref, commit, previous ?? ''], 'commit');
+    }
     const diff = ['diff', '--no-ext-diff', '--no-textconv', '--no-color'];
     stats = parseShortstat(await gitOut(ctx, [...diff, '--shortstat', wt.baseCommit, commit], 'commit'));
     const st = await gitRun(ctx, [...diff, '--stat=200,150', wt.baseCommit, commit], 'commit', { maxStdout: MAX_DIFFSTAT_BYTES + 1 });
@@ -929,12 +939,19 @@ export async function removeWorktree(wt: Worktree): Promise<void> {
   } catch (err) {
     throw new WorktreeError('remove', messageOf(err));
   }
-  const base = wt.base;
-  if (!path.isAbsolute(base) || path.basename(base) !== wt.sessionId || wt.fsRoot !== path.join(base, 'fs')) {
-    throw new WorktreeError('remove', `refusing to remove ${base}: not a session directory`);
+  if (!path.isAbsolute(wt.base) || path.basename(wt.base) !== wt.sessionId || wt.fsRoot !== path.join(wt.base, 'fs')) {
+    throw new WorktreeError('remove', `refusing to remove ${wt.base}: not a session directory`);
   }
   try {
-    const mounts = mountsUnder(base) ?? (wt.mounted ? [wt.fsRoot] : []);
+    // Mount points are listed by real path: resolve the root (the session directory itself is never a link).
+    let base = wt.base;
+    try {
+      base = path.join(fs.realpathSync(path.dirname(wt.base)), wt.sessionId);
+    } catch {
+      // root gone: nothing mounted below it either
+    }
+    if (lstatOrNull(base)?.isSymbolicLink()) throw new WorktreeError('remove', `refusing to remove ${base}: a symbolic link`);
+    const mounts = mountsUnder(base) ?? (wt.mounted ? [path.join(base, 'fs')] : []);
     for (const mp of mounts) {
       try {
         await system('umount', ['-d', mp], 'remove', 60_000);

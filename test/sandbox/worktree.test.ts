@@ -297,6 +297,32 @@ describe.skipIf(!isRoot)('session worktrees', () => {
     expect(markerFiles()).toEqual([]);
   });
 
+  it('writes into a git directory as its owner when the work tree belongs to someone else', async () => {
+    // Work tree and `.git` file owned by 4242, the git directory it points to by 4343.
+    const gitDir = path.join(tmp, 'split.git');
+    const base = initRepo(repo, { 'a.txt': 'a\n' });
+    fs.renameSync(path.join(repo, '.git'), gitDir);
+    write(path.join(repo, '.git'), `gitdir: ${gitDir}\n`);
+    spawnSync('chown', ['-R', '4242:4242', repo]);
+    spawnSync('chown', ['-R', '4343:4343', gitDir]);
+    const wt = await create({ sessionId: 'split1', workspace: repo });
+    expect(wt.baseCommit).toBe(base);
+    write(path.join(wt.dir, 'b.txt'), 'b\n');
+    const result = await commitWorktree(wt, { sessionId: 'split1', prd: 'p' });
+    expect(git(repo, 'rev-parse', 'refs/heads/loki/session-split1')).toBe(result.commit);
+    const wrongOwner: string[] = [];
+    const visit = (d: string) => {
+      for (const name of fs.readdirSync(d)) {
+        const full = path.join(d, name);
+        const st = fs.lstatSync(full);
+        if (st.uid !== 4343) wrongOwner.push(full);
+        if (st.isDirectory()) visit(full);
+      }
+    };
+    visit(gitDir);
+    expect(wrongOwner).toEqual([]);
+  });
+
   it('lets the container uid write everything in a root-owned repository copy, but not the private git dir', async () => {
     initRepo(repo, { 'a.txt': 'a\n', 'ro/b.txt': 'b\n' });
     fs.chmodSync(path.join(repo, 'ro', 'b.txt'), 0o444);
@@ -522,6 +548,14 @@ describe.skipIf(!isRoot)('session worktrees', () => {
     expect((err as WorktreeError).step).toBe('fetch');
     expect((err as WorktreeError).message).toContain('already exists');
     expect(git(repo, 'rev-parse', 'refs/heads/loki/session-dup1')).toBe(base);
+
+    // Once the conflicting branch is gone, a retry delivers the same commit; another retry is a no-op.
+    git(repo, 'branch', '-D', 'loki/session-dup1');
+    const retry = await commitWorktree(wt, { sessionId: 'dup1', prd: 'p' });
+    expect(retry).toMatchObject({ branch: 'loki/session-dup1', filesChanged: 1 });
+    expect(git(repo, 'rev-parse', 'refs/heads/loki/session-dup1')).toBe(retry.commit);
+    expect((await commitWorktree(wt, { sessionId: 'dup1', prd: 'p' })).commit).toBe(retry.commit);
+    expect(treeOf(repo, retry.commit!)).toEqual({ 'a.txt': 'agent\n' });
   });
 
   it('fails loudly and cleans up: bad session id, no commits, broken .git, existing session dir', async () => {
@@ -551,6 +585,31 @@ describe.skipIf(!isRoot)('session worktrees', () => {
     const exists = await createWorktree({ sessionId: 'e3', workspace: plain, root, diskBytes: null, owner: null }).catch((e: unknown) => e);
     expect((exists as WorktreeError).message).toContain('already exists');
     expect(fs.readFileSync(path.join(root, 'e3', 'keep'), 'utf8')).toBe('k');
+  });
+
+  it('removes a mounted worktree described by a reconstructed record with a symlinked root', async () => {
+    initRepo(repo, { 'a.txt': 'a\n' });
+    fs.mkdirSync(root, { mode: 0o700 });
+    const link = path.join(tmp, 'rootlink');
+    fs.symlinkSync(root, link);
+    const wt = await createWorktree({ sessionId: 'stub1', workspace: repo, root: link, diskBytes: 32 * MiB, owner: AGENT });
+    expect(wt.base).toBe(path.join(root, 'stub1'));
+    const img = path.join(wt.base, 'disk.img');
+    const base = path.join(link, 'stub1');
+    const stub: Worktree = {
+      ...wt,
+      base,
+      fsRoot: path.join(base, 'fs'),
+      workTree: path.join(base, 'fs', 'work'),
+      dir: path.join(base, 'fs', 'work'),
+      gitDir: path.join(base, 'git'),
+      mounted: false,
+    };
+    await removeWorktree(stub);
+    expect(fs.existsSync(wt.base)).toBe(false);
+    expect(mounted(wt.fsRoot)).toBe(false);
+    expect(loopLines(img)).toEqual([]);
+    await expect(removeWorktree({ ...stub, base: '/etc', fsRoot: '/etc/fs' })).rejects.toThrow(WorktreeError);
   });
 
   it('removes a worktree the agent made hard to delete', async () => {
