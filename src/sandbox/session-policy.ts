@@ -19,6 +19,7 @@ import { isInside } from '../util/paths';
 import {
   CONFIG_RELATIVE_PATH,
   DEFAULT_IMAGE,
+  DEFAULT_PROVIDER_COMMAND,
   EGRESS_ENTRY,
   FORBIDDEN_ENV,
   parseCpuLimit,
@@ -37,6 +38,8 @@ export interface OperatorPolicy {
   /** Where it came from (null: no file, the built-in defaults). */
   source: string | null;
   hostSessions: boolean;
+  /** The only argvs a host session may run (a workspace file must never choose what runs on the host). */
+  hostCommands: string[][];
   mountRoots: { path: string; mode: 'ro' | 'rw' }[];
   images: string[];
   runtimes: string[];
@@ -86,6 +89,9 @@ const egressPattern = z
 
 const policySchema = z.strictObject({
   host_sessions: z.boolean().default(false),
+  host_commands: z
+    .array(z.array(z.string().min(1)).min(1, 'expected at least the program name'))
+    .default([[...DEFAULT_PROVIDER_COMMAND]]),
   mount_roots: z
     .array(z.union([absoluteDir.transform((p) => ({ path: p, mode: 'ro' as const })), z.strictObject({ path: absoluteDir, mode: z.enum(['ro', 'rw']).default('ro') })]))
     .default([]),
@@ -140,6 +146,7 @@ export function operatorPolicyFromObject(doc: unknown, o: { source: string | nul
   return {
     source: o.source,
     hostSessions: p.host_sessions || o.allowHostSessions === true,
+    hostCommands: p.host_commands,
     mountRoots: p.mount_roots,
     images: [...new Set(p.images)],
     runtimes: [...new Set(p.runtimes)],
@@ -188,6 +195,7 @@ export function operatorPolicySummary(p: OperatorPolicy): Record<string, unknown
   return {
     source: p.source,
     host_sessions: p.hostSessions,
+    host_commands: p.hostCommands,
     mount_roots: p.mountRoots,
     images: p.images,
     runtimes: p.runtimes,
@@ -198,6 +206,10 @@ export function operatorPolicySummary(p: OperatorPolicy): Record<string, unknown
 }
 
 // ---- matching ---------------------------------------------------------------
+
+function isHostCommand(command: readonly string[], op: OperatorPolicy): boolean {
+  return op.hostCommands.some((c) => c.length === command.length && c.every((a, i) => a === command[i]));
+}
 
 function splitHostPort(entry: string): { host: string; port: string } {
   const i = entry.lastIndexOf(':');
@@ -256,6 +268,16 @@ export function effectiveSessionPolicy(i: EffectivePolicyInput): SessionPolicy {
     throw new PolicyViolation(
       'sandbox',
       `host sessions (sandbox: false) are not allowed by the operator (host_sessions: false in ${where}; LOKI_ALLOW_HOST_SESSIONS=true allows them)`,
+      403,
+    );
+  }
+
+  // What runs on the host is the operator's choice alone: a host session's command
+  // must be one the policy lists, whatever the workspace's config says.
+  if (host && !isHostCommand(config.provider.command, op)) {
+    throw new PolicyViolation(
+      `${CONFIG_RELATIVE_PATH}: provider.command`,
+      `${JSON.stringify(config.provider.command)} is not one of the operator's host_commands (${where}); a host session runs only those`,
       403,
     );
   }
@@ -356,6 +378,9 @@ export function effectiveSessionPolicy(i: EffectivePolicyInput): SessionPolicy {
 export function recheckSessionPolicy(p: SessionPolicy, op: OperatorPolicy, mountContext: EffectivePolicyInput['mountContext']): void {
   const where = op.source ?? 'the built-in operator policy on this worker';
   if (!p.sandbox && !op.hostSessions) throw new PolicyViolation('sandbox', `host sessions are not allowed on this worker (${where})`, 403);
+  if (!p.sandbox && !isHostCommand(p.command, op)) {
+    throw new PolicyViolation('command', `${JSON.stringify(p.command)} is not one of this worker's host_commands (${where})`, 403);
+  }
   const over = (k: string, asked: number, max: number | null) => {
     if (max !== null && asked > max) throw new PolicyViolation(k, `${asked} is above this worker's limit of ${max} (${where})`);
   };

@@ -24,6 +24,7 @@ const TERMINAL = new Set(['succeeded', 'failed', 'stopped', 'timed_out', 'budget
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const MARKER = `/tmp/loki-escape-marker-${process.pid}`;
 const ENV_DUMP = `/tmp/loki-escape-env-${process.pid}`;
+const HOST_COMMAND = ['/bin/sh', '-c', 'pwd; echo host > host.txt'];
 
 async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 30_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -312,7 +313,9 @@ describeDocker('host sessions with the operator switch', probe, () => {
   beforeAll(async () => {
     home = tempHome('loki-hostsess-');
     root = tempRoot('loki-hostsess-ws-');
-    server = await spawnServer({ LOKI_WORKSPACE_ROOTS: root, LOKI_ENTERPRISE_AUTH: 'true', LOKI_ALLOW_HOST_SESSIONS: 'true' }, home);
+    // The operator allows host sessions, and lists the one command they may run.
+    writeFileSync(path.join(home, 'policy.yaml'), `host_sessions: true\nhost_commands: [${JSON.stringify(HOST_COMMAND)}]\n`, { mode: 0o600 });
+    server = await spawnServer({ LOKI_WORKSPACE_ROOTS: root, LOKI_ENTERPRISE_AUTH: 'true' }, home);
     const gen = async (name: string, args: string[]) => {
       const r = await runCli(['enterprise', 'token', 'generate', name, ...args, '--json'], { LOKI_HOME: home, HOME: home });
       expect(r.code, r.stderr).toBe(0);
@@ -320,7 +323,7 @@ describeDocker('host sessions with the operator switch', probe, () => {
     };
     opsToken = await gen('ops', ['--role', 'operator']);
     const wt = await gen('w', ['--role', 'worker', '--worker-id', 'host-w']);
-    worker = await spawnWorker({ HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_WORKER_TOKEN: wt, LOKI_WORKER_ID: 'host-w', LOKI_ALLOW_HOST_SESSIONS: 'true' });
+    worker = await spawnWorker({ HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_WORKER_TOKEN: wt, LOKI_WORKER_ID: 'host-w' });
   });
   afterAll(async () => {
     worker?.child.kill('SIGTERM');
@@ -332,7 +335,7 @@ describeDocker('host sessions with the operator switch', probe, () => {
   });
 
   it('runs on the host in its own worktree, is marked as a host session and audited as one', async () => {
-    const ws = makeRepo(root, 'host-ok', providerConfig(['/bin/sh', '-c', 'pwd; echo host > host.txt']));
+    const ws = makeRepo(root, 'host-ok', providerConfig(HOST_COMMAND));
     const r = await runLoki(['start', 'prd.md', '--host'], { cwd: ws, env: { HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_TOKEN: opsToken } });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toContain('HOST SESSION: runs on the worker host, outside the sandbox');
@@ -347,5 +350,14 @@ describeDocker('host sessions with the operator switch', probe, () => {
     const entry = db.prepare("SELECT entry FROM audit_log WHERE action = 'session.start' ORDER BY seq DESC LIMIT 1").get() as { entry: string };
     db.close();
     expect(JSON.parse(entry.entry).details).toMatchObject({ host_session: true, sandbox: false, policy_sha256: s.policy_sha256 });
+  });
+
+  it('a host session may run only a command the operator lists: the workspace cannot pick another', async () => {
+    const ws = makeRepo(root, 'host-other', providerConfig(['/bin/sh', '-c', `touch ${MARKER}`]));
+    const r = await runLoki(['start', 'prd.md', '--host'], { cwd: ws, env: { HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_TOKEN: opsToken } });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('provider.command: ["/bin/sh","-c","touch');
+    expect(r.stderr).toContain("is not one of the operator's host_commands");
+    expect(existsSync(MARKER)).toBe(false);
   });
 });
