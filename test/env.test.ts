@@ -80,6 +80,32 @@ describe('loadConfig', () => {
   });
 });
 
+describe('operator policy and Docker settings', () => {
+  it('the policy file defaults to $LOKI_HOME/policy.yaml; LOKI_POLICY_FILE must be absolute', () => {
+    expect(loadConfig({}, D).policyFile).toBe('/home/u/.loki/policy.yaml');
+    expect(loadConfig({ LOKI_HOME: '/srv/loki' }, D).policyFile).toBe('/srv/loki/policy.yaml');
+    expect(loadConfig({ LOKI_POLICY_FILE: '/etc/loki/policy.yaml' }, D).policyFile).toBe('/etc/loki/policy.yaml');
+    expect(bad({ LOKI_POLICY_FILE: 'policy.yaml' }).message).toBe('LOKI_POLICY_FILE="policy.yaml" is invalid: expected an absolute path');
+  });
+
+  it('host sessions are off unless LOKI_ALLOW_HOST_SESSIONS says otherwise', () => {
+    expect(loadConfig({}, D).allowHostSessions).toBe(false);
+    expect(loadConfig({ LOKI_ALLOW_HOST_SESSIONS: 'true' }, D).allowHostSessions).toBe(true);
+    expect(loadConfig({ LOKI_ALLOW_HOST_SESSIONS: 'off' }, D).allowHostSessions).toBe(false);
+    expect(bad({ LOKI_ALLOW_HOST_SESSIONS: 'sure' }).message).toMatch(/^LOKI_ALLOW_HOST_SESSIONS="sure" is invalid/);
+  });
+
+  it('the Docker socket comes from DOCKER_HOST when it is a unix socket', () => {
+    expect(loadConfig({}, D).dockerSocket).toBe('/var/run/docker.sock');
+    expect(loadConfig({ DOCKER_HOST: 'unix:///run/user/1000/docker.sock' }, D).dockerSocket).toBe('/run/user/1000/docker.sock');
+    expect(loadConfig({ DOCKER_HOST: 'tcp://10.0.0.5:2376' }, D).dockerSocket).toBe('/var/run/docker.sock');
+    expect(loadConfig({ DOCKER_HOST: 'ssh://me@builder' }, D).dockerSocket).toBe('/var/run/docker.sock');
+    expect(bad({ DOCKER_HOST: '/var/run/docker.sock' }).message).toBe(
+      'DOCKER_HOST="/var/run/docker.sock" is invalid: expected unix:///path/to/docker.sock or tcp://host:port',
+    );
+  });
+});
+
 describe('checkBind', () => {
   it('refuses a non-loopback host unless auth is on or the opt-out is set', () => {
     expect(() => checkBind(loadConfig({ LOKI_DASHBOARD_HOST: '0.0.0.0' }, D))).toThrow(

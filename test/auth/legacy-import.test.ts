@@ -22,7 +22,9 @@ describe('loki enterprise token import-legacy (Loki Mode tokens.json)', () => {
 
   it('lists the imported tokens with their roles, the revoked one as revoked', async () => {
     const r = await runCli(['enterprise', 'token', 'list', '--all', '--json'], { LOKI_HOME: home });
-    const list = JSON.parse(r.stdout) as { name: string; role: string; status: string; source: string }[];
+    const list = JSON.parse(r.stdout) as { name: string; role: string; status: string; source: string; worker_id: string | null }[];
+    // Legacy tokens predate worker binding: none is bound to a worker id.
+    expect(list.every((t) => t.worker_id === null)).toBe(true);
     expect(list.map((t) => [t.name, t.role, t.status, t.source]).sort()).toEqual(
       [
         ['admin-bot', 'admin', 'active', 'legacy'],
@@ -82,6 +84,24 @@ describe('token CLI bad input', () => {
     const r = await runCli(['enterprise', 'token', 'generate', 'x', '--role', 'viewer', '--scopes', 'read,write'], { LOKI_HOME: tempHome() });
     expect(r.code).toBe(2);
     expect(r.stderr).toBe('loki: scope "write" is wider than role viewer allows\n');
+  });
+
+  it('--role worker needs --worker-id: without it, or with a malformed id, exit 2 and one line; --worker-id is only for the worker role', async () => {
+    const home = tempHome();
+    const none = await runCli(['enterprise', 'token', 'generate', 'w', '--role', 'worker'], { LOKI_HOME: home });
+    expect(none.code).toBe(2);
+    expect(none.stderr).toBe('loki: a worker token must be bound to a worker id (worker_id, --worker-id): the protocol refuses it under any other id\n');
+    const bad = await runCli(['enterprise', 'token', 'generate', 'w', '--role', 'worker', '--worker-id', 'a b'], { LOKI_HOME: home });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toBe('loki: worker_id must be 1-64 letters, digits, ".", "_" or "-" (got "a b")\n');
+    const viewer = await runCli(['enterprise', 'token', 'generate', 'v', '--role', 'viewer', '--worker-id', 'w1'], { LOKI_HOME: home });
+    expect(viewer.code).toBe(2);
+    expect(viewer.stderr).toBe('loki: worker_id is only for tokens of the worker role\n');
+    // Nothing was created by the refused commands.
+    expect((await runCli(['enterprise', 'token', 'list', '--all'], { LOKI_HOME: home })).stdout).toBe('no tokens\n');
+    const ok = await runCli(['enterprise', 'token', 'generate', 'w', '--role', 'worker', '--worker-id', 'build-1', '--json'], { LOKI_HOME: home });
+    expect(ok.code).toBe(0);
+    expect(JSON.parse(ok.stdout)).toMatchObject({ name: 'w', role: 'worker', worker_id: 'build-1', scopes: ['sandbox'], status: 'active' });
   });
 
   it('generate --json prints the secret once; revoke by name; list hides revoked unless --all', async () => {

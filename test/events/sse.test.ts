@@ -111,7 +111,7 @@ describe('SSE /api/events (auth on)', () => {
   it('needs the read scope: no token 401, a worker token 403', async () => {
     const none = await s.req('/api/events');
     expect(none.status).toBe(401);
-    const worker = (await makeToken(s, 'sse-worker', 'worker')).token;
+    const worker = (await makeToken(s, 'sse-worker', 'worker', { workerId: 'w-sse' })).token;
     const r = await s.req('/api/events', { token: worker });
     expect(r.status).toBe(403);
     expect((await r.json()).error.code).toBe('insufficient_scope');

@@ -79,7 +79,7 @@ describe('WebSocket /ws (auth on)', () => {
   it('refuses a missing or unknown credential (401) and a worker token (403: no read scope)', async () => {
     expect(await connect({ protocols: ['loki.v1'] }).refused).toBe(401);
     expect(await connect({ protocols: ['loki.v1', 'loki.bearer.loki_bogus'] }).refused).toBe(401);
-    const worker = (await makeToken(s, 'ws-worker', 'worker')).token;
+    const worker = (await makeToken(s, 'ws-worker', 'worker', { workerId: 'w-ws' })).token;
     expect(await connect({ token: worker }).refused).toBe(403);
   });
 

@@ -27,3 +27,14 @@ export function runProcess(
     child.once('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
+
+/** Poll `fn` every 100 ms until it returns something truthy; fail naming `what` after `timeoutMs`. */
+export async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

@@ -4,7 +4,16 @@
  */
 import { type Ran, runProcess } from './process';
 import { type ChildProcess, spawn } from 'node:child_process';
+import os from 'node:os';
 import { LOKI_BIN } from './server';
+
+/**
+ * The child's environment: only what the test passes, and a HOME that is never the
+ * developer's (so `~/.loki`, `~/.loki/policy.yaml` and credentials there are never read).
+ */
+function childEnv(env: Record<string, string>): NodeJS.ProcessEnv {
+  return { PATH: process.env.PATH ?? '', HOME: env.LOKI_HOME ?? os.tmpdir(), ...env };
+}
 
 export interface SpawnedWorker {
   child: ChildProcess;
@@ -17,7 +26,7 @@ export interface SpawnedWorker {
 /** Spawn `loki sandbox worker` and wait for its start-up line. */
 export async function spawnWorker(env: Record<string, string>, args: string[] = []): Promise<SpawnedWorker> {
   const child = spawn(process.execPath, [LOKI_BIN, 'sandbox', 'worker', ...args], {
-    env: { PATH: process.env.PATH ?? '', ...env },
+    env: childEnv(env),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -49,7 +58,7 @@ export function runLoki(
 ): Promise<Ran> {
   return runProcess(process.execPath, [LOKI_BIN, ...args], {
     cwd: opts.cwd,
-    env: { PATH: process.env.PATH ?? '', ...opts.env },
+    env: childEnv(opts.env),
     timeoutMs: opts.timeoutMs,
   });
 }

@@ -20,7 +20,7 @@ describe('token auth and RBAC on a real server', () => {
     viewer = (await makeToken(s, 'viewer', 'viewer')).token;
     operator = (await makeToken(s, 'operator', 'operator')).token;
     auditor = (await makeToken(s, 'auditor', 'auditor')).token;
-    worker = (await makeToken(s, 'worker', 'worker')).token;
+    worker = (await makeToken(s, 'worker', 'worker', { workerId: 'w-auth' })).token;
   });
   afterAll(async () => {
     await s.stop();
@@ -164,12 +164,30 @@ describe('token auth and RBAC on a real server', () => {
       [{ name: 'e2', expires_days: 1.5 }, 400, 'expires_days must be a whole number of days from 1 to 3650 (got 1.5)'],
       [{ name: 'e3', expires_days: 3651 }, 400, 'expires_days must be a whole number of days from 1 to 3650 (got 3651)'],
       [{ name: 'admin' }, 409, 'a token named "admin" already exists'],
+      [{ name: 'w0', role: 'worker' }, 400, 'a worker token must be bound to a worker id (worker_id, --worker-id): the protocol refuses it under any other id'],
+      [{ name: 'w1', role: 'worker', worker_id: 'bad id' }, 400, 'worker_id must be 1-64 letters, digits, ".", "_" or "-" (got "bad id")'],
+      [{ name: 'w2', role: 'operator', worker_id: 'w2' }, 400, 'worker_id is only for tokens of the worker role'],
     ])('refuses %j', async (body, status, message) => {
       const r = await s.req('/api/enterprise/tokens', { method: 'POST', token: admin, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
       expect(r.status).toBe(status);
       const err = (await r.json()).error;
       expect(err.message).toBe(message);
       expect(err.code).toBe(status === 409 ? 'conflict' : 'validation_error');
+    });
+
+    it('creates a worker token bound to a worker id: worker_id in the answer and the list', async () => {
+      const r = await s.req('/api/enterprise/tokens', {
+        method: 'POST',
+        token: admin,
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ name: 'bound-worker', role: 'worker', worker_id: 'w-bound' }),
+      });
+      expect(r.status).toBe(201);
+      const body = await r.json();
+      expect(body).toMatchObject({ name: 'bound-worker', role: 'worker', worker_id: 'w-bound', status: 'active' });
+      const list = (await (await s.req('/api/enterprise/tokens', { token: admin })).json()) as { tokens: { name: string; worker_id: string | null }[] };
+      expect(list.tokens.find((t) => t.name === 'bound-worker')?.worker_id).toBe('w-bound');
+      expect(list.tokens.find((t) => t.name === 'viewer')?.worker_id).toBeNull();
     });
 
     it('refuses expires_days "30d" (not a number) with 400', async () => {

@@ -54,8 +54,12 @@ describe('loadWorkspaceConfig', () => {
         envAllowlist: [],
         capAdd: [],
         user: '1000:1000',
+        runtime: null,
+        egress: [],
+        diskBytes: null,
       },
       provider: { command: [...DEFAULT_PROVIDER_COMMAND] },
+      explicit: [],
     });
   });
 
@@ -82,6 +86,9 @@ sandbox:
   env_allowlist: [ANTHROPIC_API_KEY, OPENAI_API_KEY]
   cap_add: [cap_chown, NET_BIND_SERVICE]
   user: "1001:1001"
+  runtime: runsc
+  egress: [API.Example.com:443, "*.pypi.org:443", "api.example.com:443"]
+  disk_limit: 2g
 provider:
   command: [codex, exec, "{prd}"]
 `);
@@ -101,9 +108,38 @@ provider:
         envAllowlist: ['ANTHROPIC_API_KEY', 'OPENAI_API_KEY'],
         capAdd: ['CHOWN', 'NET_BIND_SERVICE'],
         user: '1001:1001',
+        runtime: 'runsc',
+        // lower-cased, duplicates dropped
+        egress: ['api.example.com:443', '*.pypi.org:443'],
+        diskBytes: 2 * 1024 ** 3,
       },
       provider: { command: ['codex', 'exec', '{prd}'] },
+      explicit: [
+        'enabled',
+        'network',
+        'memory_limit',
+        'cpu_limit',
+        'mounts',
+        'image',
+        'timeout_seconds',
+        'idle_timeout_seconds',
+        'env_allowlist',
+        'cap_add',
+        'user',
+        'runtime',
+        'egress',
+        'disk_limit',
+      ],
     });
+  });
+
+  it('lists in `explicit` only the sandbox keys the file set (a default is not a request)', () => {
+    write('sandbox:\n  memory_limit: 1g\n  image: loki-sandbox:local\nprovider:\n  command: [a, "{prd}"]\n');
+    const c = loadWorkspaceConfig(ws, { home: HOME });
+    expect(c.explicit).toEqual(['memory_limit', 'image']);
+    expect(c.sandbox.timeoutSeconds).toBe(3600);
+    write('dashboard:\n  port: 1\n');
+    expect(loadWorkspaceConfig(ws, { home: HOME }).explicit).toEqual([]);
   });
 
   it.each([
@@ -129,6 +165,15 @@ provider:
     ['sandbox:\n  user: "1000:0"\n', 'sandbox.user'],
     ['sandbox:\n  user: root\n', 'sandbox.user'],
     ['sandbox:\n  imagee: x\n', 'sandbox.imagee: unknown key'],
+    ['sandbox:\n  runtime: "Run SC"\n', 'sandbox.runtime'],
+    ['sandbox:\n  runtime: 1\n', 'sandbox.runtime'],
+    ['sandbox:\n  egress: [example.com]\n', 'sandbox.egress.0'],
+    ['sandbox:\n  egress: ["ok.example.com:443", "x.example.com:99999"]\n', 'sandbox.egress.1'],
+    ['sandbox:\n  egress: ["x.example.com:0"]\n', 'sandbox.egress.0'],
+    ['sandbox:\n  egress: ["http://x.example.com:80"]\n', 'sandbox.egress.0'],
+    ['sandbox:\n  egress: "x.example.com:443"\n', 'sandbox.egress'],
+    ['sandbox:\n  disk_limit: 4x\n', 'sandbox.disk_limit'],
+    ['sandbox:\n  disk_limit: 0\n', 'sandbox.disk_limit'],
     ['provider:\n  command: "claude {prd}"\n', 'provider.command'],
     ['provider:\n  command: []\n', 'provider.command'],
     ['provider:\n  command: [claude, "--prd={prd}"]\n', 'provider.command.1'],

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { LokiClient } from '../../src/client';
 import type { SessionView } from '../../src/sessions/api';
 import { describeDocker, dockerAvailable } from '../helpers/docker';
+import { until } from '../helpers/process';
 import { runCli, type SpawnedServer, spawnServer, tempHome } from '../helpers/server';
 import { runLoki, type SpawnedWorker, spawnWorker } from '../helpers/worker';
 import { HOSTILE_PRD, makeWorkspace, providerConfig, tempRoot } from '../sessions/helpers';
@@ -21,15 +22,6 @@ const WORKER_ID = `e2e-${process.pid}`;
 const TERMINAL = new Set(['succeeded', 'failed', 'stopped', 'timed_out', 'budget_exceeded', 'oom_killed', 'disk_exceeded', 'lost']);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
 describeDocker('loki start → server → worker → Docker (end to end)', probe, (docker: Docker) => {
   let home: string;

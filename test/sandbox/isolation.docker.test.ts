@@ -15,26 +15,17 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { LokiClient } from '../../src/client';
 import type { SessionView } from '../../src/sessions/api';
 import { describeDocker, dockerAvailable } from '../helpers/docker';
+import { until } from '../helpers/process';
 import { runCli, type SpawnedServer, spawnServer, tempHome } from '../helpers/server';
 import { runLoki, type SpawnedWorker, spawnWorker } from '../helpers/worker';
 import { makeWorkspace, openUp, providerConfig, tempRoot } from '../sessions/helpers';
 
 const probe = await dockerAvailable();
 const TERMINAL = new Set(['succeeded', 'failed', 'stopped', 'timed_out', 'budget_exceeded', 'oom_killed', 'disk_exceeded', 'lost']);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const MARKER = `/tmp/loki-escape-marker-${process.pid}`;
 const ENV_DUMP = `/tmp/loki-escape-env-${process.pid}`;
 const HOST_COMMAND = ['/bin/sh', '-c', 'pwd; echo host > host.txt'];
 
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
 /** git in `cwd` with a fixed identity; returns stdout. */
 function git(cwd: string, ...args: string[]): string {
@@ -267,6 +258,25 @@ describeDocker('sessions with a real trust boundary (end to end)', probe, (docke
     expect(before - free()).toBeLessThan(40 * 1024 ** 2);
     expect(worktreesLeft()).toEqual([]);
     expect(loopDevicesFor(home)).toEqual([]);
+  });
+
+  it('fail closed: a worktree that cannot be made means no run, a failed session with the reason, and a session.setup_failed audit entry', async () => {
+    // A repository without a commit has no base to isolate the agent on.
+    const ws = makeWorkspace(root, 'unborn', { config: providerConfig(['/bin/sh', '-c', `touch ${MARKER}`]) });
+    git(ws, 'init', '-q', '-b', 'main');
+    const r = await start(ws, ['prd.md']);
+    expect(r.code).toBe(1);
+    const s = await client.getSession(sessionIdFrom(r.stderr));
+    expect(s.status).toBe('failed');
+    expect(s.reason).toMatch(/no commits/);
+    expect(s.container_id).toBeNull();
+    expect(s.result).toBeNull();
+    expect(existsSync(MARKER)).toBe(false);
+    const setup = auditEntries('session.setup_failed', s.id);
+    expect(setup).toHaveLength(1);
+    expect(setup[0]).toMatchObject({ outcome: { success: false, error: 'session.setup_failed' }, details: { step: 'prepare' } });
+    expect(String((setup[0] as { details: { message: string } }).details.message)).toMatch(/no commits/);
+    expect(worktreesLeft()).toEqual([]);
   });
 
   it('a non-git workspace gets a copy; the result is a patch served by the API that applies to the original', async () => {

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../helpers/server';
 import { makeToken } from '../helpers/tokens';
-import { HOSTILE_PRD, makeWorkspace, tempRoot } from './helpers';
+import { DEFAULT_SESSION_POLICY, HOSTILE_PRD, makeWorkspace, policyDigest, tempRoot } from './helpers';
 
 // biome-ignore lint/suspicious/noExplicitAny: JSON bodies in assertions
 type Json = any;
@@ -43,7 +43,7 @@ describe('sessions API (real server)', () => {
     rmSync(outside, { recursive: true, force: true });
   });
 
-  it('starts a session: 201 queued, LOKI_BUDGET_LIMIT as default budget, audit entry with the user and PRD path, a session_state event', async () => {
+  it('starts a session: 201 queued and sandboxed by default, with its effective policy; LOKI_BUDGET_LIMIT as default budget, audit entry with the user, PRD path and policy digest, a session_state event', async () => {
     const r = await post({ workspace: ws, prd: './prd.md', name: 'first' });
     expect(r.status).toBe(201);
     const body = await json(r);
@@ -51,7 +51,9 @@ describe('sessions API (real server)', () => {
       workspace: ws,
       prd: 'prd.md',
       name: 'first',
-      sandbox: false,
+      sandbox: true,
+      host_session: false,
+      result: null,
       budget_usd: 3.5,
       cost_usd: 0,
       status: 'queued',
@@ -62,6 +64,9 @@ describe('sessions API (real server)', () => {
     });
     expect(body.id).toMatch(/^ses_[0-9a-f]{16}$/);
     expect(Date.parse(body.created_at)).toBeGreaterThan(0);
+    // No policy file: the built-in operator policy, the workspace asks for nothing.
+    expect(body.policy).toEqual(DEFAULT_SESSION_POLICY);
+    expect(body.policy_sha256).toBe(policyDigest(body.policy));
 
     const audit = await json(await s.req('/api/enterprise/audit?action=session.start'));
     const entry = audit.entries.find((e: Json) => e.resource?.id === body.id);
@@ -70,7 +75,7 @@ describe('sessions API (real server)', () => {
       actor: { type: 'local', name: 'local' },
       resource: { type: 'session', id: body.id },
       outcome: { status: 201, success: true },
-      details: { prd: 'prd.md', workspace: ws, sandbox: false, budget_usd: 3.5, name: 'first' },
+      details: { prd: 'prd.md', workspace: ws, sandbox: true, host_session: false, policy_sha256: body.policy_sha256, budget_usd: 3.5, name: 'first' },
     });
 
     const events = await s.runtime.deps.events.after(0, { sessionId: body.id });
@@ -156,7 +161,7 @@ describe('sessions API (real server)', () => {
     }
   });
 
-  it('an invalid .loki/config.yaml → 400 naming the key; sandbox.enabled: true makes the session sandboxed', async () => {
+  it('an invalid .loki/config.yaml → 400 naming the key; sandbox.enabled: true keeps a session sandboxed even when the request asks for the host', async () => {
     const bad = await post({ workspace: path.join(root, 'badcfg'), prd: 'prd.md' });
     expect(bad.status).toBe(400);
     const b = await json(bad);
@@ -165,7 +170,7 @@ describe('sessions API (real server)', () => {
 
     const forced = await post({ workspace: path.join(root, 'sbxcfg'), prd: 'prd.md', sandbox: false });
     expect(forced.status).toBe(201);
-    expect((await json(forced)).sandbox).toBe(true);
+    expect(await json(forced)).toMatchObject({ sandbox: true, host_session: false, policy: { sandbox: true } });
   });
 
   it('refused starts are audited too, as failures with the requested paths', async () => {
@@ -257,7 +262,7 @@ describe('sessions API with auth on', () => {
   it('operators start and stop; viewers and workers cannot; created_by is the token name; LOKI_SANDBOX_MODE sandboxes every session', async () => {
     const operator = (await makeToken(s, 'alice-ops', 'operator')).token;
     const viewer = (await makeToken(s, 'bob-viewer', 'viewer')).token;
-    const worker = (await makeToken(s, 'worker-1', 'worker')).token;
+    const worker = (await makeToken(s, 'worker-1', 'worker', { workerId: 'w-api-1' })).token;
     const body = JSON.stringify({ workspace: ws, prd: 'prd.md' });
     const headers = { 'Content-Type': 'application/json' };
     for (const token of [viewer, worker]) {
@@ -268,7 +273,11 @@ describe('sessions API with auth on', () => {
     const r = await s.req('/api/sessions', { method: 'POST', headers, body, token: operator });
     expect(r.status).toBe(201);
     const created = await json(r);
-    expect(created).toMatchObject({ created_by: 'alice-ops', sandbox: true });
+    expect(created).toMatchObject({ created_by: 'alice-ops', sandbox: true, host_session: false });
+    // LOKI_SANDBOX_MODE: a request for the host is sandboxed all the same (not refused).
+    const host = await s.req('/api/sessions', { method: 'POST', headers, body: JSON.stringify({ workspace: ws, prd: 'prd.md', sandbox: false }), token: operator });
+    expect(host.status).toBe(201);
+    expect(await json(host)).toMatchObject({ sandbox: true, host_session: false, policy: { sandbox: true } });
     expect((await s.req(`/api/sessions/${created.id}`, { token: viewer })).status).toBe(200);
     expect((await s.req(`/api/sessions/${created.id}/stop`, { method: 'POST', token: viewer })).status).toBe(403);
     expect((await s.req(`/api/sessions/${created.id}`, { token: worker })).status).toBe(403);
@@ -280,7 +289,7 @@ describe('sessions API with auth on', () => {
 
   it('the worker protocol needs the sandbox scope: an operator token is refused, a worker token is served', async () => {
     const operator = (await makeToken(s, 'carol-ops', 'operator')).token;
-    const worker = (await makeToken(s, 'worker-2', 'worker')).token;
+    const worker = (await makeToken(s, 'worker-2', 'worker', { workerId: 'w1' })).token;
     const body = JSON.stringify({ worker_id: 'w1', wait_ms: 0 });
     const headers = { 'Content-Type': 'application/json' };
     const refused = await s.req('/api/sandbox/jobs/claim', { method: 'POST', headers, body, token: operator });

@@ -1,4 +1,5 @@
 /** Workspaces for session tests: a root for LOKI_WORKSPACE_ROOTS with workspaces inside. */
+import { createHash } from 'node:crypto';
 import { chmodSync, mkdirSync, mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -48,3 +49,41 @@ export function providerConfig(argv: string[], sandbox: Record<string, unknown> 
   for (const [k, v] of Object.entries(settings)) lines.push(`  ${k}: ${JSON.stringify(v)}`);
   return `${lines.join('\n')}\n`;
 }
+
+/**
+ * SHA-256 of a session policy's canonical JSON (object keys sorted at every level,
+ * arrays in order, no white space), written here independently of the server's
+ * `canonicalPolicyJson` so the tests check it rather than repeat it.
+ */
+export function policyDigest(policy: unknown): string {
+  const sort = (v: unknown): unknown =>
+    Array.isArray(v)
+      ? v.map(sort)
+      : v !== null && typeof v === 'object'
+        ? Object.fromEntries(
+            Object.entries(v as Record<string, unknown>)
+              .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+              .map(([k, x]) => [k, sort(x)]),
+          )
+        : v;
+  return createHash('sha256').update(JSON.stringify(sort(policy))).digest('hex');
+}
+
+/** The effective policy of a session whose workspace asks for nothing, under the built-in operator policy. */
+export const DEFAULT_SESSION_POLICY = {
+  sandbox: true,
+  image: 'loki-sandbox:local',
+  runtime: 'runc',
+  network: false,
+  egress: [],
+  memory_bytes: 4 * 1024 ** 3,
+  nano_cpus: 2e9,
+  timeout_seconds: 3600,
+  idle_timeout_seconds: 900,
+  disk_bytes: 10 * 1024 ** 3,
+  mounts: [],
+  env_allowlist: [],
+  cap_add: [],
+  user: '1000:1000',
+  command: ['claude', '-p', '{prd}', '--output-format', 'stream-json', '--verbose'],
+};

@@ -261,6 +261,105 @@ describe('worker protocol', () => {
     expect((await f.s.runtime.deps.events.after(0, { sessionId: created.id, types: ['output_truncated'] })).length).toBe(1);
     await post(f, job, [{ seq: 4, type: 'state', data: { status: 'succeeded' } }]);
   });
+
+  it('the claimed job carries the policy stored at creation and its digest', async () => {
+    const created = await create();
+    const job = await claimThis(created.id);
+    expect(created.policy).not.toBeNull();
+    expect(job.policy).toEqual(created.policy);
+    expect(job.policy_sha256).toBe(created.policy_sha256);
+    expect(job.session).toMatchObject({ host_session: false, policy_sha256: created.policy_sha256 });
+    const claims = (await auditEntries(f, 'sandbox.claim')).filter((e) => e.resource?.id === created.id);
+    expect(claims.map((e) => e.details)).toEqual([{ worker_id: 'w1', prd: 'prd.md', sandbox: true }]);
+    await post(f, job, [{ seq: 1, type: 'state', data: { status: 'succeeded' } }]);
+  });
+
+  it('a `result` event is stored with the session (patch served by GET /patch, audited, published); `disk_exceeded` is a final state', async () => {
+    const created = await create();
+    expect(created.result).toBeNull();
+    const noResult = await f.s.req(`/api/sessions/${created.id}/patch`);
+    expect(noResult.status).toBe(404);
+    expect(((await noResult.json()) as Json).error.message).toBe(`session ${created.id} has no result yet`);
+    const job = await claimThis(created.id);
+    const patch = 'diff --git a/new.txt b/new.txt\nnew file mode 100644\n--- /dev/null\n+++ b/new.txt\n@@ -0,0 +1 @@\n+hello\n';
+    const result = {
+      kind: 'copy' as const,
+      commit: 'c0mm17',
+      base_commit: null,
+      branch: null,
+      files_changed: 1,
+      insertions: 1,
+      deletions: 0,
+      diffstat: ' new.txt | 1 +',
+      patch_too_large: false,
+      patch,
+    };
+    await post(f, job, [
+      { seq: 1, type: 'result', data: result },
+      { seq: 2, type: 'state', data: { status: 'disk_exceeded', reason: 'the worktree reached its 1g disk limit' } },
+    ]);
+    const s = await f.client.getSession(created.id);
+    expect(s).toMatchObject({ status: 'disk_exceeded', reason: 'the worktree reached its 1g disk limit' });
+    const { patch: _, ...view } = result;
+    expect(s.result).toEqual({ ...view, has_patch: true });
+    const r = await f.s.req(`/api/sessions/${created.id}/patch`);
+    expect(r.status).toBe(200);
+    expect(r.headers.get('content-type')).toBe('text/x-diff; charset=utf-8');
+    expect(r.headers.get('content-disposition')).toBe(`attachment; filename="${created.id}.patch"`);
+    expect(await r.text()).toBe(patch);
+    const audited = (await auditEntries(f, 'session.result')).find((e) => e.resource?.id === created.id);
+    expect(audited).toMatchObject({ details: { kind: 'copy', commit: 'c0mm17', files_changed: 1, has_patch: true, worker_id: 'w1' } });
+    expect(audited.details.diffstat).toBeUndefined();
+    const published = await f.s.runtime.deps.events.after(0, { sessionId: created.id, types: ['session_result'] });
+    expect(published.map((e) => e.data)).toEqual([{ ...view, has_patch: true }]);
+    const end = (await auditEntries(f, 'session.end')).find((e) => e.resource?.id === created.id);
+    expect(end).toMatchObject({ outcome: { success: false }, details: { status: 'disk_exceeded' } });
+  });
+
+  it('a git result has no patch: GET /patch → 404 naming the branch field', async () => {
+    const created = await create();
+    const job = await claimThis(created.id);
+    await post(f, job, [
+      {
+        seq: 1,
+        type: 'result',
+        data: { kind: 'git', commit: 'abc123', base_commit: 'def456', branch: `loki/session-${created.id}`, files_changed: 2, insertions: 3, deletions: 1, diffstat: '', patch_too_large: false, patch: null },
+      },
+      { seq: 2, type: 'state', data: { status: 'succeeded' } },
+    ]);
+    expect((await f.client.getSession(created.id)).result).toMatchObject({ kind: 'git', branch: `loki/session-${created.id}`, has_patch: false });
+    const r = await f.s.req(`/api/sessions/${created.id}/patch`);
+    expect(r.status).toBe(404);
+    expect(((await r.json()) as Json).error.message).toBe(`session ${created.id} has no patch (see result.kind and result.branch)`);
+  });
+
+  it('`setup_failed` events are audited (step branch as branch_protection_violation) and published', async () => {
+    const created = await create();
+    const job = await claimThis(created.id);
+    await post(f, job, [
+      { seq: 1, type: 'setup_failed', data: { step: 'commit', message: 'the agent\'s work could not be committed: disk full', kept_at: '/var/lib/loki/wt/x' } },
+      { seq: 2, type: 'setup_failed', data: { step: 'branch', message: 'HEAD moved' } },
+      { seq: 3, type: 'state', data: { status: 'failed', reason: 'setup failed' } },
+    ]);
+    const failed = (await auditEntries(f, 'session.setup_failed')).find((e) => e.resource?.id === created.id);
+    expect(failed).toMatchObject({ outcome: { success: false }, details: { step: 'commit', kept_at: '/var/lib/loki/wt/x', worker_id: 'w1', workspace: f.ws } });
+    const branch = (await auditEntries(f, 'branch_protection_violation')).find((e) => e.resource?.id === created.id);
+    expect(branch).toMatchObject({ outcome: { success: false }, details: { step: 'branch', message: 'HEAD moved' } });
+    const published = await f.s.runtime.deps.events.after(0, { sessionId: created.id, types: ['session_setup_failed'] });
+    expect(published.map((e) => (e.data as Json).step)).toEqual(['commit', 'branch']);
+  });
+
+  it('a queued session with no valid stored policy (created before policies) is failed at claim, never run', async () => {
+    const created = await create();
+    f.s.runtime.db.prepare('UPDATE sessions SET policy = NULL WHERE id = ?').run(created.id);
+    // Other tests leave nothing queued: the claim has nothing to hand out.
+    expect(await f.client.claimJob({ worker_id: 'w1', wait_ms: 0 })).toBeNull();
+    const s = await f.client.getSession(created.id);
+    expect(s).toMatchObject({ status: 'failed', reason: 'the session has no valid stored policy; start it again', policy: null });
+    expect(s.ended_at).not.toBeNull();
+    const audited = (await auditEntries(f, 'session.setup_failed')).find((e) => e.resource?.id === created.id);
+    expect(audited).toMatchObject({ outcome: { success: false, error: 'no_policy' }, details: { step: 'policy' } });
+  });
 });
 
 describe('lease expiry', () => {

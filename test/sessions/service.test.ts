@@ -76,6 +76,10 @@ describe('small helpers', () => {
     expect(outcomeReason({ ...base, outcome: 'failed', error: 'mount ~ refused (rule home)' }, undefined, {})).toBe('mount ~ refused (rule home)');
     expect(outcomeReason({ ...base, outcome: 'timed_out' }, undefined, { timeout: 'no output for 5 s' })).toBe('no output for 5 s');
     expect(outcomeReason({ ...base, outcome: 'oom_killed' }, undefined, {})).toMatch(/out of memory/);
+    expect(outcomeReason({ ...base, outcome: 'disk_exceeded' }, undefined, {})).toBe('disk limit reached');
+    expect(outcomeReason({ ...base, outcome: 'disk_exceeded' }, undefined, { disk: 'the worktree reached its 1g disk limit' })).toBe(
+      'the worktree reached its 1g disk limit',
+    );
   });
 });
 
