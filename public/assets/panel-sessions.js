@@ -35,7 +35,11 @@ const resultText = (r) => {
 /** Sessions: start, list, stop, and the live output of one session. */
 export function sessionsPanel() {
   const error = el('p', { class: 'error', role: 'alert', hidden: true });
-  const showError = (err) => {
+  // A background list refresh clears only its own error, never one from the user's last action.
+  let errorFromRefresh = false;
+  const showError = (err, fromRefresh = false) => {
+    if (!err && fromRefresh && !errorFromRefresh) return;
+    errorFromRefresh = Boolean(err) && fromRefresh;
     error.hidden = !err;
     error.textContent = err ? err.message : '';
   };
@@ -146,9 +150,9 @@ export function sessionsPanel() {
     try {
       const body = await api(`/api/sessions${query({ limit: 100 })}`);
       replace(tbody, listOf(body, 'sessions', 'items').map(rowFor));
-      showError(null);
+      showError(null, true);
     } catch (err) {
-      showError(err);
+      showError(err, true);
     }
   }
 
