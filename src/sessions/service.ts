@@ -278,16 +278,11 @@ export class SessionService {
             );
             if (failed) {
               await this.publishState(failed, 'queued');
-              await this.deps.audit
-                .append({
-                  ts: this.now(),
-                  action: 'session.setup_failed',
-                  resource: { type: 'session', id: claimed.id },
-                  actor: SWEEPER_ACTOR,
-                  outcome: { status: null, success: false, error: 'no_policy' },
-                  details: { step: 'policy', message: 'no valid stored policy', workspace: claimed.workspace },
-                })
-                .catch((err) => this.deps.logger.error('audit write failed', { err: String(err), session: claimed.id }));
+              await this.auditFailure('session.setup_failed', claimed.id, 'no_policy', {
+                step: 'policy',
+                message: 'no valid stored policy',
+                workspace: claimed.workspace,
+              });
             }
             continue;
           }
@@ -536,18 +531,26 @@ export class SessionService {
     const lost = await this.deps.store.sessions.expireLeases(this.now());
     for (const s of lost) {
       await this.publishState(s, 'running');
-      await this.deps.audit
-        .append({
-          ts: this.now(),
-          action: 'session.lost',
-          resource: { type: 'session', id: s.id },
-          actor: SWEEPER_ACTOR,
-          outcome: { status: null, success: false, error: 'lease_expired' },
-          details: { worker_id: s.workerId, prd: s.prd, workspace: s.workspace, reason: s.reason },
-        })
-        .catch((err) => this.deps.logger.error('audit write failed', { err: String(err), session: s.id }));
+      await this.auditFailure('session.lost', s.id, 'lease_expired', { worker_id: s.workerId, prd: s.prd, workspace: s.workspace, reason: s.reason });
     }
     return lost;
+  }
+
+  /** A failure the server itself decided (no request to attach it to); a failed write is logged. */
+  private auditFailure(action: string, sessionId: string, error: string, details: Record<string, unknown>): Promise<void> {
+    return this.deps.audit
+      .append({
+        ts: this.now(),
+        action,
+        resource: { type: 'session', id: sessionId },
+        actor: SWEEPER_ACTOR,
+        outcome: { status: null, success: false, error },
+        details,
+      })
+      .then(
+        () => undefined,
+        (err) => this.deps.logger.error('audit write failed', { err: String(err), session: sessionId, action }),
+      );
   }
 
   // ---- events ------------------------------------------------------------

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { containerOptions, type PolicyContext, SandboxPolicyError, validateHostMount } from '../../src/sandbox/policy';
 import type { SessionPolicy } from '../../src/sessions/api';
+import { sessionPolicy } from '../sessions/helpers';
 import { expectedHostConfig } from '../helpers/docker';
 
 let root: string;
@@ -36,24 +37,7 @@ afterAll(() => {
 });
 
 function policy(patch: Partial<SessionPolicy> = {}): SessionPolicy {
-  return {
-    sandbox: true,
-    image: 'loki-sandbox:local',
-    runtime: 'runc',
-    network: false,
-    egress: [],
-    memory_bytes: 4 * 1024 ** 3,
-    nano_cpus: 2e9,
-    timeout_seconds: 3600,
-    idle_timeout_seconds: 900,
-    disk_bytes: 10 * 1024 ** 3,
-    mounts: [],
-    env_allowlist: [],
-    cap_add: [],
-    user: '1000:1000',
-    command: ['agent', '--prd', '{prd}'],
-    ...patch,
-  };
+  return sessionPolicy(['agent', '--prd', '{prd}'], patch);
 }
 
 describe('containerOptions', () => {

@@ -9,6 +9,7 @@ import type Docker from 'dockerode';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { containerOptions } from '../../src/sandbox/policy';
 import type { SessionPolicy } from '../../src/sessions/api';
+import { sessionPolicy } from '../sessions/helpers';
 import { removeOrphans, runSession, type SessionHooks, type SessionResult, type SessionSpec, stopAllForWorker } from '../../src/sandbox/runner';
 import { describeDocker, dockerAvailable, SANDBOX_IMAGE, expectedHostConfig } from '../helpers/docker';
 
@@ -21,24 +22,7 @@ let home: string;
 let counter = 0;
 
 function policy(command: string[], patch: Partial<SessionPolicy> = {}): SessionPolicy {
-  return {
-    sandbox: true,
-    image: SANDBOX_IMAGE,
-    runtime: 'runc',
-    network: false,
-    egress: [],
-    memory_bytes: 256 * 1024 ** 2,
-    nano_cpus: 1e9,
-    timeout_seconds: 30,
-    idle_timeout_seconds: 900,
-    disk_bytes: 64 * 1024 ** 2,
-    mounts: [],
-    env_allowlist: [],
-    cap_add: [],
-    user: '1000:1000',
-    command,
-    ...patch,
-  };
+  return sessionPolicy(command, { memory_bytes: 256 * 1024 ** 2, nano_cpus: 1e9, timeout_seconds: 30, disk_bytes: 64 * 1024 ** 2, ...patch });
 }
 
 interface Recorded {

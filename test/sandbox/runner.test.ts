@@ -9,6 +9,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { runSession, type SessionHooks, type SessionSpec } from '../../src/sandbox/runner';
 import type { SessionPolicy } from '../../src/sessions/api';
+import { sessionPolicy } from '../sessions/helpers';
 
 let ws: string;
 let home: string;
@@ -25,24 +26,7 @@ afterEach(() => {
 
 /** A host session's policy (no disk limit: the loop-mounted file system is tested with Docker). */
 function policy(command: string[], patch: Partial<SessionPolicy> = {}): SessionPolicy {
-  return {
-    sandbox: false,
-    image: 'loki-sandbox:local',
-    runtime: 'runc',
-    network: false,
-    egress: [],
-    memory_bytes: 4 * 1024 ** 3,
-    nano_cpus: 2e9,
-    timeout_seconds: 3600,
-    idle_timeout_seconds: 900,
-    disk_bytes: null,
-    mounts: [],
-    env_allowlist: [],
-    cap_add: [],
-    user: '1000:1000',
-    command,
-    ...patch,
-  };
+  return sessionPolicy(command, { sandbox: false, disk_bytes: null, ...patch });
 }
 
 const worktree = (id = 'host1') => path.join(home, 'worktrees', id, 'fs', 'work');

@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, mkdirSync, mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { SessionPolicy } from '../../src/sessions/api';
 
 export const HOSTILE_PRD = "a b'; rm -rf ~; $(touch /tmp/pwned).md";
 
@@ -70,7 +71,7 @@ export function policyDigest(policy: unknown): string {
 }
 
 /** The effective policy of a session whose workspace asks for nothing, under the built-in operator policy. */
-export const DEFAULT_SESSION_POLICY = {
+export const DEFAULT_SESSION_POLICY: SessionPolicy = {
   sandbox: true,
   image: 'loki-sandbox:local',
   runtime: 'runc',
@@ -87,3 +88,8 @@ export const DEFAULT_SESSION_POLICY = {
   user: '1000:1000',
   command: ['claude', '-p', '{prd}', '--output-format', 'stream-json', '--verbose'],
 };
+
+/** A session policy for runner tests: the defaults with `command` and `patch` applied. */
+export function sessionPolicy(command: string[], patch: Partial<SessionPolicy> = {}): SessionPolicy {
+  return { ...DEFAULT_SESSION_POLICY, command, ...patch };
+}

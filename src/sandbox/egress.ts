@@ -1,0 +1,751 @@
+/**
+ * The egress allowlist of one sandboxed session: an HTTP proxy on the host that
+ * listens on a Unix socket, bind-mounted into a container that has no network of
+ * its own (`NetworkMode: none`). Inside, `loki-forward` (scripts/forwarder) listens
+ * on 127.0.0.1:3128 and pipes each connection here; the agent gets
+ * `HTTP_PROXY`/`HTTPS_PROXY=http://127.0.0.1:3128`. Nothing else leaves the container.
+ *
+ * Each request is decided in one order: parse → the name (or IP literal) against the
+ * session's list → resolve on the host → refuse if any resolved address is loopback,
+ * link-local, private, CGNAT, multicast, unspecified or reserved (unless that exact
+ * `ip:port` is one of the operator's private destinations) → connect to an address
+ * that was checked. There is no second resolution, so DNS rebinding cannot move an
+ * allowed connection somewhere else. `CONNECT host:port` opens a tunnel (HTTPS is
+ * never inspected: the decision is made on the CONNECT target); absolute-form plain
+ * HTTP is rewritten to origin-form, `Proxy-*` and hop-by-hop headers are dropped and
+ * one request is sent with `Connection: close`.
+ *
+ * The proxy logs nothing; every decision goes to `onDecision`, without request
+ * headers (they may carry credentials). A denial is answered at once (403 for the
+ * policy, 400/431/502/503 for the rest) with a one-line text body and an
+ * `X-Loki-Egress-Rule` header; it never throws on what a client sends.
+ */
+import { promises as dns } from 'node:dns';
+import { chmodSync, lstatSync, mkdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+
+export interface EgressDecision {
+  decision: 'allowed' | 'denied';
+  /** Canonical destination host (lower case; an IPv6 literal without brackets); '' when the request could not be parsed. */
+  host: string;
+  port: number;
+  /**
+   * Allowed: `allowlist:<entry>` or `private_destination:<ip:port>`. Denied:
+   * `not_allowlisted`, `ip_literal`, `private_address`, `resolve_failed`,
+   * `bad_request`, `header_too_large`, `too_many_connections`.
+   */
+  rule: string;
+  /** Allowed: the address connected to (or last tried). `private_address`: the address refused. */
+  address?: string;
+  /** Allowed, at close: bytes sent to the destination (for plain HTTP including the rewritten request head). */
+  bytesUp?: number;
+  /** Allowed, at close: bytes received from the destination. */
+  bytesDown?: number;
+  method: 'CONNECT' | 'HTTP';
+  /** Allowed by the policy but the destination could not be reached (`connect_failed: ECONNREFUSED`, `connect_timeout`). */
+  error?: string;
+}
+
+export interface EgressProxyOptions {
+  /** Unix socket to listen on; made 0666. Its directory is created 0755 when missing. */
+  socketPath: string;
+  /** `host:port`, `*.domain:port` (any subdomain, not the apex), `ip:port` or `[ipv6]:port`. */
+  allow: string[];
+  /** Exact `ip:port` entries the operator allows although private or loopback. */
+  privateDestinations: string[];
+  /** Once per denied request; once per allowed connection, at its close, with bytes each way. */
+  onDecision(d: EgressDecision): void;
+  /** Default: `dns.promises.lookup(host, { all: true })`. */
+  resolve?: (host: string) => Promise<string[]>;
+  /** Concurrent client connections (default 64); beyond it a connection is answered 503. */
+  maxConnections?: number;
+  /** An open connection with no traffic either way is closed after this (default 5 min). */
+  idleTimeoutMs?: number;
+  /** The request head must arrive within this (default 30 s). */
+  headerTimeoutMs?: number;
+  /** Bounds the resolution and each connection attempt (default 10 s). */
+  connectTimeoutMs?: number;
+}
+
+export interface EgressProxy {
+  close(): Promise<void>;
+  socketPath: string;
+  stats(): { allowed: number; denied: number; open: number };
+}
+
+export const EGRESS_MAX_HEADER_BYTES = 16 * 1024;
+export const EGRESS_DEFAULT_MAX_CONNECTIONS = 64;
+export const EGRESS_DEFAULT_IDLE_TIMEOUT_MS = 5 * 60_000;
+const DEFAULT_HEADER_TIMEOUT_MS = 30_000;
+const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+/** How long a denied client may take to read its answer before it is cut off. */
+const LINGER_MS = 5_000;
+/** Resolved addresses tried, in order, before giving up. */
+const MAX_CONNECT_ATTEMPTS = 3;
+/** Linux `sun_path` is 108 bytes with the terminating NUL. */
+const MAX_SOCKET_PATH_BYTES = 107;
+
+// ---------------------------------------------------------------------------
+// Addresses
+
+type Bytes = number[];
+
+function parseIPv4(s: string): Bytes | null {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(s);
+  if (!m) return null;
+  const b = m.slice(1).map(Number);
+  return b.every((x) => x <= 255) ? b : null;
+}
+
+/** 16 bytes of an IPv6 address (zone ids refused). */
+function parseIPv6(s: string): Bytes | null {
+  if (!net.isIPv6(s) || s.includes('%')) return null;
+  let text = s;
+  const tail: number[] = [];
+  const v4 = /:(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$/.exec(text);
+  if (v4) {
+    const b = parseIPv4(v4[1]!);
+    if (!b) return null;
+    tail.push((b[0]! << 8) | b[1]!, (b[2]! << 8) | b[3]!);
+    // Keep a `::` that precedes the dotted quad, drop a single `:`.
+    const prefix = text.slice(0, v4.index + 1);
+    text = prefix.endsWith('::') ? prefix : prefix.slice(0, -1);
+  }
+  const halves = text.split('::');
+  if (halves.length > 2) return null;
+  const groups = (h: string | undefined) => (h ? h.split(':').filter((g) => g !== '') : []);
+  const left = groups(halves[0]).map((g) => Number.parseInt(g, 16));
+  const right = [...groups(halves[1]).map((g) => Number.parseInt(g, 16)), ...tail];
+  const fill = 8 - left.length - right.length;
+  if (fill < 0 || (halves.length === 1 && fill !== 0)) return null;
+  const all = [...left, ...new Array<number>(fill).fill(0), ...right];
+  if (all.length !== 8 || all.some((g) => !Number.isInteger(g) || g < 0 || g > 0xffff)) return null;
+  return all.flatMap((g) => [g >> 8, g & 0xff]);
+}
+
+function inPrefix(addr: Bytes, prefix: Bytes, bits: number): boolean {
+  for (let i = 0; i < bits; i++) {
+    const byte = i >> 3;
+    const mask = 0x80 >> (i & 7);
+    if (((addr[byte] ?? 0) & mask) !== ((prefix[byte] ?? 0) & mask)) return false;
+  }
+  return true;
+}
+
+const V4_SPECIAL: Array<[Bytes, number, string]> = [
+  [[0, 0, 0, 0], 8, 'unspecified'],
+  [[10, 0, 0, 0], 8, 'private'],
+  [[100, 64, 0, 0], 10, 'CGNAT'],
+  [[127, 0, 0, 0], 8, 'loopback'],
+  [[169, 254, 0, 0], 16, 'link-local'],
+  [[172, 16, 0, 0], 12, 'private'],
+  [[192, 0, 0, 0], 24, 'reserved'],
+  [[192, 168, 0, 0], 16, 'private'],
+  [[198, 18, 0, 0], 15, 'reserved'],
+  [[224, 0, 0, 0], 4, 'multicast'],
+  [[240, 0, 0, 0], 4, 'reserved'],
+];
+
+const v6 = (s: string) => parseIPv6(s)!;
+const V6_SPECIAL: Array<[Bytes, number, string]> = [
+  [v6('::'), 128, 'unspecified'],
+  [v6('::1'), 128, 'loopback'],
+  [v6('64:ff9b:1::'), 48, 'reserved'],
+  [v6('100::'), 64, 'reserved'],
+  [v6('2001::'), 32, 'reserved'],
+  [v6('2001:db8::'), 32, 'reserved'],
+  [v6('fc00::'), 7, 'private'],
+  [v6('fe80::'), 10, 'link-local'],
+  [v6('fec0::'), 10, 'private'],
+  [v6('ff00::'), 8, 'multicast'],
+];
+
+/** An IPv4 address carried inside an IPv6 one (mapped, compatible, NAT64, 6to4). */
+function embeddedIPv4(b: Bytes): Bytes | null {
+  if (inPrefix(b, v6('::ffff:0:0'), 96) || inPrefix(b, v6('64:ff9b::'), 96) || inPrefix(b, v6('::'), 96)) return b.slice(12);
+  if (inPrefix(b, v6('2002::'), 16)) return b.slice(2, 6);
+  return null;
+}
+
+/** Why an address may not be reached without the operator's say-so, or null for a public one. */
+export function specialAddress(ip: string): string | null {
+  const b4 = parseIPv4(ip);
+  if (b4) return V4_SPECIAL.find(([p, bits]) => inPrefix(b4, p, bits))?.[2] ?? null;
+  const b6 = parseIPv6(ip);
+  if (!b6) return 'invalid';
+  for (const [p, bits, kind] of V6_SPECIAL) if (inPrefix(b6, p, bits)) return kind;
+  const inner = embeddedIPv4(b6);
+  if (inner) return specialAddress(inner.join('.'));
+  return null;
+}
+
+/** Canonical text of an IP (IPv6 compressed, lower case), or null. */
+function canonicalIP(ip: string): string | null {
+  if (parseIPv4(ip)) return ip.split('.').map(Number).join('.');
+  if (!parseIPv6(ip)) return null;
+  return new URL(`http://[${ip}]/`).hostname.slice(1, -1);
+}
+
+/** `1.2.3.4:80`, `[::1]:80`, `name:443`. */
+function hostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** The keys under which an address appears in `privateDestinations` (an IPv4-mapped address also as IPv4). */
+function addressKeys(ip: string, port: number): string[] {
+  const canon = canonicalIP(ip);
+  if (!canon) return [];
+  const keys = [hostPort(canon, port)];
+  const b6 = parseIPv6(canon);
+  if (b6 && inPrefix(b6, v6('::ffff:0:0'), 96)) keys.push(hostPort(b6.slice(12).join('.'), port));
+  return keys;
+}
+
+// ---------------------------------------------------------------------------
+// Names and the list
+
+interface Target {
+  host: string;
+  port: number;
+  /** 0: a DNS name. */
+  ip: 0 | 4 | 6;
+}
+
+const NAME_CHARS = /^[A-Za-z0-9._-]{1,253}$/;
+
+/**
+ * Canonical destination host: an IP (the WHATWG parser turns `0x7f.1` and
+ * `2130706433` into `127.0.0.1`, so no numeric spelling slips past the IP rules) or a
+ * lower-case DNS name without its trailing dot. Null when malformed.
+ */
+function canonicalHost(raw: string): Omit<Target, 'port'> | null {
+  if (raw.startsWith('[') && raw.endsWith(']')) {
+    const canon = canonicalIP(raw.slice(1, -1));
+    return canon && canon.includes(':') ? { host: canon, ip: 6 } : null;
+  }
+  if (!NAME_CHARS.test(raw)) return null;
+  let host: string;
+  try {
+    host = new URL(`http://${raw}/`).hostname;
+  } catch {
+    return null;
+  }
+  if (net.isIPv4(host)) return { host, ip: 4 };
+  if (host.endsWith('.')) host = host.slice(0, -1);
+  const labels = host.split('.');
+  if (host.length === 0 || host.length > 253) return null;
+  if (labels.some((l) => l.length === 0 || l.length > 63 || !/^[a-z0-9_-]+$/.test(l))) return null;
+  // A name whose last label is a number is an IP in disguise.
+  if (/^(\d+|0x[0-9a-f]*)$/.test(labels[labels.length - 1]!)) return null;
+  return { host, ip: 0 };
+}
+
+function parsePort(s: string): number | null {
+  if (!/^\d{1,5}$/.test(s)) return null;
+  const n = Number(s);
+  return n >= 1 && n <= 65535 ? n : null;
+}
+
+/** `host:port` / `[v6]:port` → target, or null. */
+function parseAuthority(s: string, defaultPort: number | null): Target | null {
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[^:[\]]+)(?::(\d+))?$/.exec(s);
+  if (!m) return null;
+  const port = m[2] === undefined ? defaultPort : parsePort(m[2]);
+  if (port === null) return null;
+  const h = canonicalHost(m[1]!);
+  return h ? { ...h, port } : null;
+}
+
+interface Policy {
+  /** `host:port` (canonical) → the entry as written. */
+  exact: Map<string, string>;
+  wildcards: Array<{ suffix: string; port: number; entry: string }>;
+  privateDestinations: Set<string>;
+}
+
+function compilePolicy(allow: readonly string[], privateDestinations: readonly string[]): Policy {
+  const policy: Policy = { exact: new Map(), wildcards: [], privateDestinations: new Set() };
+  for (const raw of allow) {
+    const entry = String(raw).trim().toLowerCase();
+    const wildcard = entry.startsWith('*.');
+    const t = parseAuthority(wildcard ? entry.slice(2) : entry, null);
+    if (!t || (wildcard && t.ip !== 0)) throw new TypeError(`egress allowlist entry ${JSON.stringify(raw)} is not host:port or *.domain:port`);
+    if (wildcard) policy.wildcards.push({ suffix: `.${t.host}`, port: t.port, entry });
+    else policy.exact.set(hostPort(t.host, t.port), entry);
+  }
+  for (const raw of privateDestinations) {
+    const t = parseAuthority(String(raw).trim().toLowerCase(), null);
+    if (!t || t.ip === 0) throw new TypeError(`egress private destination ${JSON.stringify(raw)} is not ip:port`);
+    for (const key of addressKeys(t.host, t.port)) policy.privateDestinations.add(key);
+  }
+  return policy;
+}
+
+function matchAllowlist(policy: Policy, t: Target): string | null {
+  const exact = policy.exact.get(hostPort(t.host, t.port));
+  if (exact) return exact;
+  if (t.ip !== 0) return null;
+  return policy.wildcards.find((w) => w.port === t.port && t.host.endsWith(w.suffix) && t.host.length > w.suffix.length)?.entry ?? null;
+}
+
+// ---------------------------------------------------------------------------
+// Requests
+
+type Method = 'CONNECT' | 'HTTP';
+
+interface Parsed {
+  method: Method;
+  target: Target;
+  /** Plain HTTP: the request head to send upstream. */
+  head?: string;
+}
+
+class BadRequest extends Error {}
+
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const REQUEST_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) (HTTP\/1\.[01])$/;
+/** Never forwarded: hop-by-hop, proxy credentials, and Host (rewritten from the target). */
+const DROPPED = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'upgrade', 'host']);
+/** Framing headers a `Connection` token must not remove. */
+const KEPT = new Set(['content-length', 'transfer-encoding']);
+
+function parseHead(head: string): Parsed {
+  const lines = head.split('\r\n');
+  if (lines.some((l) => /[\r\n\0]/.test(l))) throw new BadRequest('bare CR, LF or NUL');
+  const m = REQUEST_LINE.exec(lines[0]!);
+  if (!m) throw new BadRequest('bad request line');
+  const [, method, target, version] = m as unknown as [string, string, string, string];
+  const headers: Array<[string, string]> = [];
+  for (const line of lines.slice(1)) {
+    const h = /^([^:]+):[ \t]*(.*?)[ \t]*$/.exec(line);
+    if (!h || !TOKEN.test(h[1]!)) throw new BadRequest('bad header line');
+    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(h[2]!)) throw new BadRequest('control character in a header');
+    headers.push([h[1]!, h[2]!]);
+  }
+
+  if (method === 'CONNECT') {
+    const t = parseAuthority(target, null);
+    if (!t) throw new BadRequest('CONNECT needs host:port');
+    return { method: 'CONNECT', target: t };
+  }
+
+  const u = /^http:\/\/([^/?#\\@]+)([/?][^#\\]*)?$/i.exec(target);
+  if (!u) throw new BadRequest('only CONNECT and absolute http:// URLs are proxied');
+  const t = parseAuthority(u[1]!, 80);
+  if (!t) throw new BadRequest('bad host in the URL');
+  let pathPart = u[2] ?? '/';
+  if (pathPart.startsWith('?')) pathPart = `/${pathPart}`;
+
+  const lower = headers.map(([n]) => n.toLowerCase());
+  const contentLengths = new Set(headers.filter((_, i) => lower[i] === 'content-length').map(([, v]) => v));
+  const chunked = lower.includes('transfer-encoding');
+  if (contentLengths.size > 1 || (chunked && contentLengths.size > 0)) throw new BadRequest('ambiguous message length');
+  for (const v of contentLengths) if (!/^\d{1,15}$/.test(v)) throw new BadRequest('bad Content-Length');
+  const named = new Set(
+    headers
+      .filter((_, i) => lower[i] === 'connection')
+      .flatMap(([, v]) => v.split(','))
+      .map((s) => s.trim().toLowerCase())
+      .filter((s) => s !== '' && !KEPT.has(s)),
+  );
+  const authority = t.port === 80 ? (t.ip === 6 ? `[${t.host}]` : t.host) : hostPort(t.host, t.port);
+  const out = [`${method} ${pathPart} ${version}`, `Host: ${authority}`];
+  headers.forEach(([name, value], i) => {
+    const n = lower[i]!;
+    if (DROPPED.has(n) || n.startsWith('proxy-') || named.has(n)) return;
+    out.push(`${name}: ${value}`);
+  });
+  out.push('Connection: close');
+  return { method: 'HTTP', target: t, head: `${out.join('\r\n')}\r\n\r\n` };
+}
+
+function response(status: number, reason: string, rule: string, text: string): string {
+  const body = `${text}\n`;
+  return [
+    `HTTP/1.1 ${status} ${reason}`,
+    'Content-Type: text/plain; charset=utf-8',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    'Connection: close',
+    `X-Loki-Egress-Rule: ${rule}`,
+    '',
+    body,
+  ].join('\r\n');
+}
+
+type Verdict =
+  | { ok: true; rule: string; addresses: string[] }
+  | { ok: false; rule: string; status: number; reason: string; text: string; address?: string };
+
+class Aborted extends Error {}
+
+// ---------------------------------------------------------------------------
+// The proxy
+
+async function defaultResolve(host: string): Promise<string[]> {
+  const found = await dns.lookup(host, { all: true, verbatim: true });
+  return found.map((a) => a.address);
+}
+
+/** Make the socket's directory (0755, when missing) and clear a stale socket. Returns whether the directory was made. */
+function prepareSocketPath(socketPath: string): boolean {
+  if (!path.isAbsolute(socketPath)) throw new TypeError(`egress socket path must be absolute: ${socketPath}`);
+  if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) throw new TypeError(`egress socket path is longer than ${MAX_SOCKET_PATH_BYTES} bytes: ${socketPath}`);
+  const dir = path.dirname(socketPath);
+  let created = false;
+  try {
+    lstatSync(dir);
+  } catch {
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    chmodSync(dir, 0o755);
+    created = true;
+  }
+  const st = lstatSync(dir);
+  if (!st.isDirectory()) throw new Error(`egress socket directory is not a directory (or is a symlink): ${dir}`);
+  if ((st.mode & 0o022) !== 0) throw new Error(`egress socket directory is writable by others: ${dir}`);
+  let existing: ReturnType<typeof lstatSync> | null = null;
+  try {
+    existing = lstatSync(socketPath);
+  } catch {
+    existing = null;
+  }
+  if (existing) {
+    if (!existing.isSocket()) throw new Error(`egress socket path exists and is not a socket: ${socketPath}`);
+    unlinkSync(socketPath);
+  }
+  return created;
+}
+
+export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressProxy> {
+  const policy = compilePolicy(o.allow, o.privateDestinations);
+  const resolveName = o.resolve ?? defaultResolve;
+  const maxConnections = o.maxConnections ?? EGRESS_DEFAULT_MAX_CONNECTIONS;
+  const idleTimeoutMs = o.idleTimeoutMs ?? EGRESS_DEFAULT_IDLE_TIMEOUT_MS;
+  const headerTimeoutMs = o.headerTimeoutMs ?? DEFAULT_HEADER_TIMEOUT_MS;
+  const connectTimeoutMs = o.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+  const socketPath = path.resolve(o.socketPath);
+
+  const createdDir = prepareSocketPath(socketPath);
+  const sockets = new Set<net.Socket>();
+  const active = new Set<Promise<void>>();
+  const counts = { allowed: 0, denied: 0, open: 0 };
+  let closing = false;
+  let abortClosing: () => void = () => undefined;
+  const closingSignal = new Promise<never>((_resolve, reject) => {
+    abortClosing = () => reject(new Aborted('proxy closed'));
+  });
+  closingSignal.catch(() => undefined);
+
+  const report = (d: EgressDecision) => {
+    if (d.decision === 'allowed') counts.allowed++;
+    else counts.denied++;
+    try {
+      o.onDecision(d);
+    } catch {
+      // A failing observer must not take the proxy down.
+    }
+  };
+
+  const track = (s: net.Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+    s.on('error', () => undefined);
+  };
+
+  /** Answer and close; keep reading (and discarding) so the answer is not lost to a reset. */
+  const refuse = (client: net.Socket, text: string) => {
+    if (client.destroyed) return;
+    client.removeAllListeners('data');
+    client.on('data', () => undefined);
+    client.resume();
+    client.end(text);
+    setTimeout(() => client.destroy(), LINGER_MS).unref();
+  };
+
+  const withTimeout = <T>(p: Promise<T>, ms: number, what: string): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(what)), ms);
+      timer.unref();
+      Promise.race([p, closingSignal]).then(
+        (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
+
+  const decide = async (t: Target): Promise<Verdict> => {
+    const hp = hostPort(t.host, t.port);
+    const denyPrivate = (address: string, kind: string, named: boolean): Verdict => ({
+      ok: false,
+      rule: 'private_address',
+      status: 403,
+      reason: 'Forbidden',
+      address,
+      text: named
+        ? `loki egress: ${hp} resolves to ${address}, a ${kind} address, which sessions may not reach`
+        : `loki egress: ${hp} is a ${kind} address, which sessions may not reach`,
+    });
+
+    if (t.ip !== 0) {
+      const keys = addressKeys(t.host, t.port);
+      const listed = matchAllowlist(policy, t);
+      const privateOk = keys.some((k) => policy.privateDestinations.has(k));
+      if (!listed && !privateOk) {
+        return { ok: false, rule: 'ip_literal', status: 403, reason: 'Forbidden', text: `loki egress: ${hp} is an IP address that is not in the session's egress allowlist` };
+      }
+      const kind = specialAddress(t.host);
+      if (kind && !privateOk) return denyPrivate(t.host, kind, false);
+      return { ok: true, rule: privateOk ? `private_destination:${keys[0]}` : `allowlist:${listed}`, addresses: [t.host] };
+    }
+
+    const entry = matchAllowlist(policy, t);
+    if (!entry) return { ok: false, rule: 'not_allowlisted', status: 403, reason: 'Forbidden', text: `loki egress: ${hp} is not in the session's egress allowlist` };
+    let addresses: string[];
+    try {
+      const found = await withTimeout(resolveName(t.host), connectTimeoutMs, 'resolution timed out');
+      addresses = [...new Set((Array.isArray(found) ? found : []).map((a) => canonicalIP(String(a))))].filter((a): a is string => a !== null);
+      if (addresses.length === 0 || addresses.length !== new Set(found).size) throw new Error('no usable address');
+    } catch (err) {
+      if (err instanceof Aborted) throw err;
+      return { ok: false, rule: 'resolve_failed', status: 502, reason: 'Bad Gateway', text: `loki egress: ${hp} could not be resolved` };
+    }
+    for (const address of addresses) {
+      const kind = specialAddress(address);
+      if (kind && !addressKeys(address, t.port).some((k) => policy.privateDestinations.has(k))) return denyPrivate(address, kind, true);
+    }
+    return { ok: true, rule: `allowlist:${entry}`, addresses };
+  };
+
+  /** Connect to the first checked address that answers. */
+  const connectUpstream = async (addresses: string[], port: number): Promise<{ socket: net.Socket | null; address: string; error?: string }> => {
+    let error = 'connect_failed';
+    let address = addresses[0]!;
+    for (const a of addresses.slice(0, MAX_CONNECT_ATTEMPTS)) {
+      address = a;
+      if (closing) throw new Aborted('proxy closed');
+      const s = net.connect({ host: a, port, allowHalfOpen: true });
+      track(s);
+      try {
+        await withTimeout(
+          new Promise<void>((resolve, reject) => {
+            s.once('connect', resolve);
+            s.once('error', reject);
+          }),
+          connectTimeoutMs,
+          'connect_timeout',
+        );
+        return { socket: s, address: a };
+      } catch (err) {
+        s.destroy();
+        if (err instanceof Aborted) throw err;
+        const code = (err as NodeJS.ErrnoException).code;
+        error = code ? `connect_failed: ${code}` : (err as Error).message;
+      }
+    }
+    return { socket: null, address, error };
+  };
+
+  /** Pipe both ways until both sides are done; resolves with the byte counts. */
+  const splice = (client: net.Socket, upstream: net.Socket, sentUp: number) =>
+    new Promise<{ up: number; down: number }>((resolve) => {
+      let up = sentUp;
+      let down = 0;
+      let closed = 0;
+      const onClose = () => {
+        closed++;
+        client.destroy();
+        upstream.destroy();
+        if (closed === 2) resolve({ up, down });
+      };
+      client.once('close', onClose);
+      upstream.once('close', onClose);
+      client.on('data', (c: Buffer) => {
+        up += c.length;
+        if (!upstream.write(c)) client.pause();
+      });
+      upstream.on('drain', () => client.resume());
+      upstream.on('data', (c: Buffer) => {
+        down += c.length;
+        if (!client.write(c)) upstream.pause();
+      });
+      client.on('drain', () => upstream.resume());
+      client.once('end', () => upstream.end());
+      upstream.once('end', () => client.end());
+      const idle = () => {
+        client.destroy();
+        upstream.destroy();
+      };
+      client.setTimeout(idleTimeoutMs, idle);
+      upstream.setTimeout(idleTimeoutMs, idle);
+      if (client.destroyed) onClose();
+      if (upstream.destroyed) onClose();
+      client.resume();
+    });
+
+  const serve = async (client: net.Socket, head: string, rest: Buffer): Promise<void> => {
+    let req: Parsed;
+    try {
+      req = parseHead(head);
+    } catch (err) {
+      const why = err instanceof BadRequest ? err.message : 'unparseable';
+      report({ decision: 'denied', host: '', port: 0, rule: 'bad_request', method: head.startsWith('CONNECT ') ? 'CONNECT' : 'HTTP' });
+      refuse(client, response(400, 'Bad Request', 'bad_request', `loki egress: malformed proxy request (${why})`));
+      return;
+    }
+    const { target, method } = req;
+    const verdict = await decide(target);
+    if (!verdict.ok) {
+      report({
+        decision: 'denied',
+        host: target.host,
+        port: target.port,
+        rule: verdict.rule,
+        method,
+        ...(verdict.address ? { address: verdict.address } : {}),
+      });
+      refuse(client, response(verdict.status, verdict.reason, verdict.rule, verdict.text));
+      return;
+    }
+    if (client.destroyed) return;
+    const conn = await connectUpstream(verdict.addresses, target.port);
+    const base = { decision: 'allowed' as const, host: target.host, port: target.port, rule: verdict.rule, method, address: conn.address };
+    if (!conn.socket) {
+      report({ ...base, bytesUp: 0, bytesDown: 0, error: conn.error });
+      refuse(client, response(502, 'Bad Gateway', verdict.rule, `loki egress: ${hostPort(target.host, target.port)} could not be reached`));
+      return;
+    }
+    const upstream = conn.socket;
+    let sentUp = 0;
+    if (method === 'CONNECT') {
+      client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    } else {
+      const h = Buffer.from(req.head!, 'latin1');
+      upstream.write(h);
+      sentUp += h.length;
+    }
+    if (rest.length > 0) {
+      upstream.write(rest);
+      sentUp += rest.length;
+    }
+    const bytes = await splice(client, upstream, sentUp);
+    report({ ...base, bytesUp: bytes.up, bytesDown: bytes.down });
+  };
+
+  const handle = (client: net.Socket): Promise<void> =>
+    new Promise<void>((resolveHandled) => {
+      track(client);
+      counts.open++;
+      let finished = false;
+      let work: Promise<void> = Promise.resolve();
+      const done = () => {
+        if (finished) return;
+        finished = true;
+        work.then(resolveHandled, resolveHandled);
+      };
+      client.once('close', () => {
+        counts.open--;
+        done();
+      });
+      if (closing) {
+        client.destroy();
+        return;
+      }
+      if (counts.open > maxConnections) {
+        report({ decision: 'denied', host: '', port: 0, rule: 'too_many_connections', method: 'HTTP' });
+        refuse(client, response(503, 'Service Unavailable', 'too_many_connections', 'loki egress: too many open connections for this session'));
+        return;
+      }
+
+      let buf = Buffer.alloc(0);
+      const headTimer = setTimeout(() => refuse(client, response(408, 'Request Timeout', 'header_timeout', 'loki egress: the request head did not arrive in time')), headerTimeoutMs);
+      headTimer.unref();
+      client.once('close', () => clearTimeout(headTimer));
+      const onEnd = () => client.destroy();
+      const onData = (chunk: Buffer) => {
+        buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+        const end = buf.indexOf('\r\n\r\n');
+        if (end === -1 ? buf.length > EGRESS_MAX_HEADER_BYTES : end + 4 > EGRESS_MAX_HEADER_BYTES) {
+          clearTimeout(headTimer);
+          client.off('end', onEnd);
+          report({ decision: 'denied', host: '', port: 0, rule: 'header_too_large', method: buf.subarray(0, 8).toString('latin1') === 'CONNECT ' ? 'CONNECT' : 'HTTP' });
+          refuse(client, response(431, 'Request Header Fields Too Large', 'header_too_large', `loki egress: the request head is larger than ${EGRESS_MAX_HEADER_BYTES} bytes`));
+          return;
+        }
+        if (end === -1) return;
+        clearTimeout(headTimer);
+        client.off('data', onData);
+        client.off('end', onEnd);
+        client.pause();
+        const head = buf.subarray(0, end).toString('latin1');
+        const rest = Buffer.from(buf.subarray(end + 4));
+        work = serve(client, head, rest).catch(() => {
+          client.destroy();
+        });
+        // A connection that ends while its request is decided is closed by `serve`.
+        work.then(() => {
+          if (!finished && client.destroyed) done();
+        });
+      };
+      client.on('data', onData);
+      client.once('end', onEnd);
+    });
+
+  const server = net.createServer({ allowHalfOpen: true });
+  server.on('connection', (client) => {
+    const p = handle(client);
+    active.add(p);
+    p.finally(() => active.delete(p));
+  });
+  server.on('error', () => undefined);
+
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    chmodSync(socketPath, 0o666);
+  } catch (err) {
+    server.close();
+    try {
+      unlinkSync(socketPath);
+    } catch {}
+    if (createdDir) {
+      try {
+        rmdirSync(path.dirname(socketPath));
+      } catch {}
+    }
+    throw err;
+  }
+
+  let closed: Promise<void> | null = null;
+  const close = (): Promise<void> => {
+    if (closed) return closed;
+    closing = true;
+    abortClosing();
+    closed = (async () => {
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sockets) s.destroy();
+      await stopped;
+      await Promise.allSettled([...active]);
+      try {
+        unlinkSync(socketPath);
+      } catch {}
+      if (createdDir) {
+        try {
+          rmdirSync(path.dirname(socketPath));
+        } catch {}
+      }
+    })();
+    return closed;
+  };
+
+  return { close, socketPath, stats: () => ({ ...counts }) };
+}
