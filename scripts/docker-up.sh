@@ -52,7 +52,7 @@ fi
 
 # --- gVisor -----------------------------------------------------------------------
 RUNSC_OK=0         # runsc is installed and registered in daemon.json
-DAEMON_JSON_BACKUP="" # set when this run changed daemon.json: how to undo it
+DAEMON_JSON_BACKUP="" # set when this run changed daemon.json: the previous file, or "none"
 
 runsc_path() {
   command -v runsc 2>/dev/null || { [ -x /usr/sbin/runsc ] && echo /usr/sbin/runsc; } || true
@@ -82,7 +82,10 @@ config = {}
 if os.path.exists(file):
     with open(file) as f:
         text = f.read()
-    config = json.loads(text) if text.strip() else {}
+    try:
+        config = json.loads(text) if text.strip() else {}
+    except ValueError as e:
+        sys.exit(file + ": invalid JSON: " + str(e))
 if not isinstance(config, dict):
     sys.exit(file + " is not a JSON object")
 runtimes = config.get("runtimes") or {}
@@ -102,7 +105,10 @@ print("changed")
 const fs = require("fs"), p = require("path");
 const [file, binary, argsJson] = process.argv.slice(1);
 let config = {};
-if (fs.existsSync(file)) { const t = fs.readFileSync(file, "utf8"); config = t.trim() ? JSON.parse(t) : {}; }
+if (fs.existsSync(file)) {
+  const t = fs.readFileSync(file, "utf8");
+  try { config = t.trim() ? JSON.parse(t) : {}; } catch (e) { console.error(file + ": invalid JSON: " + e.message); process.exit(1); }
+}
 if (config === null || typeof config !== "object" || Array.isArray(config)) { console.error(file + " is not a JSON object"); process.exit(1); }
 const runtimes = config.runtimes || {};
 const want = { path: binary, runtimeArgs: JSON.parse(argsJson) };
@@ -124,31 +130,36 @@ console.log("changed");
 }
 
 register_runsc() {
-  local path result
+  local path result tmp="$DAEMON_JSON.loki-prev"
   path=$(runsc_path)
   "$path" --version >/dev/null 2>&1 || { warn_runsc "$path --version does not run"; return 1; }
+  as_root rm -f "$tmp"
   if [ -f "$DAEMON_JSON" ]; then
-    as_root cp -p "$DAEMON_JSON" "$DAEMON_JSON.loki-bak.$$" || { warn_runsc "cannot back up $DAEMON_JSON"; return 1; }
+    as_root cp -p "$DAEMON_JSON" "$tmp" || { warn_runsc "cannot back up $DAEMON_JSON"; return 1; }
   fi
   if ! result=$(merge_daemon_json "$path"); then
-    as_root rm -f "$DAEMON_JSON.loki-bak.$$"
+    as_root rm -f "$tmp"
     warn_runsc "could not merge the runsc runtime into $DAEMON_JSON"
     return 1
   fi
-  if [ "$result" = changed ]; then
-    echo "docker-up: registered runsc ($path) in $DAEMON_JSON" >&2
-    if [ -f "$DAEMON_JSON.loki-bak.$$" ]; then
-      DAEMON_JSON_BACKUP="$DAEMON_JSON.loki-bak.$$"
-    else
-      DAEMON_JSON_BACKUP=none
-    fi
+  if [ "$result" != changed ]; then
+    as_root rm -f "$tmp"
+    return 0
+  fi
+  echo "docker-up: registered runsc ($path) in $DAEMON_JSON" >&2
+  if [ -f "$tmp" ]; then
+    as_root mv -f "$tmp" "$DAEMON_JSON.loki-bak"
+    DAEMON_JSON_BACKUP="$DAEMON_JSON.loki-bak"
   else
-    as_root rm -f "$DAEMON_JSON.loki-bak.$$"
+    DAEMON_JSON_BACKUP=none
   fi
 }
 
+# True when the engine lists runsc with the binary and arguments this script registers.
 runsc_listed() {
-  docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'
+  local want
+  want="$(runsc_path) $(echo "$RUNSC_RUNTIME_ARGS" | tr -d '[]"' | tr ',' ' ')"
+  [ "$(docker info --format '{{with index .Runtimes "runsc"}}{{.Path}} {{join .Args " "}}{{end}}' 2>/dev/null)" = "$want" ]
 }
 
 wait_runsc_listed() {
@@ -168,7 +179,7 @@ fi
 
 # --- the engine ---------------------------------------------------------------------
 if docker info >/dev/null 2>&1; then
-  if [ "$RUNSC_OK" -eq 1 ] && ! runsc_listed; then
+  if [ "$RUNSC_OK" -eq 1 ] && { [ -n "$DAEMON_JSON_BACKUP" ] || ! runsc_listed; }; then
     # A running engine re-reads daemon.json (runtimes included) on SIGHUP; containers keep running.
     pid=$(cat /var/run/docker.pid 2>/dev/null || true)
     if [ -n "$pid" ] && grep -qx dockerd "/proc/$pid/comm" 2>/dev/null; then
@@ -224,8 +235,8 @@ if [ -n "$DAEMON_JSON_BACKUP" ]; then
   if [ "$DAEMON_JSON_BACKUP" = none ]; then
     as_root rm -f "$DAEMON_JSON"
   else
-    as_root mv -f "$DAEMON_JSON_BACKUP" "$DAEMON_JSON"
+    as_root cp -p "$DAEMON_JSON_BACKUP" "$DAEMON_JSON"
   fi
   start_dockerd && exit 0
 fi
-fail "dockerd did not answer within ${WAIT_SECONDS}s (log: $LOG)"
+fail "dockerd did not come up (waited up to ${WAIT_SECONDS}s; log: $LOG)"

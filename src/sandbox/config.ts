@@ -4,11 +4,11 @@
  * split). Host-side checks that need the file system (mount targets exist, are not
  * sensitive) belong to the policy, not here.
  */
-import { lstatSync, readFileSync } from 'node:fs';
+import { lstatSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { PathError, resolveInside } from '../util/paths';
+import { PathError, readRegularFile, resolveInside } from '../util/paths';
 
 export const CONFIG_RELATIVE_PATH = '.loki/config.yaml';
 export const DEFAULT_IMAGE = 'loki-sandbox:local';
@@ -295,10 +295,9 @@ export function loadWorkspaceConfig(workspaceDir: string, opts: LoadConfigOption
   }
   let text: string;
   try {
+    // Never blocks (a FIFO), never reads more than the cap (a huge sparse file).
     const file = resolveInside(workspaceDir, CONFIG_RELATIVE_PATH);
-    const buf = readFileSync(file);
-    if (buf.length > MAX_CONFIG_BYTES) throw new SandboxConfigError(`${CONFIG_RELATIVE_PATH}: larger than 1 MiB`);
-    text = buf.toString('utf8');
+    text = readRegularFile(file, MAX_CONFIG_BYTES, 'the file').toString('utf8');
   } catch (err) {
     if (err instanceof SandboxConfigError) throw err;
     if (err instanceof PathError) throw new SandboxConfigError(`${CONFIG_RELATIVE_PATH}: ${err.message}`);

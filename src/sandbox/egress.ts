@@ -222,7 +222,7 @@ const NAME_CHARS = /^[A-Za-z0-9._-]{1,253}$/;
 function canonicalHost(raw: string): Omit<Target, 'port'> | null {
   if (raw.startsWith('[') && raw.endsWith(']')) {
     const canon = canonicalIP(raw.slice(1, -1));
-    return canon && canon.includes(':') ? { host: canon, ip: 6 } : null;
+    return canon?.includes(':') ? { host: canon, ip: 6 } : null;
   }
   if (!NAME_CHARS.test(raw)) return null;
   let host: string;
@@ -310,6 +310,15 @@ const DROPPED = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', '
 /** Framing headers a `Connection` token must not remove. */
 const KEPT = new Set(['content-length', 'transfer-encoding']);
 
+/** Without leading and trailing spaces and tabs. */
+function trimOWS(s: string): string {
+  let a = 0;
+  let b = s.length;
+  while (a < b && (s[a] === ' ' || s[a] === '\t')) a++;
+  while (b > a && (s[b - 1] === ' ' || s[b - 1] === '\t')) b--;
+  return s.slice(a, b);
+}
+
 function parseHead(head: string): Parsed {
   const lines = head.split('\r\n');
   if (lines.some((l) => /[\r\n\0]/.test(l))) throw new BadRequest('bare CR, LF or NUL');
@@ -318,10 +327,13 @@ function parseHead(head: string): Parsed {
   const [, method, target, version] = m as unknown as [string, string, string, string];
   const headers: Array<[string, string]> = [];
   for (const line of lines.slice(1)) {
-    const h = /^([^:]+):[ \t]*(.*?)[ \t]*$/.exec(line);
-    if (!h || !TOKEN.test(h[1]!)) throw new BadRequest('bad header line');
-    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(h[2]!)) throw new BadRequest('control character in a header');
-    headers.push([h[1]!, h[2]!]);
+    // Split by hand: a regex with optional whitespace on both ends of the value is quadratic.
+    const colon = line.indexOf(':');
+    const name = colon === -1 ? '' : line.slice(0, colon);
+    if (!TOKEN.test(name)) throw new BadRequest('bad header line');
+    const value = trimOWS(line.slice(colon + 1));
+    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value)) throw new BadRequest('control character in a header');
+    headers.push([name, value]);
   }
 
   if (method === 'CONNECT') {
@@ -416,6 +428,14 @@ function prepareSocketPath(socketPath: string): boolean {
   return created;
 }
 
+/** Resolves once `s` has emitted 'close'. */
+function whenClosed(s: net.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    if (s.closed) resolve();
+    else s.once('close', () => resolve());
+  });
+}
+
 export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressProxy> {
   const policy = compilePolicy(o.allow, o.privateDestinations);
   const resolveName = o.resolve ?? defaultResolve;
@@ -429,12 +449,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
   const sockets = new Set<net.Socket>();
   const active = new Set<Promise<void>>();
   const counts = { allowed: 0, denied: 0, open: 0 };
-  let closing = false;
-  let abortClosing: () => void = () => undefined;
-  const closingSignal = new Promise<never>((_resolve, reject) => {
-    abortClosing = () => reject(new Aborted('proxy closed'));
-  });
-  closingSignal.catch(() => undefined);
+  const closing = new AbortController();
 
   const report = (d: EgressDecision) => {
     if (d.decision === 'allowed') counts.allowed++;
@@ -462,17 +477,25 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     setTimeout(() => client.destroy(), LINGER_MS).unref();
   };
 
-  const withTimeout = <T>(p: Promise<T>, ms: number, what: string): Promise<T> =>
+  /** `p`, bounded by `ms` and by the proxy's close (which rejects with `Aborted`). */
+  const bounded = <T>(p: Promise<T>, ms: number, what: string): Promise<T> =>
     new Promise<T>((resolve, reject) => {
+      const onAbort = () => reject(new Aborted('proxy closed'));
       const timer = setTimeout(() => reject(new Error(what)), ms);
       timer.unref();
-      Promise.race([p, closingSignal]).then(
+      const settle = () => {
+        clearTimeout(timer);
+        closing.signal.removeEventListener('abort', onAbort);
+      };
+      if (closing.signal.aborted) onAbort();
+      closing.signal.addEventListener('abort', onAbort, { once: true });
+      p.then(
         (v) => {
-          clearTimeout(timer);
+          settle();
           resolve(v);
         },
         (err) => {
-          clearTimeout(timer);
+          settle();
           reject(err);
         },
       );
@@ -507,13 +530,16 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     if (!entry) return { ok: false, rule: 'not_allowlisted', status: 403, reason: 'Forbidden', text: `loki egress: ${hp} is not in the session's egress allowlist` };
     let addresses: string[];
     try {
-      const found = await withTimeout(resolveName(t.host), connectTimeoutMs, 'resolution timed out');
-      addresses = [...new Set((Array.isArray(found) ? found : []).map((a) => canonicalIP(String(a))))].filter((a): a is string => a !== null);
-      if (addresses.length === 0 || addresses.length !== new Set(found).size) throw new Error('no usable address');
+      const found = await bounded(Promise.resolve().then(() => resolveName(t.host)), connectTimeoutMs, 'resolution timed out');
+      if (!Array.isArray(found) || found.length === 0) throw new Error('no address');
+      const canon = found.map((a) => (typeof a === 'string' ? canonicalIP(a) : null));
+      if (canon.some((a) => a === null)) throw new Error('not an address');
+      addresses = [...new Set(canon as string[])];
     } catch (err) {
       if (err instanceof Aborted) throw err;
       return { ok: false, rule: 'resolve_failed', status: 502, reason: 'Bad Gateway', text: `loki egress: ${hp} could not be resolved` };
     }
+    // Every address is checked, not only the one used: the name must not lead anywhere private.
     for (const address of addresses) {
       const kind = specialAddress(address);
       if (kind && !addressKeys(address, t.port).some((k) => policy.privateDestinations.has(k))) return denyPrivate(address, kind, true);
@@ -521,17 +547,16 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     return { ok: true, rule: `allowlist:${entry}`, addresses };
   };
 
-  /** Connect to the first checked address that answers. */
+  /** Connect to the first checked address that answers (by address: no second resolution). */
   const connectUpstream = async (addresses: string[], port: number): Promise<{ socket: net.Socket | null; address: string; error?: string }> => {
     let error = 'connect_failed';
     let address = addresses[0]!;
     for (const a of addresses.slice(0, MAX_CONNECT_ATTEMPTS)) {
       address = a;
-      if (closing) throw new Aborted('proxy closed');
       const s = net.connect({ host: a, port, allowHalfOpen: true });
       track(s);
       try {
-        await withTimeout(
+        await bounded(
           new Promise<void>((resolve, reject) => {
             s.once('connect', resolve);
             s.once('error', reject);
@@ -550,42 +575,36 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     return { socket: null, address, error };
   };
 
-  /** Pipe both ways until both sides are done; resolves with the byte counts. */
-  const splice = (client: net.Socket, upstream: net.Socket, sentUp: number) =>
-    new Promise<{ up: number; down: number }>((resolve) => {
-      let up = sentUp;
-      let down = 0;
-      let closed = 0;
-      const onClose = () => {
-        closed++;
-        client.destroy();
-        upstream.destroy();
-        if (closed === 2) resolve({ up, down });
-      };
-      client.once('close', onClose);
-      upstream.once('close', onClose);
-      client.on('data', (c: Buffer) => {
-        up += c.length;
-        if (!upstream.write(c)) client.pause();
-      });
-      upstream.on('drain', () => client.resume());
-      upstream.on('data', (c: Buffer) => {
-        down += c.length;
-        if (!client.write(c)) upstream.pause();
-      });
-      client.on('drain', () => upstream.resume());
-      client.once('end', () => upstream.end());
-      upstream.once('end', () => client.end());
-      const idle = () => {
-        client.destroy();
-        upstream.destroy();
-      };
-      client.setTimeout(idleTimeoutMs, idle);
-      upstream.setTimeout(idleTimeoutMs, idle);
-      if (client.destroyed) onClose();
-      if (upstream.destroyed) onClose();
-      client.resume();
+  /** Pipe both ways (half-closes passed on) until both sockets are closed; the byte counts. */
+  const splice = async (client: net.Socket, upstream: net.Socket, sentUp: number): Promise<{ up: number; down: number }> => {
+    let up = sentUp;
+    let down = 0;
+    const both = Promise.all([whenClosed(client), whenClosed(upstream)]);
+    const teardown = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.once('close', teardown);
+    upstream.once('close', teardown);
+    client.on('data', (c: Buffer) => {
+      up += c.length;
+      if (!upstream.write(c)) client.pause();
     });
+    upstream.on('drain', () => client.resume());
+    upstream.on('data', (c: Buffer) => {
+      down += c.length;
+      if (!client.write(c)) upstream.pause();
+    });
+    client.on('drain', () => upstream.resume());
+    client.once('end', () => upstream.end());
+    upstream.once('end', () => client.end());
+    client.setTimeout(idleTimeoutMs, teardown);
+    upstream.setTimeout(idleTimeoutMs, teardown);
+    if (client.destroyed || upstream.destroyed || closing.signal.aborted) teardown();
+    client.resume();
+    await both;
+    return { up, down };
+  };
 
   const serve = async (client: net.Socket, head: string, rest: Buffer): Promise<void> => {
     let req: Parsed;
@@ -600,17 +619,11 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     const { target, method } = req;
     const verdict = await decide(target);
     if (!verdict.ok) {
-      report({
-        decision: 'denied',
-        host: target.host,
-        port: target.port,
-        rule: verdict.rule,
-        method,
-        ...(verdict.address ? { address: verdict.address } : {}),
-      });
+      report({ decision: 'denied', host: target.host, port: target.port, rule: verdict.rule, method, ...(verdict.address ? { address: verdict.address } : {}) });
       refuse(client, response(verdict.status, verdict.reason, verdict.rule, verdict.text));
       return;
     }
+    // The agent went away while its request was decided: nothing to connect.
     if (client.destroyed) return;
     const conn = await connectUpstream(verdict.addresses, target.port);
     const base = { decision: 'allowed' as const, host: target.host, port: target.port, rule: verdict.rule, method, address: conn.address };
@@ -628,6 +641,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
       upstream.write(h);
       sentUp += h.length;
     }
+    // Bytes the client sent after the head (a body, or an eager TLS ClientHello).
     if (rest.length > 0) {
       upstream.write(rest);
       sentUp += rest.length;
@@ -636,72 +650,91 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     report({ ...base, bytesUp: bytes.up, bytesDown: bytes.down });
   };
 
-  const handle = (client: net.Socket): Promise<void> =>
-    new Promise<void>((resolveHandled) => {
-      track(client);
-      counts.open++;
-      let finished = false;
-      let work: Promise<void> = Promise.resolve();
-      const done = () => {
-        if (finished) return;
-        finished = true;
-        work.then(resolveHandled, resolveHandled);
+  /** The request head (up to the blank line) and what followed it; null when the connection was answered or went away. */
+  const readHead = (client: net.Socket) =>
+    new Promise<{ head: string; rest: Buffer } | null>((resolve) => {
+      let buf: Buffer = Buffer.alloc(0);
+      const stop = () => {
+        clearTimeout(timer);
+        client.off('data', onData);
+        client.off('end', onEnd);
+        client.off('close', onClose);
       };
-      client.once('close', () => {
-        counts.open--;
-        done();
-      });
-      if (closing) {
+      const timer = setTimeout(() => {
+        stop();
+        refuse(client, response(408, 'Request Timeout', 'header_timeout', 'loki egress: the request head did not arrive in time'));
+        resolve(null);
+      }, headerTimeoutMs);
+      timer.unref();
+      const onEnd = () => {
+        stop();
         client.destroy();
-        return;
-      }
-      if (counts.open > maxConnections) {
-        report({ decision: 'denied', host: '', port: 0, rule: 'too_many_connections', method: 'HTTP' });
-        refuse(client, response(503, 'Service Unavailable', 'too_many_connections', 'loki egress: too many open connections for this session'));
-        return;
-      }
-
-      let buf = Buffer.alloc(0);
-      const headTimer = setTimeout(() => refuse(client, response(408, 'Request Timeout', 'header_timeout', 'loki egress: the request head did not arrive in time')), headerTimeoutMs);
-      headTimer.unref();
-      client.once('close', () => clearTimeout(headTimer));
-      const onEnd = () => client.destroy();
+        resolve(null);
+      };
+      const onClose = () => {
+        stop();
+        resolve(null);
+      };
       const onData = (chunk: Buffer) => {
         buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
         const end = buf.indexOf('\r\n\r\n');
         if (end === -1 ? buf.length > EGRESS_MAX_HEADER_BYTES : end + 4 > EGRESS_MAX_HEADER_BYTES) {
-          clearTimeout(headTimer);
-          client.off('end', onEnd);
-          report({ decision: 'denied', host: '', port: 0, rule: 'header_too_large', method: buf.subarray(0, 8).toString('latin1') === 'CONNECT ' ? 'CONNECT' : 'HTTP' });
+          stop();
+          const method = buf.subarray(0, 8).toString('latin1') === 'CONNECT ' ? 'CONNECT' : 'HTTP';
+          report({ decision: 'denied', host: '', port: 0, rule: 'header_too_large', method });
           refuse(client, response(431, 'Request Header Fields Too Large', 'header_too_large', `loki egress: the request head is larger than ${EGRESS_MAX_HEADER_BYTES} bytes`));
+          resolve(null);
           return;
         }
         if (end === -1) return;
-        clearTimeout(headTimer);
-        client.off('data', onData);
-        client.off('end', onEnd);
+        stop();
         client.pause();
-        const head = buf.subarray(0, end).toString('latin1');
-        const rest = Buffer.from(buf.subarray(end + 4));
-        work = serve(client, head, rest).catch(() => {
-          client.destroy();
-        });
-        // A connection that ends while its request is decided is closed by `serve`.
-        work.then(() => {
-          if (!finished && client.destroyed) done();
-        });
+        resolve({ head: buf.subarray(0, end).toString('latin1'), rest: Buffer.from(buf.subarray(end + 4)) });
       };
       client.on('data', onData);
       client.once('end', onEnd);
+      client.once('close', onClose);
     });
+
+  const handle = async (client: net.Socket): Promise<void> => {
+    track(client);
+    counts.open++;
+    const closed = whenClosed(client).then(() => {
+      counts.open--;
+    });
+    if (closing.signal.aborted) {
+      client.destroy();
+    } else if (counts.open > maxConnections) {
+      report({ decision: 'denied', host: '', port: 0, rule: 'too_many_connections', method: 'HTTP' });
+      refuse(client, response(503, 'Service Unavailable', 'too_many_connections', 'loki egress: too many open connections for this session'));
+    } else {
+      const got = await readHead(client);
+      if (got) {
+        await serve(client, got.head, got.rest).catch(() => {
+          client.destroy();
+        });
+      }
+    }
+    await closed;
+  };
 
   const server = net.createServer({ allowHalfOpen: true });
   server.on('connection', (client) => {
     const p = handle(client);
     active.add(p);
-    p.finally(() => active.delete(p));
+    void p.finally(() => active.delete(p));
   });
-  server.on('error', () => undefined);
+
+  const removeFiles = () => {
+    try {
+      unlinkSync(socketPath);
+    } catch {}
+    if (createdDir) {
+      try {
+        rmdirSync(path.dirname(socketPath));
+      } catch {}
+    }
+  };
 
   try {
     await new Promise<void>((resolve, reject) => {
@@ -711,38 +744,25 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
         resolve();
       });
     });
+    // uid 1000 in the container must be able to connect; the directory (0755) keeps it from being replaced.
     chmodSync(socketPath, 0o666);
   } catch (err) {
     server.close();
-    try {
-      unlinkSync(socketPath);
-    } catch {}
-    if (createdDir) {
-      try {
-        rmdirSync(path.dirname(socketPath));
-      } catch {}
-    }
+    removeFiles();
     throw err;
   }
+  server.on('error', () => undefined);
 
   let closed: Promise<void> | null = null;
   const close = (): Promise<void> => {
     if (closed) return closed;
-    closing = true;
-    abortClosing();
+    closing.abort();
     closed = (async () => {
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const s of sockets) s.destroy();
       await stopped;
       await Promise.allSettled([...active]);
-      try {
-        unlinkSync(socketPath);
-      } catch {}
-      if (createdDir) {
-        try {
-          rmdirSync(path.dirname(socketPath));
-        } catch {}
-      }
+      removeFiles();
     })();
     return closed;
   };

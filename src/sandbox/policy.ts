@@ -30,7 +30,9 @@ export type MountRule =
   | 'ssh'
   | 'loki_home'
   | 'gh_config'
-  | 'aws';
+  | 'aws'
+  | 'container_socket'
+  | 'credentials';
 
 export class SandboxPolicyError extends Error {
   readonly code = 'sandbox_policy';
@@ -57,6 +59,12 @@ export interface PolicyContext {
   lokiHome?: string;
   /** The Docker socket the worker talks to, if not the default. */
   dockerSocket?: string;
+  /**
+   * Where the worker pinned each of the policy's mounts (a bind mount of the opened
+   * directory under the session's own directory), in the policy's order: Docker binds
+   * these, so a path swapped for a symlink after the checks changes nothing.
+   */
+  mountSources?: string[];
 }
 
 function realOrSelf(p: string): string {
@@ -88,6 +96,16 @@ function protectedPaths(ctx: PolicyContext): ProtectedPath[] {
     { rule: 'loki_home', paths: [path.join(home, '.loki'), ...(ctx.lokiHome ? [ctx.lokiHome] : [])].flatMap(spellings), why: 'the Loki state directory (~/.loki) is never mounted' },
     { rule: 'gh_config', paths: spellings(path.join(home, '.config', 'gh')), why: '~/.config/gh (GitHub CLI credentials) is never mounted' },
     { rule: 'aws', paths: spellings(path.join(home, '.aws')), why: '~/.aws is never mounted' },
+    {
+      rule: 'container_socket',
+      paths: ['/run/containerd', '/var/run/containerd', '/run/podman', '/var/run/podman', '/run/crio', '/var/run/crio'].flatMap(spellings),
+      why: 'container engine sockets (containerd, podman, CRI-O) are never mounted',
+    },
+    {
+      rule: 'credentials',
+      paths: ['.docker', '.kube', '.gnupg', '.netrc', '.git-credentials', path.join('.config', 'gcloud')].flatMap((p) => spellings(path.join(home, p))),
+      why: 'credential stores in the home directory (~/.docker, ~/.kube, ~/.gnupg, ~/.netrc, ~/.git-credentials, ~/.config/gcloud) are never mounted',
+    },
   ];
 }
 
@@ -143,9 +161,13 @@ export function containerOptions(p: SessionPolicy, ctx: PolicyContext): Containe
     if (!CAP_ADD_ALLOWED.includes(cap)) throw new SandboxPolicyError(`cap_add ${cap} is never allowed`, 'cap_add');
   }
   const binds = [`${ctx.workspace}:${CONTAINER_WORKSPACE}:rw`];
-  for (const m of p.mounts) {
-    binds.push(`${validateHostMount(m.host, ctx, m.host)}:${m.container}:${m.mode}`);
-  }
+  p.mounts.forEach((m, i) => {
+    const real = validateHostMount(m.host, ctx, m.host);
+    if (real !== m.host) throw new SandboxPolicyError(`mount ${m.host} refused (rule not_found): it now resolves to ${real}`, 'not_found');
+    const source = ctx.mountSources?.[i];
+    if (source === undefined) throw new SandboxPolicyError(`mount ${m.host} refused (rule not_found): it was not pinned by the worker`, 'not_found');
+    binds.push(`${source}:${m.container}:${m.mode}`);
+  });
   return {
     Image: p.image,
     Cmd: providerArgv(p.command, ctx.prd),

@@ -11,12 +11,27 @@
  * on misuse (no Docker client for a sandboxed run).
  */
 import { spawn } from 'node:child_process';
-import { chownSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants as fsConstants,
+  fstatSync,
+  lchownSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { finished, Writable } from 'node:stream';
 import type Docker from 'dockerode';
-import { isInside, resolveInside } from '../util/paths';
+import { isInside, readRegularFile, resolveInside } from '../util/paths';
 import { redactString } from '../util/redact';
 import { createBudgetTracker } from './budget';
 import type { SessionPolicy } from '../sessions/api';
@@ -145,6 +160,7 @@ function resolveSessionPaths(spec: SessionSpec): { workspace: string; prd: strin
   const prdReal = resolveInside(workspace, spec.prdRelative);
   if (!statSync(prdReal).isFile()) throw new Error(`PRD is not a regular file: ${spec.prdRelative}`);
   if (!isInside(workspace, prdReal) || prdReal === workspace) throw new Error(`PRD escapes the workspace: ${spec.prdRelative}`);
+  if (spec.prdRelative.split('/').some((seg) => seg.startsWith('-'))) throw new Error(`PRD path segments must not start with "-": ${spec.prdRelative}`);
   return { workspace, prd: path.relative(workspace, prdReal).split(path.sep).join('/') };
 }
 
@@ -407,6 +423,51 @@ function runAsProcess(
   });
 }
 
+/**
+ * Pin each extra mount: open the checked real path without following a final
+ * symlink, make sure the kernel's own name for what was opened is still that path
+ * (an intermediate component swapped for a symlink shows up here), and bind-mount
+ * the opened directory itself (`/proc/self/fd/N`, not canonicalised) under the
+ * session's root-only directory. Docker binds that, so nothing done to the original
+ * path after the checks can redirect the container. Needs root (mount).
+ */
+async function pinMounts(mounts: SessionPolicy['mounts'], base: string): Promise<string[]> {
+  const out: string[] = [];
+  if (mounts.length === 0) return out;
+  const dir = path.join(base, 'mounts');
+  mkdirSync(dir, { mode: 0o700 });
+  for (const [i, m] of mounts.entries()) {
+    const fd = openSync(m.host, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+    try {
+      const opened = readlinkSync(`/proc/self/fd/${fd}`);
+      if (opened !== m.host) throw new Error(`mount ${m.host} changed since it was checked (it is now ${opened})`);
+      const st = fstatSync(fd);
+      const target = path.join(dir, String(i));
+      if (st.isDirectory()) mkdirSync(target, { mode: 0o700 });
+      else if (st.isFile()) writeFileSync(target, '', { mode: 0o600, flag: 'wx' });
+      else throw new Error(`mount ${m.host} is neither a directory nor a regular file`);
+      await new Promise<void>((resolve, reject) => {
+        const child = spawn('mount', ['--no-canonicalize', '--bind', '/proc/self/fd/3', target], {
+          stdio: ['ignore', 'ignore', 'pipe', fd],
+          env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' },
+        });
+        let err = '';
+        child.stderr!.on('data', (d) => {
+          err += d;
+        });
+        child.once('error', reject);
+        child.once('close', (code) => (code === 0 ? resolve() : reject(new Error(`mount ${m.host} could not be pinned: ${err.trim() || `exit ${code}`}`))));
+      });
+      const pinned = lstatSync(target);
+      if (pinned.dev !== st.dev || pinned.ino !== st.ino) throw new Error(`mount ${m.host} could not be pinned (the bind shows another object)`);
+      out.push(target);
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return out;
+}
+
 /** Setup and commit failures: the step, for the `session.setup_failed` audit entry. */
 export type SetupStep = 'policy' | 'prepare' | 'disk' | 'ownership' | 'commit' | 'fetch' | 'remove' | 'branch';
 
@@ -416,30 +477,32 @@ export type SetupStep = 'policy' | 'prepare' | 'disk' | 'ownership' | 'commit' |
  * before `loki start` and not committed yet). It then lands in the session's commit.
  */
 function placePrd(workspace: string, prdRelative: string, worktree: Worktree, owner: { uid: number; gid: number } | null): void {
-  const source = resolveInside(workspace, prdRelative);
-  const content = readFileSync(source);
-  const target = path.join(worktree.dir, prdRelative);
-  let same = false;
+  const content = readRegularFile(resolveInside(workspace, prdRelative), MAX_PRD_BYTES, 'the PRD');
+  const root = realpathSync(worktree.dir);
+  // Real paths only: a symlink in the base commit must not lead the write (or the
+  // chown) anywhere outside the worktree.
+  const dir = resolveInside(root, path.dirname(prdRelative) || '.', { mustExist: false });
+  if (!isInside(root, dir)) throw new Error(`PRD path escapes the worktree: ${prdRelative}`);
+  const target = path.join(dir, path.basename(prdRelative));
   try {
-    same = lstatSync(target).isFile() && readFileSync(target).equals(content);
+    const st = lstatSync(target);
+    if (st.isFile() && readFileSync(target).equals(content)) return;
   } catch {
-    same = false;
+    // not there yet
   }
-  if (same) return;
-  // The target's parents are created inside the worktree (nothing the agent wrote yet).
-  const real = resolveInside(worktree.dir, path.dirname(prdRelative) || '.', { mustExist: false });
-  if (!isInside(worktree.dir, real)) throw new Error(`PRD path escapes the worktree: ${prdRelative}`);
-  mkdirSync(real, { recursive: true });
+  mkdirSync(dir, { recursive: true });
+  if (realpathSync(dir) !== dir) throw new Error(`PRD path escapes the worktree: ${prdRelative}`);
   rmSync(target, { force: true });
-  writeFileSync(target, content, { mode: 0o644 });
+  writeFileSync(target, content, { mode: 0o644, flag: 'wx' });
   if (owner) {
-    for (let d = path.dirname(target); isInside(worktree.dir, d); d = path.dirname(d)) {
-      chownSync(d, owner.uid, owner.gid);
-      if (d === worktree.dir) break;
-    }
-    chownSync(target, owner.uid, owner.gid);
+    for (let d = dir; isInside(root, d) && d !== root; d = path.dirname(d)) lchownSync(d, owner.uid, owner.gid);
+    lchownSync(target, owner.uid, owner.gid);
   }
 }
+
+/** The largest PRD the worker copies into a worktree. */
+const MAX_PRD_BYTES = 16 * 1024 * 1024;
+
 
 /** Next to each worktree (outside the agent's mount): what the worker needs to recover it after a crash. */
 const WORKTREE_META = 'worktree.json';
@@ -584,7 +647,9 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
     placePrd(paths.workspace, paths.prd, worktree, owner);
     argv = providerArgv(spec.policy.command, paths.prd);
     if (sandboxed) {
+      const mountSources = await pinMounts(spec.policy.mounts, worktree.base);
       const ctx: PolicyContext = {
+        mountSources,
         sessionId: spec.sessionId,
         workerId: spec.workerId,
         workspace: worktree.dir,

@@ -17,6 +17,7 @@ import { z } from 'zod';
 import type { SessionPolicy } from '../sessions/api';
 import { isInside } from '../util/paths';
 import {
+  CAP_ADD_ALLOWED,
   CONFIG_RELATIVE_PATH,
   DEFAULT_IMAGE,
   DEFAULT_PROVIDER_COMMAND,
@@ -246,6 +247,8 @@ export interface EffectivePolicyInput {
   requestedSandbox: boolean | undefined;
   /** `LOKI_SANDBOX_MODE` on the server: every session is sandboxed. */
   forceSandbox: boolean;
+  /** The workspace's real path: no mount may expose it (or a directory holding it). */
+  workspace?: string;
   /** For the mount checks (the host's protected paths). */
   mountContext: Pick<PolicyContext, 'home' | 'lokiHome' | 'dockerSocket'>;
 }
@@ -339,6 +342,9 @@ export function effectiveSessionPolicy(i: EffectivePolicyInput): SessionPolicy {
       const roots = op.mountRoots.map((r) => r.path).join(', ');
       throw new PolicyViolation(k, `${m.source}: ${real} is not below an allowed mount root (mount_roots: ${roots || 'none'} in ${where})`);
     }
+    if (i.workspace && (isInside(i.workspace, real) || isInside(real, i.workspace))) {
+      throw new PolicyViolation(k, `${m.source}: ${real} overlaps the workspace; the agent works on its own worktree, never on the checkout`);
+    }
     if (m.mode === 'rw' && root.mode !== 'rw') {
       throw new PolicyViolation(k, `${m.source}: read-write is not allowed below ${root.path} (mode: ro in ${where})`);
     }
@@ -397,6 +403,18 @@ export function recheckSessionPolicy(p: SessionPolicy, op: OperatorPolicy, mount
     if (!op.envAllowlist.includes(n) || FORBIDDEN_ENV.test(n)) throw new PolicyViolation('env_allowlist', `${n} is not allowed on this worker (${where})`);
   }
   if (p.network && !op.egress.openNetwork) throw new PolicyViolation('network', `an open network is not allowed on this worker (${where})`);
+  for (const entry of p.egress) {
+    const { host: h } = splitHostPort(entry);
+    const ok = IP_LITERAL.test(h) || h === 'localhost' ? op.egress.privateDestinations.includes(entry) : op.egress.allow.some((a) => egressCovers(a, entry));
+    if (!ok) throw new PolicyViolation('egress', `${entry} is not allowed on this worker (${where})`);
+  }
+  const user = /^(\d+)(?::(\d+))?$/.exec(p.user);
+  if (!user || Number(user[1]) === 0 || (user[2] !== undefined && Number(user[2]) === 0)) {
+    throw new PolicyViolation('user', `${JSON.stringify(p.user)} is not a numeric non-root uid:gid`);
+  }
+  for (const cap of p.cap_add) {
+    if (!CAP_ADD_ALLOWED.includes(cap)) throw new PolicyViolation('cap_add', `${cap} is never allowed`);
+  }
   for (const m of p.mounts) {
     let real: string;
     try {

@@ -27,7 +27,7 @@ import { FORBIDDEN_ENV } from './config';
 import { removeContainer } from './docker';
 import { JobReporter } from './reporter';
 import { HOST_BASE_ENV, recoverWorktrees, removeOrphans, runSession, type SessionResult, type SetupStep } from './runner';
-import { type OperatorPolicy, PolicyViolation, recheckSessionPolicy } from './session-policy';
+import { type OperatorPolicy, PolicyViolation, policySha256, recheckSessionPolicy } from './session-policy';
 
 /** The largest patch (JSON-encoded) posted to the server; a larger one stays on the worker. */
 export const MAX_POSTED_PATCH_CHARS = 768 * 1024;
@@ -218,6 +218,9 @@ export class SandboxWorker {
     try {
       // The policy was fixed when the session was created; this worker's operator
       // has a say too. No file in the workspace is read to decide anything.
+      if (policySha256(policy) !== job.policy_sha256) {
+        throw new PolicyViolation('policy', 'the policy handed over does not match its SHA-256 from the session.start audit entry');
+      }
       recheckSessionPolicy(policy, this.o.operatorPolicy, { home: this.o.home, lokiHome: this.o.lokiHome, dockerSocket: this.o.dockerSocket });
       if (policy.sandbox && !this.o.docker) throw new Error('this worker has no Docker engine, and the session is sandboxed');
       const names = [...(policy.sandbox ? [] : HOST_BASE_ENV), ...policy.env_allowlist].filter((n) => !FORBIDDEN_ENV.test(n));

@@ -88,6 +88,7 @@ export function createNodeSessionValidator(opts: NodeSessionValidatorOptions): S
           config,
           operator: opts.operator,
           requestedSandbox: request.sandbox,
+          workspace: realWorkspace,
           forceSandbox: opts.forceSandbox === true,
           mountContext: { home: opts.home, lokiHome: opts.lokiHome, dockerSocket: opts.dockerSocket },
         });

@@ -10,7 +10,7 @@
  * retried report can never move a session out of a state it already left.
  */
 import type { AuditActor, AuditInput } from '../audit/chain';
-import { randomId } from '../auth/tokens';
+import { randomId, sha256Hex } from '../auth/tokens';
 import { type SessionRecord, type SessionState, TERMINAL_STATES } from '../db/store';
 import type { AppDeps, SessionValidator } from '../http/context';
 import { ApiError, ErrorCode } from '../http/errors';
@@ -62,6 +62,8 @@ export function checkSessionPaths(workspace: string, prd: string): void {
     bad(`prd must be a path relative to the workspace, not an absolute path: ${JSON.stringify(prd)}`);
   }
   if (prd.split(/[/\\]/).includes('..')) bad(`prd must not contain ".." segments: ${JSON.stringify(prd)}`);
+  // The PRD path becomes one argument of the agent's command: it must never read as an option.
+  if (prd.split(/[/\\]/).some((seg) => seg.startsWith('-'))) bad(`prd must not have a path segment starting with "-": ${JSON.stringify(prd)}`);
 }
 
 /** UTF-8 byte length without Buffer (the app runs on Workers too). */
@@ -268,13 +270,15 @@ export class SessionService {
             return null;
           }
           const policy = sessionPolicyOf(claimed);
-          if (!policy || !claimed.policySha256) {
+          // The stored text must still hash to what the `session.start` audit entry carries.
+          const intact = policy !== null && claimed.policy !== null && claimed.policySha256 === (await sha256Hex(claimed.policy));
+          if (!policy || !intact || !claimed.policySha256) {
             // Created before session policies existed (or the row was altered): it
             // cannot be run under a policy nobody fixed. End it, loudly, and go on.
             const failed = await this.deps.store.sessions.transition(
               claimed.id,
               { from: ['running'], leaseId },
-              { status: 'failed', reason: 'the session has no valid stored policy; start it again', endedAt: this.now(), leaseExpiresAt: null },
+              { status: 'failed', reason: 'the session has no valid stored policy (missing, or not matching its SHA-256); start it again', endedAt: this.now(), leaseExpiresAt: null },
             );
             if (failed) {
               await this.publishState(failed, 'queued');

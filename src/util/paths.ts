@@ -1,4 +1,4 @@
-import { realpathSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, openSync, readSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 
 /** Error thrown when a path escapes its root or is malformed. `code` is the API error code. */
@@ -51,5 +51,28 @@ function realpathOfNearestExisting(p: string): string {
       rest.push(path.basename(cur));
       cur = parent;
     }
+  }
+}
+
+/**
+ * Read a regular file without following a final symlink and without blocking on a
+ * FIFO or device (O_NONBLOCK), refusing anything over `maxBytes`.
+ */
+export function readRegularFile(file: string, maxBytes: number, what: string): Buffer {
+  const fd = openSync(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new PathError(`${what} is not a regular file`);
+    if (st.size > maxBytes) throw new PathError(`${what} is larger than ${Math.round(maxBytes / 1024 / 1024)} MiB`);
+    const buf = Buffer.alloc(st.size);
+    let off = 0;
+    while (off < st.size) {
+      const n = readSync(fd, buf, off, st.size - off, off);
+      if (n === 0) break;
+      off += n;
+    }
+    return buf.subarray(0, off);
+  } finally {
+    closeSync(fd);
   }
 }

@@ -182,7 +182,7 @@ describeDocker('sessions with a real trust boundary (end to end)', probe, (docke
     expect(refused.code).toBe(2);
     expect(refused.stderr).toMatch(/\(policy_violation\)\n$/);
     git(ws, 'checkout', '-q', '--', '.loki/config.yaml');
-  });
+  }, 180_000);
 
   async function stopWorker(): Promise<void> {
     if (!worker) return;
@@ -247,7 +247,7 @@ describeDocker('sessions with a real trust boundary (end to end)', probe, (docke
   }
 
   it('disk limit: a session writing past it ends disk_exceeded (exit 9) and the host keeps its free space', async () => {
-    const ws = makeRepo(root, 'filler', providerConfig(['/bin/sh', '-c', 'dd if=/dev/urandom of=big bs=1M count=300 2>&1; sleep 5'], { disk_limit: '32m' }));
+    const ws = makeRepo(root, 'filler', providerConfig(['/bin/sh', '-c', 'dd if=/dev/zero of=big bs=1M count=300 2>&1; sleep 5'], { disk_limit: '32m' }));
     const free = () => statfsSync(home).bavail * statfsSync(home).bsize;
     const before = free();
     const r = await start(ws, ['prd.md']);
@@ -255,7 +255,8 @@ describeDocker('sessions with a real trust boundary (end to end)', probe, (docke
     expect(r.stderr).toMatch(/disk_exceeded .*the session wrote more than its disk limit of 32 MiB\n$/);
     const s = await client.getSession(sessionIdFrom(r.stderr));
     expect(s).toMatchObject({ status: 'disk_exceeded' });
-    expect(before - free()).toBeLessThan(40 * 1024 ** 2);
+    // 300 MB attempted; the host gave at most the 32 MiB file system (and other tests' noise).
+    expect(before - free()).toBeLessThan(48 * 1024 ** 2);
     expect(worktreesLeft()).toEqual([]);
     expect(loopDevicesFor(home)).toEqual([]);
   });

@@ -71,7 +71,7 @@ describe('containerOptions', () => {
         image: 'other:1',
         runtime: 'runsc',
       }),
-      ctx,
+      { ...ctx, mountSources: ['/loki/worktrees/sess1/mounts/0'] },
     );
     expect(opts.Image).toBe('other:1');
     expect(opts.User).toBe('1001:1002');
@@ -84,8 +84,20 @@ describe('containerOptions', () => {
       NanoCpus: 5e8,
       CapAdd: ['CHOWN'],
       CapDrop: ['ALL'],
-      Binds: [`${ws}:/workspace:rw`, `${data}:/data:ro`],
+      // Docker binds the worker's pinned copy of the mount, never the path itself.
+      Binds: [`${ws}:/workspace:rw`, `/loki/worktrees/sess1/mounts/0:/data:ro`],
     });
+  });
+
+  it('refuses a mount the worker did not pin, and one whose real path changed since the checks', () => {
+    expect(() => containerOptions(policy({ mounts: [{ host: data, container: '/data', mode: 'ro' }] }), ctx)).toThrow(
+      `mount ${data} refused (rule not_found): it was not pinned by the worker`,
+    );
+    const link = path.join(root, 'data-link');
+    symlinkSync(data, link);
+    expect(() => containerOptions(policy({ mounts: [{ host: link, container: '/data', mode: 'ro' }] }), { ...ctx, mountSources: ['/x'] })).toThrow(
+      `mount ${link} refused (rule not_found): it now resolves to ${data}`,
+    );
   });
 
   it('passes a hostile PRD name as one argument', () => {

@@ -355,10 +355,28 @@ describe('worker protocol', () => {
     // Other tests leave nothing queued: the claim has nothing to hand out.
     expect(await f.client.claimJob({ worker_id: 'w1', wait_ms: 0 })).toBeNull();
     const s = await f.client.getSession(created.id);
-    expect(s).toMatchObject({ status: 'failed', reason: 'the session has no valid stored policy; start it again', policy: null });
+    expect(s).toMatchObject({ status: 'failed', reason: 'the session has no valid stored policy (missing, or not matching its SHA-256); start it again', policy: null });
     expect(s.ended_at).not.toBeNull();
     const audited = (await auditEntries(f, 'session.setup_failed')).find((e) => e.resource?.id === created.id);
     expect(audited).toMatchObject({ outcome: { success: false, error: 'no_policy' }, details: { step: 'policy' } });
+  });
+});
+
+describe('a tampered stored policy', () => {
+  let f: Fixture;
+  beforeAll(async () => {
+    f = await fixture();
+  });
+  afterAll(() => close(f));
+
+  it('a policy edited in the database (no longer matching the SHA-256 the session.start entry carries) is failed at claim, never handed out', async () => {
+    const created = await f.client.createSession({ workspace: f.ws, prd: 'prd.md' });
+    // Someone with write access to the database widens the stored policy.
+    f.s.runtime.db.prepare(`UPDATE sessions SET policy = replace(policy, '"network":false', '"network":true') WHERE id = ?`).run(created.id);
+    expect(await f.client.claimJob({ worker_id: 'w1', wait_ms: 0 })).toBeNull();
+    const s = await f.client.getSession(created.id);
+    expect(s).toMatchObject({ status: 'failed', reason: 'the session has no valid stored policy (missing, or not matching its SHA-256); start it again' });
+    expect(s.policy?.network).toBe(true);
   });
 });
 
