@@ -481,7 +481,12 @@ function placePrd(workspace: string, prdRelative: string, worktree: Worktree, ow
   const root = realpathSync(worktree.dir);
   // Real paths only: a symlink in the base commit must not lead the write (or the
   // chown) anywhere outside the worktree.
-  const dir = resolveInside(root, path.dirname(prdRelative) || '.', { mustExist: false });
+  let dir: string;
+  try {
+    dir = resolveInside(root, path.dirname(prdRelative) || '.', { mustExist: false });
+  } catch {
+    dir = '/';
+  }
   if (!isInside(root, dir)) throw new Error(`PRD path escapes the worktree: ${prdRelative}`);
   const target = path.join(dir, path.basename(prdRelative));
   try {

@@ -299,6 +299,43 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
     expect(existsSync(path.join(home, 'worktrees', `s${counter}`))).toBe(false);
   });
 
+  it('binds a pinned copy of each extra mount: the container reads it, and a symlink planted after the checks leads nowhere', async () => {
+    const data = mkdtempSync(path.join(tmpdir(), 'loki-sbx-data-'));
+    writeFileSync(path.join(data, 'fact.txt'), 'from the dataset\n');
+    chownSync(data, 1000, 1000);
+    let binds: string[] = [];
+    const r = await run(sh('cat /data/fact.txt; echo x > /data/new.txt 2>/dev/null || echo read-only'), {
+      settings: { mounts: [{ host: data, container: '/data', mode: 'ro' }] },
+      onEvent: (type, d) => {
+        if (type === 'container_created') {
+          void docker
+            .getContainer(String(d.container_id))
+            .inspect()
+            .then((info) => {
+              binds = info.HostConfig.Binds ?? [];
+            });
+        }
+      },
+    });
+    expect(r.result.outcome).toBe('succeeded');
+    expect(r.out).toEqual(['from the dataset', 'read-only']);
+    const id = `s${counter}`;
+    expect(binds[1]).toBe(`${path.join(home, 'worktrees', id, 'mounts', '0')}:/data:ro`);
+    // The pin is gone with the worktree.
+    expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(path.join(home, 'worktrees', id));
+
+    // A policy whose mount path is a symlink (swapped after the worker's checks): refused before any container.
+    const link = `${data}-link`;
+    const { symlinkSync } = await import('node:fs');
+    symlinkSync(data, link);
+    const swapped = await run(['true'], { settings: { mounts: [{ host: link, container: '/data', mode: 'ro' }] } });
+    expect(swapped.result.outcome).toBe('failed');
+    expect(swapped.events.map((e) => e.type)).toEqual(['worktree_created', 'setup_failed']);
+    expect(swapped.result.error).toMatch(/ELOOP|changed since it was checked|now resolves to/);
+    rmSync(link);
+    rmSync(data, { recursive: true, force: true });
+  });
+
   it('removes orphans of this worker and stops all of its containers', async () => {
     const base = containerOptions(policy(['/bin/sleep', '60']), {
       sessionId: 'x',

@@ -227,6 +227,24 @@ describe('runSession without the sandbox', () => {
     expect(git('show', 'loki/session-host1:docs/prd.md')).toBe('# new PRD');
   });
 
+  it('the PRD is never written outside the worktree through a symlink in the base commit', async () => {
+    const git = (...args: string[]) => spawnSync('git', ['-c', 'user.name=u', '-c', 'user.email=u@u', ...args], { cwd: ws, encoding: 'utf8' });
+    // The base commit has `a -> ..`; the user's working tree has a real directory `a/` holding the PRD.
+    spawnSync('ln', ['-s', '..', path.join(ws, 'a')]);
+    git('init', '-q', '-b', 'main');
+    git('add', '-A');
+    git('commit', '-q', '-m', 'base');
+    rmSync(path.join(ws, 'a'));
+    mkdirSync(path.join(ws, 'a'));
+    writeFileSync(path.join(ws, 'a', 'prd.md'), '# PRD\n');
+    const r = recorder();
+    const result = await runSession(spec(['/bin/cat', '{prd}'], { prdRelative: 'a/prd.md' }), r.hooks, opts);
+    expect(result.outcome).toBe('failed');
+    expect(result.error).toBe('PRD path escapes the worktree: a/prd.md');
+    expect(r.types()).toEqual(['worktree_created', 'setup_failed']);
+    expect(existsSync(path.join(home, 'worktrees', 'host1'))).toBe(false);
+  });
+
   it('a workspace that is not a repository gets a copy; the result is a patch', async () => {
     writeFileSync(path.join(ws, 'keep.txt'), 'keep\n');
     const r = recorder();
