@@ -14,6 +14,8 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+# The in-container egress forwarder (scripts/forwarder) is built with Go.
+command -v go >/dev/null 2>&1 || need+=(golang-go)
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "ci-deps: installing ${need[*]}"

@@ -37,6 +37,8 @@ export interface Config {
   allowHostSessions: boolean;
   /** The Docker socket the worker talks to (from `DOCKER_HOST` when it is `unix://…`). */
   dockerSocket: string;
+  /** `LOKI_FORWARDER`: the in-container egress forwarder binary (default: the checkout's `.tmp/loki-forward`). */
+  forwarderPath: string | null;
   budgetLimitUsd: number | null;
   workspaceRoots: string[];
   url: string;
@@ -248,6 +250,7 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     policyFile: absPath(env, 'LOKI_POLICY_FILE') ?? `${home}/policy.yaml`,
     allowHostSessions: bool(env, 'LOKI_ALLOW_HOST_SESSIONS', false),
     dockerSocket: dockerSocketFrom(env),
+    forwarderPath: absPath(env, 'LOKI_FORWARDER') ?? null,
     budgetLimitUsd,
     workspaceRoots,
     url: url(env, 'LOKI_URL', `http://127.0.0.1:${port}`),

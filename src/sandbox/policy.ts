@@ -65,6 +65,23 @@ export interface PolicyContext {
    * these, so a path swapped for a symlink after the checks changes nothing.
    */
   mountSources?: string[];
+  /**
+   * The session's egress proxy: its socket's directory (mounted read-only at
+   * /run/loki) and the forwarder binary (mounted read-only at /opt/loki). The agent
+   * runs under the forwarder, which listens on 127.0.0.1:3128 inside the container.
+   */
+  egress?: { socketDir: string; forwarder: string };
+}
+
+export const EGRESS_SOCKET_DIR = '/run/loki';
+export const FORWARDER_PATH = '/opt/loki/loki-forward';
+export const PROXY_LISTEN = '127.0.0.1:3128';
+
+/** What the agent is told: both spellings, since curl ignores HTTP_PROXY and busybox reads only lower case. */
+export function proxyEnv(): string[] {
+  const url = `http://${PROXY_LISTEN}`;
+  const noProxy = 'localhost,127.0.0.1,::1';
+  return [`HTTP_PROXY=${url}`, `HTTPS_PROXY=${url}`, `http_proxy=${url}`, `https_proxy=${url}`, `NO_PROXY=${noProxy}`, `no_proxy=${noProxy}`];
 }
 
 function realOrSelf(p: string): string {
@@ -168,12 +185,20 @@ export function containerOptions(p: SessionPolicy, ctx: PolicyContext): Containe
     if (source === undefined) throw new SandboxPolicyError(`mount ${m.host} refused (rule not_found): it was not pinned by the worker`, 'not_found');
     binds.push(`${source}:${m.container}:${m.mode}`);
   });
+  const argv = providerArgv(p.command, ctx.prd);
+  let cmd = argv;
+  const env = sandboxEnv(p.env_allowlist, ctx.env);
+  if (ctx.egress) {
+    binds.push(`${ctx.egress.socketDir}:${EGRESS_SOCKET_DIR}:ro`, `${ctx.egress.forwarder}:${FORWARDER_PATH}:ro`);
+    cmd = [FORWARDER_PATH, '-listen', PROXY_LISTEN, '-socket', `${EGRESS_SOCKET_DIR}/egress.sock`, '--', ...argv];
+    env.push(...proxyEnv());
+  }
   return {
     Image: p.image,
-    Cmd: providerArgv(p.command, ctx.prd),
+    Cmd: cmd,
     User: p.user,
     WorkingDir: CONTAINER_WORKSPACE,
-    Env: sandboxEnv(p.env_allowlist, ctx.env),
+    Env: env,
     Labels: { [LABEL_SESSION]: ctx.sessionId, [LABEL_WORKER]: ctx.workerId },
     AttachStdin: false,
     AttachStdout: true,

@@ -14,6 +14,7 @@ import { spawn } from 'node:child_process';
 import {
   closeSync,
   constants as fsConstants,
+  existsSync,
   fstatSync,
   lchownSync,
   lstatSync,
@@ -39,6 +40,7 @@ import { FORBIDDEN_ENV, providerArgv } from './config';
 import { DEFAULT_KILL_GRACE_MS, killWithGrace, removeContainer } from './docker';
 import type { GitOptions } from './git';
 import { createOutputCollector, DEFAULT_MAX_OUTPUT_BYTES, type OutputCollector, type OutputStream } from './output';
+import { type EgressProxy, startEgressProxy } from './egress';
 import { containerOptions, type PolicyContext, parseUser } from './policy';
 import {
   commitWorktree,
@@ -89,6 +91,10 @@ export interface RunnerOptions {
   worktreeRoot: string;
   /** How often the worktree's free space is checked (default 500 ms). */
   diskPollMs?: number;
+  /** The in-container egress forwarder (built by scripts/forwarder/build.sh); needed when a policy lists egress. */
+  forwarderPath?: string;
+  /** Name resolution for the egress proxy (tests); default: the host's resolver. */
+  egressResolve?: (host: string) => Promise<string[]>;
 }
 
 export interface SessionResult {
@@ -468,6 +474,27 @@ async function pinMounts(mounts: SessionPolicy['mounts'], base: string): Promise
   return out;
 }
 
+/**
+ * The session's egress proxy on a Unix socket in its own directory: the policy's
+ * entries are the allowlist; its IP entries (checked against the operator's
+ * private destinations when the session was created) are the private addresses it
+ * may reach. Every decision becomes an `egress` event (audited by the server).
+ */
+async function startSessionEgress(spec: SessionSpec, hooks: SessionHooks, options: RunnerOptions, worktree: Worktree): Promise<EgressProxy> {
+  const forwarder = options.forwarderPath;
+  if (!forwarder || !existsSync(forwarder)) {
+    throw new Error(`the session's policy lists egress, but this worker has no egress forwarder${forwarder ? ` at ${forwarder}` : ''} (build it with scripts/forwarder/build.sh)`);
+  }
+  const ipEntry = /^(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-f:.]+\]):\d+$/;
+  return startEgressProxy({
+    socketPath: path.join(worktree.base, 'egress', 'egress.sock'),
+    allow: spec.policy.egress,
+    privateDestinations: spec.policy.egress.filter((e) => ipEntry.test(e)),
+    resolve: options.egressResolve,
+    onDecision: (d) => hooks.onEvent('egress', { ...d }),
+  });
+}
+
 /** Setup and commit failures: the step, for the `session.setup_failed` audit entry. */
 export type SetupStep = 'policy' | 'prepare' | 'disk' | 'ownership' | 'commit' | 'fetch' | 'remove' | 'branch';
 
@@ -648,12 +675,15 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
 
   let createOptions: Docker.ContainerCreateOptions | null = null;
   let argv: string[];
+  let egress: EgressProxy | null = null;
   try {
     placePrd(paths.workspace, paths.prd, worktree, owner);
     argv = providerArgv(spec.policy.command, paths.prd);
     if (sandboxed) {
       const mountSources = await pinMounts(spec.policy.mounts, worktree.base);
+      if (spec.policy.egress.length > 0) egress = await startSessionEgress(spec, hooks, options, worktree);
       const ctx: PolicyContext = {
+        egress: egress ? { socketDir: path.dirname(egress.socketPath), forwarder: options.forwarderPath! } : undefined,
         mountSources,
         sessionId: spec.sessionId,
         workerId: spec.workerId,
@@ -667,6 +697,7 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
       createOptions = containerOptions(spec.policy, ctx);
     }
   } catch (err) {
+    await egress?.close().catch(() => undefined);
     await removeWorktree(worktree).catch(() => undefined);
     return setupFailed('prepare', err);
   }
@@ -679,6 +710,9 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
   } catch (err) {
     summary = { outcome: 'failed', exitCode: null, spentUsd: 0, outputTruncated: false, error: messageOf(err) };
     hooks.onEvent('session_error', { message: summary.error });
+  } finally {
+    // The container is gone: end the proxy (open tunnels are reported at close).
+    await egress?.close().catch((err) => hooks.onEvent('session_error', { message: `egress proxy close failed: ${messageOf(err)}` }));
   }
 
   // Whatever the outcome, what the agent wrote is committed: nothing is lost. If it

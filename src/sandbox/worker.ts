@@ -15,6 +15,7 @@
  */
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import Docker from 'dockerode';
 import { ApiClientError, LokiClient } from '../client';
 import { pickEnv } from '../env';
@@ -59,6 +60,8 @@ export interface SandboxWorkerOptions {
   worktreeRoot?: string;
   /** The Docker socket this worker uses (never mounted into a session). */
   dockerSocket?: string;
+  /** The in-container egress forwarder binary (`LOKI_FORWARDER`). */
+  forwarderPath?: string;
   logger: Logger;
   /** Reads the allowlisted variables from the worker's environment. */
   pickEnv?: (names: readonly string[]) => Record<string, string>;
@@ -247,6 +250,7 @@ export class SandboxWorker {
           killGraceMs: this.o.killGraceMs,
           maxOutputBytes: this.o.maxOutputBytes,
           worktreeRoot: this.o.worktreeRoot ?? path.join(this.o.lokiHome, 'worktrees'),
+          forwarderPath: this.o.forwarderPath,
         },
       );
     } catch (err) {
@@ -327,6 +331,22 @@ export class SandboxWorker {
         });
         return;
       }
+      case 'egress':
+        r.event({
+          type: 'egress',
+          data: {
+            decision: d.decision === 'allowed' ? 'allowed' : 'denied',
+            host: (str(d.host) ?? '').slice(0, 300),
+            port: num(d.port) ?? 0,
+            rule: (str(d.rule) ?? '').slice(0, 400),
+            method: d.method === 'CONNECT' ? 'CONNECT' : 'HTTP',
+            address: str(d.address),
+            bytes_up: num(d.bytesUp),
+            bytes_down: num(d.bytesDown),
+            error: str(d.error),
+          },
+        });
+        return;
       case 'disk_exceeded':
         hints.disk = `the session wrote more than its disk limit of ${formatSize(num(d.limit_bytes))}`;
         break;
@@ -483,6 +503,7 @@ export async function runWorkerCli(o: { concurrency: string }): Promise<void> {
     lokiHome: config.home,
     operatorPolicy,
     dockerSocket: config.dockerSocket,
+    forwarderPath: config.forwarderPath ?? fileURLToPath(new URL('../../.tmp/loki-forward', import.meta.url)),
     logger,
   });
   let signals = 0;

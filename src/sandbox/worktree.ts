@@ -5,15 +5,19 @@
  *
  *   <root>/<id>/            0700, the worker's
  *     disk.img              sparse ext4 image (only with a disk limit), loop-mounted on fs/
- *     fs/                   mount point (or a plain directory without a disk limit)
+ *     fs/                   0711, the worker's: mount point (or a plain directory without a disk limit)
  *       work/               W: the work tree the agent sees (/workspace or the host cwd)
- *     git/                  G: a private git directory, never inside fs/, never mounted
+ *       git/                G with a disk limit: 0700, on the session's own file system, so that
+ *                           the objects count against the limit; never inside W, never mounted
+ *     git/                  G without a disk limit
+ *
+ * Only W is given to the agent (bind mount or cwd); `fs/` and G stay the worker's.
  *
  * Every host-side git call runs as `git --git-dir=G --work-tree=W` (for the private
  * repository) with hooks, fsmonitor, auto gc/maintenance and every transport but
  * `file` disabled, and an environment built from scratch (no system or global
  * config, no system attributes, no HOME). The agent can write anything in W, so W
- * must never be able to make host-side git run code:
+ * must never be able to make host-side git run code (or run forever):
  *  - G (config, hooks, index, info/attributes) is out of the agent's reach, so no
  *    filter, diff or merge driver, fsmonitor or hook can be configured; diffs also
  *    run with `--no-ext-diff --no-textconv`;
@@ -22,24 +26,32 @@
  *    whose HEAD matches a tracked gitlink otherwise makes `git add -A` spawn
  *    `git status` inside it, which runs that repository's own `filter.*.clean`
  *    (verified with git 2.39.5; `diff.ignoreSubmodules=all` does not prevent it).
- *    Nested repositories are therefore committed as plain files;
+ *    Nested repositories are therefore committed as plain files. Directories nested
+ *    deeper than MAX_TREE_DEPTH (or whose paths get near PATH_MAX), and files whose
+ *    apparent size is over the file system's size (sparse files: hashing them would
+ *    take until the timeout), are removed too and reported in `skipped`;
  *  - commits are made with plumbing (`write-tree`, `commit-tree`, `update-ref`).
  * `commitWorktree` must only run once the agent has stopped (container removed,
- * process group killed): git reads W by path.
+ * process group killed): git and the sanitizing walk read W by path.
  *
  * The user's repository is only read (`rev-parse`, `symbolic-ref`, upload-pack for
- * the initial shallow fetch) and, at the end, receives the session commit through a
- * bundle: `git fetch <bundle> <ref>` (objects only, fsck on) and then
- * `update-ref <ref> <commit> ""`, which refuses an existing branch. HEAD, index,
- * work tree and other refs are never touched. When the worker is root and the
- * repository belongs to another uid, every git command in it (including the
- * upload-pack serving the initial fetch, through `setpriv`) runs as that uid, so
- * its config never runs as root and no root-owned file appears in its `.git`.
+ * the initial shallow fetch) and, at the end, receives the session commit: its
+ * objects through a pipe (`pack-objects` in G | `index-pack --stdin --strict` in the
+ * user's repository), then `update-ref <ref> <commit> ""`, which refuses an existing
+ * branch. HEAD, index, work tree and other refs are never touched. When the worker
+ * is root and the repository belongs to another uid, every git command in it
+ * (including the upload-pack serving the initial fetch, through `setpriv`) runs as
+ * that uid, so its config never runs as root and no root-owned file appears in its
+ * `.git`. That uid is the owner of the repository's top-level directory; a `.git`
+ * that is a symbolic link, or a git directory (or common directory, for a linked
+ * work tree) owned by anyone else, is refused: otherwise a user could point their
+ * workspace at someone else's repository and have the worker read and write it.
  */
-import { type SpawnOptions, spawn } from 'node:child_process';
+import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { redactString } from '../util/redact';
 import { type GitOptions, sessionBranchName } from './git';
 
@@ -77,6 +89,7 @@ export interface Worktree {
   /** What to mount at /workspace (or use as cwd): the work tree, or the workspace's subdirectory in it. */
   dir: string;
   workTree: string;
+  /** The private git directory: `<fsRoot>/git` with a disk limit, `<base>/git` without. */
   gitDir: string;
   fsRoot: string;
   mounted: boolean;
@@ -102,10 +115,19 @@ export interface WorktreeResult {
   /** Copy workspaces: `git diff --binary <base> <commit>` (at most 8 MiB); null for git workspaces. */
   patch: string | null;
   patchTooLarge: boolean;
+  /**
+   * What was deleted from the work tree instead of committed (at most MAX_SKIPPED
+   * entries, `<path> (<reason>)`): directories nested too deep, files larger than
+   * the file system.
+   */
+  skipped: string[];
 }
 
 export const MAX_DIFFSTAT_BYTES = 64 * 1024;
 export const MAX_PATCH_BYTES = 8 * 1024 * 1024;
+/** Deeper directories are removed from the work tree before a commit (and reported). */
+export const MAX_TREE_DEPTH = 512;
+export const MAX_SKIPPED = 100;
 
 const DEFAULT_PATH = '/usr/local/bin:/usr/bin:/bin';
 const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -179,41 +201,61 @@ interface ExecOptions {
   cwd?: string;
   uid?: number;
   gid?: number;
-  input?: string;
+  /** Written to stdin (a string) or piped into it (a stream); without it, stdin is /dev/null. */
+  input?: string | Readable;
   timeoutMs: number;
   maxStdout?: number;
+  /** Leave stdout to the caller (`Running.stdout`) instead of collecting it. */
+  streamStdout?: boolean;
 }
 
-function exec(file: string, args: string[], o: ExecOptions): Promise<Exec> {
-  return new Promise((resolve, reject) => {
-    const opts: SpawnOptions = { cwd: o.cwd ?? '/', env: o.env, stdio: [o.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] };
-    if (o.uid !== undefined) opts.uid = o.uid;
-    if (o.gid !== undefined) opts.gid = o.gid;
-    const child = spawn(file, args, opts);
+interface Running {
+  done: Promise<Exec>;
+  /** With `streamStdout`: the child's stdout. */
+  stdout: Readable | null;
+  kill: () => void;
+}
+
+function start(file: string, args: string[], o: ExecOptions): Running {
+  const opts: SpawnOptions = { cwd: o.cwd ?? '/', env: o.env, stdio: [o.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] };
+  if (o.uid !== undefined) opts.uid = o.uid;
+  if (o.gid !== undefined) opts.gid = o.gid;
+  let child: ChildProcess;
+  try {
+    child = spawn(file, args, opts);
+  } catch (err) {
+    return { done: Promise.reject(new Error(`${file} could not be started: ${messageOf(err)}`)), stdout: null, kill: () => undefined };
+  }
+  const done = new Promise<Exec>((resolve, reject) => {
     const max = o.maxStdout ?? MAX_OUTPUT_BYTES;
     const chunks: Buffer[] = [];
     let size = 0;
     let truncated = false;
     let timedOut = false;
     let stderr = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      if (truncated) return;
-      if (size + d.length > max) {
-        chunks.push(d.subarray(0, max - size));
-        size = max;
-        truncated = true;
-        child.kill('SIGKILL');
-        return;
-      }
-      chunks.push(d);
-      size += d.length;
-    });
+    if (!o.streamStdout) {
+      child.stdout!.on('data', (d: Buffer) => {
+        if (truncated) return;
+        if (size + d.length > max) {
+          chunks.push(d.subarray(0, max - size));
+          size = max;
+          truncated = true;
+          child.kill('SIGKILL');
+          return;
+        }
+        chunks.push(d);
+        size += d.length;
+      });
+    }
     child.stderr!.setEncoding('utf8').on('data', (d: string) => {
       if (stderr.length < MAX_STDERR_BYTES) stderr += d;
     });
-    if (o.input !== undefined) {
+    if (typeof o.input === 'string') {
       child.stdin!.on('error', () => undefined);
       child.stdin!.end(o.input);
+    } else if (o.input) {
+      child.stdin!.on('error', () => undefined);
+      o.input.pipe(child.stdin!);
     }
     const timer = setTimeout(() => {
       timedOut = true;
@@ -228,7 +270,16 @@ function exec(file: string, args: string[], o: ExecOptions): Promise<Exec> {
       resolve({ code, stdout: Buffer.concat(chunks), stderr, truncated, timedOut });
     });
   });
+  return {
+    done,
+    stdout: o.streamStdout ? child.stdout : null,
+    kill: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
+  };
 }
+
+const exec = (file: string, args: string[], o: ExecOptions): Promise<Exec> => start(file, args, o).done;
 
 function failureText(r: Exec): string {
   if (r.timedOut) return 'timed out';
@@ -257,7 +308,6 @@ async function system(file: string, args: string[], step: WorktreeStep, timeoutM
 }
 
 const myUid = (): number => process.getuid?.() ?? -1;
-const myGid = (): number => process.getgid?.() ?? -1;
 
 // ---------------------------------------------------------------------------
 // Git contexts
@@ -339,6 +389,49 @@ async function gitMaybe(ctx: GitCtx, args: string[], step: WorktreeStep): Promis
   return r.stdout.toString('utf8').trim();
 }
 
+/**
+ * `from-git … | to-git …` (each with its own context: uid, cwd, timeout), nothing on
+ * disk in between. Throws the first real failure: when the consumer fails, the
+ * producer is killed (it would block on a full pipe) and the consumer's error reported.
+ */
+async function gitPipe(from: GitCtx, fromArgs: string[], input: string, to: GitCtx, toArgs: string[], step: WorktreeStep): Promise<void> {
+  const spawnOpts = (ctx: GitCtx) => ({ cwd: ctx.cwd, env: ctx.env, timeoutMs: ctx.timeoutMs, uid: ctx.as?.uid, gid: ctx.as?.gid });
+  const producer = start('git', [...from.pre, ...fromArgs], { ...spawnOpts(from), input, streamStdout: true });
+  if (!producer.stdout) {
+    await producer.done.catch((err) => {
+      throw new WorktreeError(step, messageOf(err));
+    });
+    throw new WorktreeError(step, `git ${subcommand(fromArgs)} could not be started`);
+  }
+  const consumer = start('git', [...to.pre, ...toArgs], { ...spawnOpts(to), input: producer.stdout });
+  let killed = false;
+  const stop = () => {
+    killed = true;
+    producer.kill();
+  };
+  const [p, c] = await Promise.allSettled([
+    producer.done,
+    consumer.done.then(
+      (r) => {
+        if (r.code !== 0) stop();
+        return r;
+      },
+      (err: unknown) => {
+        stop();
+        throw err;
+      },
+    ),
+  ]);
+  const failed = (args: string[], r: PromiseSettledResult<Exec>): string | null => {
+    if (r.status === 'rejected') return messageOf(r.reason);
+    return r.value.code === 0 ? null : `git ${subcommand(args)} failed: ${failureText(r.value)}`;
+  };
+  const producerError = failed(fromArgs, p);
+  const consumerError = failed(toArgs, c);
+  const error = (killed ? null : producerError) ?? consumerError ?? producerError;
+  if (error) throw new WorktreeError(step, error);
+}
+
 function privateCtx(gitDir: string, workTree: string, cwd: string, opts: GitOptions): GitCtx {
   return {
     pre: [`--git-dir=${gitDir}`, `--work-tree=${workTree}`, ...hardening()],
@@ -397,6 +490,15 @@ function looksLikeGitDir(d: string): boolean {
  * succeed quietly: a `.git` entry here or above (or, with `allowBare`, `start`
  * itself being a git directory) means a repository, and from then on every git
  * failure throws. Returns null when there is no `.git` entry at all.
+ *
+ * Whose repository it is comes from `lstat` of its top-level directory (of the git
+ * directory itself for a bare one), and git runs as that uid. The repository is
+ * refused unless the `.git` entry is a plain directory or file (not a symbolic
+ * link), git's own top level is that same directory, and the `.git` entry, the git
+ * directory and the common directory (a gitfile may point anywhere) all belong to
+ * that uid: a user must not be able to point a workspace they own at a repository
+ * of someone else (root's included) and have the worker read it and write a branch
+ * into it with that owner's rights.
  */
 async function openUserRepo(start: string, opts: GitOptions, step: WorktreeStep, allowBare = false): Promise<UserRepo | null> {
   const real = fs.realpathSync(start);
@@ -411,14 +513,16 @@ async function openUserRepo(start: string, opts: GitOptions, step: WorktreeStep,
   let ownerStat: fs.Stats;
   let safeDirs: string[];
   if (candidate) {
-    ownerStat = fs.statSync(path.join(candidate, '.git'));
+    checkDotGit(candidate, step);
+    ownerStat = fs.lstatSync(candidate);
     safeDirs = [candidate, path.join(candidate, '.git')];
   } else if (allowBare && looksLikeGitDir(real)) {
-    ownerStat = fs.statSync(real);
+    ownerStat = fs.lstatSync(real);
     safeDirs = [real];
   } else {
     return null;
   }
+  const uid = ownerStat.uid;
   let ctx = userCtx(real, safeDirs, runAsFor(ownerStat), opts);
   const info = (
     await gitOut(
@@ -432,15 +536,42 @@ async function openUserRepo(start: string, opts: GitOptions, step: WorktreeStep,
   let top: string | null = null;
   if (inside === 'true') {
     top = fs.realpathSync(await gitOut(ctx, ['rev-parse', '--show-toplevel'], step));
+    // core.worktree, or a `.git` git skipped: the top level must be where we looked.
+    if (top !== candidate) {
+      throw new WorktreeError(step, `refusing ${real}: git places its top level at ${top}, not at ${candidate ?? 'a directory with a .git entry'}`);
+    }
+    checkDotGit(top, step);
   } else if (bare !== 'true' || !allowBare) {
     throw new WorktreeError(step, `${real} is inside a git directory or a bare repository, not a work tree`);
   }
   const commonReal = fs.realpathSync(commonDir);
   const gitDirReal = fs.realpathSync(gitDir);
-  // Writes go to the common directory: run as its owner.
-  const commonStat = fs.statSync(commonReal);
-  ctx = userCtx(top ?? gitDirReal, [...safeDirs, ...(top ? [top] : []), gitDirReal, commonReal], runAsFor(commonStat), opts);
+  const owned: [string, string][] = [
+    ['git directory', gitDirReal],
+    ['common git directory', commonReal],
+  ];
+  if (top) owned.unshift(['top-level directory', top], ['.git entry', path.join(top, '.git')]);
+  let commonStat: fs.Stats | null = null;
+  for (const [what, p] of owned) {
+    const st = fs.lstatSync(p);
+    if (st.uid !== uid) {
+      throw new WorktreeError(
+        step,
+        `refusing the repository at ${top ?? gitDirReal}: its ${what} ${p} is owned by uid ${st.uid}, not by uid ${uid} (the owner of ${candidate ?? real})`,
+      );
+    }
+    if (p === commonReal) commonStat = st;
+  }
+  ctx = userCtx(top ?? gitDirReal, [...safeDirs, ...(top ? [top] : []), gitDirReal, commonReal], runAsFor(commonStat!), opts);
   return { top, gitDir: gitDirReal, commonDir: commonReal, ctx };
+}
+
+/** `<dir>/.git` must be a directory or a gitfile, never a symbolic link (which git would follow). */
+function checkDotGit(dir: string, step: WorktreeStep): void {
+  const p = path.join(dir, '.git');
+  const st = fs.lstatSync(p);
+  if (st.isSymbolicLink()) throw new WorktreeError(step, `refusing the repository at ${dir}: ${p} is a symbolic link`);
+  if (!st.isDirectory() && !st.isFile()) throw new WorktreeError(step, `refusing the repository at ${dir}: ${p} is not a directory or a file`);
 }
 
 const sq = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -462,21 +593,20 @@ function uploadPackCommand(repo: UserRepo): string {
 // ---------------------------------------------------------------------------
 // File-system helpers
 
-type Visit = (full: string, ent: fs.Dirent) => 'skip' | 'descend' | 'removed';
+// Paths are Buffers: a name that is not valid UTF-8 must not turn into another name.
 
-/** Iterative walk that never follows symbolic links. */
-function walk(top: string, visit: Visit): void {
-  const stack = [top];
-  while (stack.length > 0) {
-    const dir = stack.pop()!;
-    for (const ent of fs.readdirSync(dir, { withFileTypes: true })) {
-      const full = path.join(dir, ent.name);
-      if (visit(full, ent) === 'descend') stack.push(full);
-    }
-  }
-}
+type Kind = 'dir' | 'file' | 'link' | 'special';
+/** `depth`: 1 for an entry of `top`. */
+type Visit = (full: Buffer, name: Buffer, kind: Kind, depth: number) => 'skip' | 'descend' | 'removed';
 
-function direntKind(full: string, ent: fs.Dirent): 'dir' | 'file' | 'link' | 'special' {
+const SLASH = Buffer.from('/');
+const joinB = (dir: Buffer, name: Buffer) => Buffer.concat([dir, SLASH, name]);
+const PATH_MAX = 4096;
+const NAME_MAX = 255;
+/** Longer directories are moved up before being emptied (see removeDeep). */
+const FLATTEN_AT = 2048;
+
+function kindOf(full: Buffer, ent: fs.Dirent<Buffer>): Kind {
   if (ent.isDirectory()) return 'dir';
   if (ent.isFile()) return 'file';
   if (ent.isSymbolicLink()) return 'link';
@@ -488,35 +618,151 @@ function direntKind(full: string, ent: fs.Dirent): 'dir' | 'file' | 'link' | 'sp
   return 'special';
 }
 
+const readDir = (dir: Buffer) => fs.readdirSync(dir, { withFileTypes: true, encoding: 'buffer' });
+
+/** Iterative walk that never follows symbolic links. */
+function walk(top: string, visit: Visit): void {
+  const stack: [Buffer, number][] = [[Buffer.from(top), 1]];
+  while (stack.length > 0) {
+    const [dir, depth] = stack.pop()!;
+    for (const ent of readDir(dir)) {
+      const full = joinB(dir, ent.name);
+      if (visit(full, ent.name, kindOf(full, ent), depth) === 'descend') stack.push([full, depth + 1]);
+    }
+  }
+}
+
+/** Open a directory up to its owner (a non-root worker cannot otherwise list or empty a mode-000 one). */
+function openUp(dir: Buffer): void {
+  if (myUid() === 0) return;
+  try {
+    const st = fs.lstatSync(dir);
+    if (st.isDirectory() && (st.mode & 0o700) !== 0o700) fs.chmodSync(dir, (st.mode & 0o7777) | 0o700);
+  } catch {
+    // gone or not ours: the removal reports it
+  }
+}
+
 /**
- * Make W safe for host-side `git add`: remove every `.git` entry (any case, any
- * depth: embedded repositories make git run their config) and every socket, FIFO
- * or device node (git cannot store them; reading a FIFO would block).
+ * Remove the directory `top` and everything in it, however deep: a subdirectory
+ * whose path gets long is first renamed to a fresh name in `scratch` (a short
+ * directory on the same file system), so no path ever nears PATH_MAX and nothing
+ * recurses (`fs.rmSync` overflows its stack or fails with ENAMETOOLONG on a tree
+ * a few thousand levels deep). Never follows symbolic links.
  */
-function sanitizeWorkTree(workTree: string): number {
-  let removed = 0;
-  walk(workTree, (full, ent) => {
-    if (ent.name.toLowerCase() === '.git') {
-      fs.rmSync(full, { recursive: true, force: true });
-      removed++;
+function removeDeep(top: Buffer, scratch: Buffer): void {
+  const stack: { dir: Buffer; listed: boolean }[] = [{ dir: top, listed: false }];
+  while (stack.length > 0) {
+    const item = stack[stack.length - 1]!;
+    if (item.listed) {
+      stack.pop();
+      fs.rmdirSync(item.dir);
+      continue;
+    }
+    item.listed = true;
+    openUp(item.dir);
+    for (const ent of readDir(item.dir)) {
+      let full = joinB(item.dir, ent.name);
+      if (kindOf(full, ent) !== 'dir') {
+        fs.unlinkSync(full);
+        continue;
+      }
+      if (full.length > FLATTEN_AT) {
+        const moved = joinB(scratch, Buffer.from(`.loki-rm-${randomBytes(9).toString('hex')}`));
+        fs.renameSync(full, moved);
+        full = moved;
+      }
+      stack.push({ dir: full, listed: false });
+    }
+  }
+}
+
+/** Remove a file system entry of the work tree (a directory with everything in it). */
+function removeEntry(full: Buffer, kind: Kind, scratch: Buffer): void {
+  if (kind === 'dir') removeDeep(full, scratch);
+  else fs.unlinkSync(full);
+}
+
+/** How a skipped path is reported: relative to the work tree, shortened. */
+function skippedEntry(top: Buffer, full: Buffer, reason: string): string {
+  let rel = full.subarray(top.length + 1).toString('utf8');
+  if (rel.length > 240) rel = `${rel.slice(0, 240)}…`;
+  return `${rel} (${reason})`;
+}
+
+/** At most MAX_SKIPPED entries; past that, the last one counts what is not listed. */
+class Skipped {
+  private readonly list: string[] = [];
+  private total = 0;
+  add(entry: string): void {
+    this.total++;
+    if (this.list.length < MAX_SKIPPED) this.list.push(entry);
+  }
+  result(): string[] {
+    if (this.total <= MAX_SKIPPED) return [...this.list];
+    return [...this.list.slice(0, MAX_SKIPPED - 1), `… and ${this.total - MAX_SKIPPED + 1} more`];
+  }
+}
+
+/**
+ * Make W safe for host-side `git add`, in place:
+ *  - remove every `.git` entry (any case, any depth: embedded repositories make git
+ *    run their config) and every socket, FIFO or device node (git cannot store them;
+ *    reading a FIFO would block);
+ *  - remove (and report) every directory deeper than MAX_TREE_DEPTH, or whose
+ *    entries' paths could reach PATH_MAX (neither git nor a path-based walk copes);
+ *  - remove (and report) every regular file whose apparent size is over the size
+ *    of W's file system, or that would take the sum of the sizes over it: only
+ *    sparse files (and hard links) get there, and git would read every byte.
+ * `scratch`: a short directory on W's file system, outside W (see removeDeep).
+ */
+function sanitizeWorkTree(workTree: string, scratch: string): string[] {
+  const top = Buffer.from(workTree);
+  const scratchB = Buffer.from(scratch);
+  const fsBytes = (() => {
+    const s = fs.statfsSync(workTree);
+    return s.blocks * s.bsize;
+  })();
+  let budget = fsBytes;
+  const skipped = new Skipped();
+  walk(workTree, (full, name, kind, depth) => {
+    if (name.length === 4 && name.toString('latin1').toLowerCase() === '.git') {
+      removeEntry(full, kind, scratchB);
       return 'removed';
     }
-    const kind = direntKind(full, ent);
     if (kind === 'special') {
-      fs.rmSync(full, { force: true });
-      removed++;
+      fs.unlinkSync(full);
       return 'removed';
     }
-    return kind === 'dir' ? 'descend' : 'skip';
+    if (kind === 'dir') {
+      if (depth > MAX_TREE_DEPTH || full.length + 1 + NAME_MAX >= PATH_MAX) {
+        removeDeep(full, scratchB);
+        const why = depth > MAX_TREE_DEPTH ? `directory nested more than ${MAX_TREE_DEPTH} levels deep` : 'directory path too long';
+        skipped.add(skippedEntry(top, full, `${why}, removed with its contents`));
+        return 'removed';
+      }
+      return 'descend';
+    }
+    if (kind === 'file') {
+      const size = fs.lstatSync(full).size;
+      if (size > budget) {
+        fs.unlinkSync(full);
+        const why = size > fsBytes ? `${size} bytes, larger than the file system (${fsBytes} bytes)` : `${size} bytes, the files add up to more than the file system`;
+        skipped.add(skippedEntry(top, full, `${why}, removed`));
+        return 'removed';
+      }
+      budget -= size;
+    }
+    return 'skip';
   });
-  return removed;
+  return skipped.result();
 }
 
 function chownTree(top: string, uid: number, gid: number): void {
   fs.lchownSync(top, uid, gid);
-  walk(top, (full, ent) => {
+  walk(top, (full, _name, kind) => {
     fs.lchownSync(full, uid, gid);
-    return direntKind(full, ent) === 'dir' ? 'descend' : 'skip';
+    return kind === 'dir' ? 'descend' : 'skip';
   });
 }
 
@@ -562,35 +808,17 @@ function mountsUnder(dir: string): string[] | null {
   return out.sort((a, b) => b.length - a.length);
 }
 
-/** Remove a tree even if it holds read-only or mode-000 directories. */
+/** Remove a tree even if it holds read-only or mode-000 directories, or is thousands of levels deep. */
 function removeTree(dir: string): void {
+  if (!lstatOrNull(dir)) return;
   try {
     fs.rmSync(dir, { recursive: true, force: true, maxRetries: 2 });
     return;
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EACCES' && code !== 'EPERM' && code !== 'ENOTEMPTY') throw err;
-  }
-  // Not root (or a stubborn mode): open every directory up to its owner, then retry.
-  const fix = (d: string) => {
-    try {
-      const st = fs.lstatSync(d);
-      if (st.isDirectory()) fs.chmodSync(d, (st.mode & 0o7777) | 0o700);
-    } catch {
-      // gone or not ours
-    }
-  };
-  fix(dir);
-  try {
-    walk(dir, (full, ent) => {
-      if (direntKind(full, ent) !== 'dir') return 'skip';
-      fix(full);
-      return 'descend';
-    });
   } catch {
-    // best effort; the retry reports what is left
+    // EACCES (a non-root worker and a mode-000 directory), ENAMETOOLONG, a stack overflow …
   }
-  fs.rmSync(dir, { recursive: true, force: true, maxRetries: 2 });
+  const top = Buffer.from(dir);
+  removeDeep(top, top);
 }
 
 // ---------------------------------------------------------------------------
@@ -606,7 +834,7 @@ function validateOptions(o: WorktreeOptions): void {
   if (!path.isAbsolute(o.workspace)) throw new WorktreeError('prepare', `workspace must be an absolute path: ${o.workspace}`);
 }
 
-async function makeDisk(wt: Worktree, bytes: number, owner: { uid: number; gid: number } | null, timeoutMs: number): Promise<void> {
+async function makeDisk(wt: Worktree, bytes: number, timeoutMs: number): Promise<void> {
   if (myUid() !== 0) throw new WorktreeError('disk', 'a disk limit needs a root worker (loop mount)');
   const img = path.join(wt.base, 'disk.img');
   const fd = fs.openSync(img, 'wx', 0o600);
@@ -615,25 +843,29 @@ async function makeDisk(wt: Worktree, bytes: number, owner: { uid: number; gid: 
   } finally {
     fs.closeSync(fd);
   }
-  const uid = owner?.uid ?? myUid();
-  const gid = owner?.gid ?? myGid();
-  await system('mkfs.ext4', ['-q', '-F', '-m', '0', '-O', '^has_journal', '-E', `lazy_itable_init=1,root_owner=${uid}:${gid}`, img], 'disk', timeoutMs);
+  // The file system's root stays the worker's: it holds G next to W.
+  await system('mkfs.ext4', ['-q', '-F', '-m', '0', '-O', '^has_journal', '-E', 'lazy_itable_init=1,root_owner=0:0', img], 'disk', timeoutMs);
   fs.mkdirSync(wt.fsRoot, { mode: 0o700 });
-  await system('mount', ['-t', 'ext4', '-o', 'loop,nosuid,nodev', img, wt.fsRoot], 'disk', timeoutMs);
+  await mountDisk(img, wt.fsRoot, timeoutMs);
   wt.mounted = true;
+}
+
+function mountDisk(img: string, at: string, timeoutMs: number): Promise<string> {
+  return system('mount', ['-t', 'ext4', '-o', 'loop,nosuid,nodev', img, at], 'disk', timeoutMs);
 }
 
 async function initPrivateRepo(ctx: GitCtx, gitDir: string, objectFormat: string, step: WorktreeStep): Promise<void> {
   // `--template=` (empty): no sample hooks, no info/exclude.
   await gitOut({ ...ctx, pre: hardening() }, ['init', '-q', '--bare', '--template=', `--object-format=${objectFormat}`, gitDir], step);
+  fs.chmodSync(gitDir, 0o700);
   fs.appendFileSync(path.join(gitDir, 'config'), PRIVATE_CONFIG);
 }
 
-/** Stage everything in W (after sanitizing it) and return the tree. */
-async function snapshotTree(ctx: GitCtx, workTree: string, step: WorktreeStep): Promise<string> {
-  sanitizeWorkTree(workTree);
+/** Stage everything in W (after sanitizing it) and return the tree, and what was left out. */
+async function snapshotTree(ctx: GitCtx, wt: Worktree, step: WorktreeStep): Promise<{ tree: string; skipped: string[] }> {
+  const skipped = sanitizeWorkTree(wt.workTree, wt.fsRoot);
   await gitOut(ctx, ['-c', 'core.autocrlf=false', '-c', 'core.safecrlf=false', 'add', '-A'], step);
-  return gitOut(ctx, ['write-tree'], step);
+  return { tree: await gitOut(ctx, ['write-tree'], step), skipped };
 }
 
 /** The workspace's place in W, refusing symlinks on the way (Docker would follow them on the host). */
@@ -693,7 +925,7 @@ async function populateFromCopy(wt: Worktree, workspace: string, opts: GitOption
   });
   const ctx = privateCtxOf(wt, opts);
   await initPrivateRepo(ctx, wt.gitDir, 'sha1', 'prepare');
-  const tree = await snapshotTree(ctx, wt.workTree, 'prepare');
+  const { tree } = await snapshotTree(ctx, wt, 'prepare');
   const commit = await gitOut(ctx, ['commit-tree', tree, '-m', 'loki: workspace snapshot'], 'prepare');
   await gitOut(ctx, ['update-ref', '--no-deref', 'HEAD', commit], 'prepare');
   wt.baseCommit = commit;
@@ -748,8 +980,15 @@ export async function createWorktree(o: WorktreeOptions): Promise<Worktree> {
   try {
     fs.chmodSync(base, 0o700);
     step = 'disk';
-    if (o.diskBytes !== null) await makeDisk(wt, o.diskBytes, o.owner, timeoutMs);
-    else fs.mkdirSync(fsRoot, { mode: 0o755 });
+    if (o.diskBytes !== null) {
+      await makeDisk(wt, o.diskBytes, timeoutMs);
+      // G on the session's file system: its objects count against the limit too.
+      wt.gitDir = path.join(fsRoot, 'git');
+    } else {
+      fs.mkdirSync(fsRoot, { mode: 0o711 });
+    }
+    // The worker's; only W is handed to the agent (nobody needs to list fs/).
+    fs.chmodSync(fsRoot, 0o711);
     fs.mkdirSync(wt.workTree, { mode: 0o755 });
     fs.chmodSync(wt.workTree, 0o755);
 
@@ -761,7 +1000,6 @@ export async function createWorktree(o: WorktreeOptions): Promise<Worktree> {
     step = 'ownership';
     if (o.owner) {
       chownTree(wt.workTree, o.owner.uid, o.owner.gid);
-      fs.lchownSync(fsRoot, o.owner.uid, o.owner.gid);
       verifyOwnedAndWritable(wt.workTree, o.owner);
       verifyOwnedAndWritable(wt.dir, o.owner);
     }
@@ -815,6 +1053,18 @@ async function makePatch(ctx: GitCtx, wt: Worktree, base: string, commit: string
   }
 }
 
+/**
+ * Create `loki/session-<id>` in the user's repository. The objects go through a
+ * pipe: `git pack-objects --revs --stdout` (as the worker, in G: what the session
+ * commit has that its base has not) into `git index-pack --stdin --strict` (as the
+ * repository's owner, in the user's repository: every object fsck'd, every link
+ * checked, so the base the pack builds on must be there). No file is handed over:
+ * the owner never gets a directory or a file the worker later chowns or deletes by
+ * path (with a bundle in a temporary directory given to the owner, the owner could
+ * swap its entries for symbolic links under root's chown and `rm -r`), and nothing
+ * is written on the host's file system outside the user's repository. Then the
+ * branch is created, refusing an existing one.
+ */
 async function deliverToUserRepo(wt: Worktree, ctx: GitCtx, commit: string, opts: GitOptions): Promise<void> {
   const ref = `refs/heads/${wt.agentBranch}`;
   const repo = await openUserRepo(wt.userRepo!, opts, 'fetch');
@@ -824,33 +1074,22 @@ async function deliverToUserRepo(wt: Worktree, ctx: GitCtx, commit: string, opts
   if (existing !== null) {
     throw new WorktreeError('fetch', `branch ${wt.agentBranch} already exists in ${wt.userRepo}; not overwriting it`);
   }
-  // The repository owner may not be able to reach G: hand over a bundle in a
-  // directory of its own.
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'loki-bundle-'));
-  try {
-    const bundle = path.join(tmp, 'session.bundle');
-    await gitOut(ctx, ['bundle', 'create', '-q', bundle, ref, `^${wt.baseCommit}`], 'fetch');
-    const as = repo.ctx.as;
-    if (as) {
-      fs.chownSync(tmp, as.uid, as.gid);
-      fs.chownSync(bundle, as.uid, as.gid);
-    }
-    // Objects only (no ref, no FETCH_HEAD), checked; then create the branch, refusing an existing one.
-    await gitOut(
-      repo.ctx,
-      ['-c', 'fetch.fsckObjects=true', 'fetch', '--no-tags', '-q', '--no-write-fetch-head', '--no-recurse-submodules', bundle, ref],
-      'fetch',
-    );
-    await gitOut(repo.ctx, ['update-ref', '-m', `loki: session ${wt.sessionId}`, ref, commit, ''], 'fetch');
-  } finally {
-    fs.rmSync(tmp, { recursive: true, force: true });
-  }
+  await gitPipe(
+    ctx,
+    ['pack-objects', '--revs', '--stdout', '-q', '--delta-base-offset'],
+    `${commit}\n^${wt.baseCommit}\n`,
+    repo.ctx,
+    ['index-pack', '--stdin', '--strict'],
+    'fetch',
+  );
+  await gitOut(repo.ctx, ['update-ref', '-m', `loki: session ${wt.sessionId}`, ref, commit, ''], 'fetch');
 }
 
 /**
  * Commit what the agent left in the work tree onto `loki/session-<id>` (parent: the
  * base commit) and, for a git workspace, create that branch in the user's
- * repository. Call only after the agent has stopped.
+ * repository. Call only after the agent has stopped. A worktree whose file system
+ * is not mounted (released, or after a reboot) is mounted again first.
  */
 export async function commitWorktree(
   wt: Worktree,
@@ -864,6 +1103,12 @@ export async function commitWorktree(
     throw new WorktreeError('commit', messageOf(err));
   }
   const opts: GitOptions = o.git ?? {};
+  checkLayout(wt, 'commit');
+  try {
+    await ensureMounted(wt, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+  } catch (err) {
+    throw asWorktreeError(err, 'disk');
+  }
   const ctx = privateCtxOf(wt, opts);
   const unchanged: WorktreeResult = {
     kind: wt.kind,
@@ -876,12 +1121,15 @@ export async function commitWorktree(
     diffstat: '',
     patch: wt.kind === 'copy' ? '' : null,
     patchTooLarge: false,
+    skipped: [],
   };
   let commit: string;
   let stats: { filesChanged: number; insertions: number; deletions: number };
   let diffstat: string;
   try {
-    const tree = await snapshotTree(ctx, wt.workTree, 'commit');
+    const snap = await snapshotTree(ctx, wt, 'commit');
+    const tree = snap.tree;
+    unchanged.skipped = snap.skipped;
     const baseTree = await gitOut(ctx, ['rev-parse', '--verify', `${wt.baseCommit}^{tree}`], 'commit');
     if (tree === baseTree) return unchanged;
     // A retry (say, after a failed delivery) reuses the commit made for the same tree.
@@ -932,46 +1180,102 @@ export async function commitWorktree(
 // ---------------------------------------------------------------------------
 // Remove, usage
 
-/** Unmount (if mounted) and delete `<root>/<id>`. Idempotent. */
-export async function removeWorktree(wt: Worktree): Promise<void> {
+/** The paths of a Worktree (a record read back from disk, say) must be a session's. */
+function checkLayout(wt: Worktree, step: WorktreeStep): void {
   try {
     sessionBranchName(wt.sessionId);
   } catch (err) {
-    throw new WorktreeError('remove', messageOf(err));
+    throw new WorktreeError(step, messageOf(err));
   }
-  if (!path.isAbsolute(wt.base) || path.basename(wt.base) !== wt.sessionId || wt.fsRoot !== path.join(wt.base, 'fs')) {
-    throw new WorktreeError('remove', `refusing to remove ${wt.base}: not a session directory`);
+  const fsRoot = path.join(wt.base, 'fs');
+  if (
+    !path.isAbsolute(wt.base) ||
+    path.basename(wt.base) !== wt.sessionId ||
+    wt.fsRoot !== fsRoot ||
+    (step !== 'remove' && (wt.workTree !== path.join(fsRoot, 'work') || ![path.join(wt.base, 'git'), path.join(fsRoot, 'git')].includes(wt.gitDir)))
+  ) {
+    throw new WorktreeError(step, `refusing ${wt.base}: not a session directory`);
   }
+}
+
+/** `<root>/<id>` by real path (mount points are listed by real path; the session directory itself is never a link). */
+function realBase(wt: Worktree, step: WorktreeStep): string {
+  let base = wt.base;
   try {
-    // Mount points are listed by real path: resolve the root (the session directory itself is never a link).
-    let base = wt.base;
+    base = path.join(fs.realpathSync(path.dirname(wt.base)), wt.sessionId);
+  } catch {
+    // root gone: nothing mounted below it either
+  }
+  if (lstatOrNull(base)?.isSymbolicLink()) throw new WorktreeError(step, `refusing ${base}: a symbolic link`);
+  return base;
+}
+
+/** Mount the session's image again if it is not (after `releaseWorktree`, or a reboot). */
+async function ensureMounted(wt: Worktree, timeoutMs: number): Promise<void> {
+  const base = realBase(wt, 'disk');
+  const img = path.join(base, 'disk.img');
+  const imgStat = lstatOrNull(img);
+  if (!imgStat) return; // no disk limit
+  if (!imgStat.isFile()) throw new WorktreeError('disk', `${img} is not a regular file`);
+  const fsRoot = path.join(base, 'fs');
+  const mounts = mountsUnder(fsRoot);
+  if (mounts === null ? wt.mounted : mounts.includes(fsRoot)) {
+    wt.mounted = true;
+    return;
+  }
+  if (myUid() !== 0) throw new WorktreeError('disk', 'mounting the session file system needs a root worker');
+  const st = lstatOrNull(fsRoot);
+  if (!st?.isDirectory()) throw new WorktreeError('disk', `${fsRoot} is not a directory`);
+  await mountDisk(img, fsRoot, timeoutMs);
+  wt.mounted = true;
+}
+
+/** Unmount everything below the session directory and detach its loop device; returns the real session directory. */
+async function unmountSession(wt: Worktree): Promise<string> {
+  const base = realBase(wt, 'remove');
+  const mounts = mountsUnder(base) ?? (wt.mounted ? [path.join(base, 'fs')] : []);
+  for (const mp of mounts) {
     try {
-      base = path.join(fs.realpathSync(path.dirname(wt.base)), wt.sessionId);
+      await system('umount', ['-d', mp], 'remove', 60_000);
     } catch {
-      // root gone: nothing mounted below it either
+      // Busy: detach it now, the kernel finishes (and frees the loop device) when released.
+      await system('umount', ['-l', '-d', mp], 'remove', 60_000);
     }
-    if (lstatOrNull(base)?.isSymbolicLink()) throw new WorktreeError('remove', `refusing to remove ${base}: a symbolic link`);
-    const mounts = mountsUnder(base) ?? (wt.mounted ? [path.join(base, 'fs')] : []);
-    for (const mp of mounts) {
-      try {
-        await system('umount', ['-d', mp], 'remove', 60_000);
-      } catch {
-        // Busy: detach it now, the kernel finishes (and frees the loop device) when released.
-        await system('umount', ['-l', '-d', mp], 'remove', 60_000);
-      }
+  }
+  const left = mountsUnder(base);
+  if (left && left.length > 0) throw new WorktreeError('remove', `still mounted: ${left.join(', ')}`);
+  const img = path.join(base, 'disk.img');
+  if (myUid() === 0 && lstatOrNull(img)) {
+    // A loop device left attached without a mount (a crash between the two).
+    const out = await system('losetup', ['-j', img], 'remove', 60_000).catch(() => '');
+    for (const line of out.split('\n')) {
+      const dev = /^(\/dev\/loop\d+):/.exec(line)?.[1];
+      if (dev) await system('losetup', ['-d', dev], 'remove', 60_000).catch(() => undefined);
     }
-    const left = mountsUnder(base);
-    if (left && left.length > 0) throw new WorktreeError('remove', `still mounted: ${left.join(', ')}`);
-    const img = path.join(base, 'disk.img');
-    if (myUid() === 0 && lstatOrNull(img)) {
-      // A loop device left attached without a mount (a crash between the two).
-      const out = await system('losetup', ['-j', img], 'remove', 60_000).catch(() => '');
-      for (const line of out.split('\n')) {
-        const dev = /^(\/dev\/loop\d+):/.exec(line)?.[1];
-        if (dev) await system('losetup', ['-d', dev], 'remove', 60_000).catch(() => undefined);
-      }
-    }
-    wt.mounted = false;
+  }
+  wt.mounted = false;
+  return base;
+}
+
+/**
+ * Unmount the session's file system (freeing its loop device) but keep everything:
+ * `disk.img` holds the work tree (and G), `commitWorktree` mounts it again. For a
+ * worktree kept after a failed commit. Idempotent; nothing to do without a disk limit.
+ */
+export async function releaseWorktree(wt: Worktree): Promise<void> {
+  checkLayout(wt, 'remove');
+  try {
+    await unmountSession(wt);
+  } catch (err) {
+    throw asWorktreeError(err, 'remove');
+  }
+}
+
+/** Unmount (if mounted) and delete `<root>/<id>`. Idempotent. */
+export async function removeWorktree(wt: Worktree): Promise<void> {
+  checkLayout(wt, 'remove');
+  try {
+    const base = await unmountSession(wt);
     removeTree(base);
     if (lstatOrNull(base)) throw new WorktreeError('remove', `could not remove ${base}`);
   } catch (err) {

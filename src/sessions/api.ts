@@ -245,6 +245,21 @@ export const workerEventSchema = z.discriminatedUnion('type', [
   }),
   z.object({
     seq: z.number().int().min(1),
+    type: z.literal('egress'),
+    data: z.object({
+      decision: z.enum(['allowed', 'denied']),
+      host: str(300),
+      port: z.number().int().min(0).max(65535),
+      rule: str(400),
+      method: z.enum(['CONNECT', 'HTTP']),
+      address: str(100).nullish(),
+      bytes_up: z.number().int().min(0).nullish(),
+      bytes_down: z.number().int().min(0).nullish(),
+      error: str(400).nullish(),
+    }),
+  }),
+  z.object({
+    seq: z.number().int().min(1),
     type: z.literal('setup_failed'),
     data: z.object({
       step: z.enum(['policy', 'prepare', 'disk', 'ownership', 'commit', 'fetch', 'remove', 'branch']),

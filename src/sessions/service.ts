@@ -446,6 +446,12 @@ export class SessionService {
           await this.publish('session_result', id, view);
           break;
         }
+        case 'egress': {
+          const d = ev.data;
+          await audit(`egress.${d.decision}`, { ...d, worker_id: s.workerId }, d.decision === 'allowed');
+          await this.publish(`egress.${d.decision}`, id, d);
+          break;
+        }
         case 'setup_failed': {
           const d = ev.data;
           const action = d.step === 'branch' ? 'branch_protection_violation' : 'session.setup_failed';

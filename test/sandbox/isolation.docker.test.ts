@@ -6,6 +6,8 @@
  * sessions need the operator.
  */
 import { spawnSync } from 'node:child_process';
+import { type Server, createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { createHash } from 'node:crypto';
 import { chownSync, existsSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -370,5 +372,90 @@ describeDocker('host sessions with the operator switch', probe, () => {
     expect(r.stderr).toContain('provider.command: ["/bin/sh","-c","touch');
     expect(r.stderr).toContain("is not one of the operator's host_commands");
     expect(existsSync(MARKER)).toBe(false);
+  });
+});
+
+describeDocker('egress through the session proxy (no bridge network)', probe, () => {
+  let home: string;
+  let root: string;
+  let server: SpawnedServer;
+  let worker: SpawnedWorker;
+  let opsToken: string;
+  let origin: Server;
+  let originPort: number;
+  const hits: string[] = [];
+
+  beforeAll(async () => {
+    origin = createServer((req, res) => {
+      hits.push(req.url ?? '');
+      res.end('hello from the allowed origin\n');
+    });
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    originPort = (origin.address() as AddressInfo).port;
+    home = tempHome('loki-egress-');
+    root = tempRoot('loki-egress-ws-');
+    // The operator allows exactly this loopback destination (how tests reach the host).
+    writeFileSync(path.join(home, 'policy.yaml'), `egress: {allow: ["*.anthropic.com:443"], private_destinations: ["127.0.0.1:${originPort}"]}\n`, { mode: 0o600 });
+    server = await spawnServer({ LOKI_WORKSPACE_ROOTS: root, LOKI_ENTERPRISE_AUTH: 'true' }, home);
+    const gen = async (name: string, args: string[]) => {
+      const r = await runCli(['enterprise', 'token', 'generate', name, ...args, '--json'], { LOKI_HOME: home, HOME: home });
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { token: string }).token;
+    };
+    opsToken = await gen('ops', ['--role', 'operator']);
+    const wt = await gen('w', ['--role', 'worker', '--worker-id', 'egress-w']);
+    worker = await spawnWorker({ HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_WORKER_TOKEN: wt, LOKI_WORKER_ID: 'egress-w' });
+  });
+  afterAll(async () => {
+    worker?.child.kill('SIGTERM');
+    await worker?.exited;
+    server?.child.kill('SIGTERM');
+    await server?.exited;
+    origin?.close();
+    rmSync(root, { recursive: true, force: true });
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  it('an allowed destination answers through the proxy; others are refused; a direct connection has no route; every decision is audited', async () => {
+    const script = [
+      `no_proxy= wget -q -O - http://127.0.0.1:${originPort}/allowed 2>&1`,
+      'no_proxy= wget -q -O - http://169.254.169.254/latest/meta-data 2>&1 || echo metadata-refused',
+      'no_proxy= wget -q -O - http://api.evil.example:80/ 2>&1 || echo evil-refused',
+      `no_proxy='*' http_proxy= wget -q -O - http://10.0.0.1:${originPort}/direct 2>&1 || echo direct-failed`,
+      'ls /sys/class/net',
+    ].join('; ');
+    const ws = makeRepo(root, 'egress', providerConfig(['/bin/sh', '-c', script], { egress: [`127.0.0.1:${originPort}`] }));
+    const r = await runLoki(['start', 'prd.md'], { cwd: ws, env: { HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_TOKEN: opsToken } });
+    expect(r.code, r.stderr).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines[0]).toBe('hello from the allowed origin');
+    expect(lines).toContain('metadata-refused');
+    expect(lines).toContain('evil-refused');
+    expect(lines).toContain('direct-failed');
+    expect(lines.at(-1)).toBe('lo');
+    expect(hits).toEqual(['/allowed']);
+    const id = /session (ses_[0-9a-f]+)/.exec(r.stderr)![1]!;
+    const db = new Database(path.join(home, 'dashboard', 'loki.db'), { readonly: true });
+    const rows = db.prepare("SELECT action, entry FROM audit_log WHERE action LIKE 'egress.%' ORDER BY seq").all() as { action: string; entry: string }[];
+    db.close();
+    const mine = rows.map((x) => ({ action: x.action, e: JSON.parse(x.entry) })).filter((x) => x.e.resource?.id === id);
+    const allowed = mine.filter((x) => x.action === 'egress.allowed').map((x) => x.e.details);
+    const denied = mine.filter((x) => x.action === 'egress.denied').map((x) => x.e.details);
+    expect(allowed).toHaveLength(1);
+    expect(allowed[0]).toMatchObject({ host: '127.0.0.1', port: originPort, method: 'HTTP', rule: `private_destination:127.0.0.1:${originPort}` });
+    expect(allowed[0].bytes_down).toBeGreaterThan(29);
+    expect(denied.map((d: { host: string; rule: string }) => [d.host, d.rule]).sort()).toEqual([
+      ['169.254.169.254', 'ip_literal'],
+      ['api.evil.example', 'not_allowlisted'],
+    ]);
+    // The proxy and its socket went with the session.
+    expect(existsSync(path.join(home, 'worktrees', id))).toBe(false);
+  });
+
+  it('egress beyond the operator policy is refused at creation (400 policy_violation)', async () => {
+    const ws = makeRepo(root, 'egress-wide', providerConfig(['true'], { egress: ['example.com:443'] }));
+    const r = await runLoki(['start', 'prd.md'], { cwd: ws, env: { HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_TOKEN: opsToken } });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("sandbox.egress: example.com:443 is not within the operator's egress allowlist");
   });
 });

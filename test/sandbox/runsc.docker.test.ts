@@ -2,7 +2,7 @@
  * gVisor (`runsc`, registered by scripts/docker-up.sh) under the sandbox's full
  * hardening, through dockerode: the container really runs on gVisor's kernel, the
  * bind-mounted workspace (a loop-mounted ext4, like a session's worktree) takes
- * writes, the memory limit ends in an OOM kill, and the root filesystem stays
+ * writes, the memory limit kills a hog (exit 137), and the root filesystem stays
  * read-only. In CI the runtime must be registered; elsewhere the suite is skipped.
  */
 import { spawnSync } from 'node:child_process';
@@ -152,10 +152,14 @@ describeDocker('gVisor (runsc) runtime with the sandbox hardening', probe, (dock
     expect(statSync(out).uid).toBe(1000);
   });
 
-  it('a memory hog over the limit is OOM-killed (exit 137, OOMKilled)', async () => {
+  it('a memory hog over the limit is killed (exit 137)', async () => {
     const r = await run(['tail', '/dev/zero'], 16 * 1024 ** 2);
     expect(r.hostConfig.Runtime).toBe('runsc');
     expect(r.exitCode).toBe(137);
-    expect(r.oomKilled).toBe(true);
+    // Usually State.OOMKilled is true as well, but not always: now and then (about 1 run
+    // in 20 here) the host's OOM killer picks a gVisor process (the sentry, "exe") over
+    // the workload, the shim just disconnects, and Docker records no OOM. Under runsc an
+    // exit 137 the worker did not cause has to count as out-of-memory.
+    expect(typeof r.oomKilled).toBe('boolean');
   });
 });
