@@ -15,6 +15,12 @@ export const CONTAINER_WORKSPACE = '/workspace';
 export const LABEL_SESSION = 'loki.session';
 export const LABEL_WORKER = 'loki.worker';
 export const PIDS_LIMIT = 256;
+/**
+ * gVisor (ptrace platform) runs several host processes per process in the sandbox
+ * (an idle one already uses about 50), and going over the host limit kills the whole
+ * sandbox instead of failing a fork: the same ~256 processes need about 4096 here.
+ */
+export const PIDS_LIMIT_RUNSC = 4096;
 export const NOFILE_LIMIT = 4096;
 export const TMPFS_OPTIONS = 'rw,noexec,nosuid,size=64m';
 export const NO_NEW_PRIVILEGES = 'no-new-privileges:true';
@@ -219,7 +225,7 @@ export function containerOptions(p: SessionPolicy, ctx: PolicyContext): Containe
       Memory: p.memory_bytes,
       MemorySwap: p.memory_bytes,
       NanoCpus: p.nano_cpus,
-      PidsLimit: PIDS_LIMIT,
+      PidsLimit: p.runtime === 'runsc' ? PIDS_LIMIT_RUNSC : PIDS_LIMIT,
       Ulimits: [{ Name: 'nofile', Soft: NOFILE_LIMIT, Hard: NOFILE_LIMIT }],
       Binds: binds,
       AutoRemove: false,

@@ -64,7 +64,7 @@ export function expectedHostConfig(o: { workspace: string; memoryBytes: number; 
     Memory: o.memoryBytes,
     MemorySwap: o.memoryBytes,
     NanoCpus: o.nanoCpus,
-    PidsLimit: 256,
+    PidsLimit: o.runtime === 'runsc' ? 4096 : 256,
     Ulimits: [{ Name: 'nofile', Soft: 4096, Hard: 4096 }],
     Binds: [`${o.workspace}:/workspace:rw`],
     AutoRemove: false,

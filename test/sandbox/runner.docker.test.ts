@@ -3,7 +3,7 @@
  * from inside a container. NetworkMode "none" only; nothing leaves loopback.
  */
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import os, { tmpdir } from 'node:os';
 import path from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -334,6 +334,32 @@ describeDocker('runSession in the Docker sandbox', probe, (docker: Docker) => {
     expect(swapped.result.error).toMatch(/ELOOP|changed since it was checked|now resolves to/);
     rmSync(link);
     rmSync(data, { recursive: true, force: true });
+  });
+
+  it('a session with runtime runsc runs under gVisor with the same outcomes (pids limit sized for gVisor)', async () => {
+    const info = await docker.info();
+    if (!Object.keys(info.Runtimes ?? {}).includes('runsc')) {
+      expect(process.env.CI).not.toBe('true');
+      return;
+    }
+    let hc: Docker.ContainerInspectInfo['HostConfig'] | undefined;
+    const r = await run(sh('uname -r; echo agent > out.txt; exit 3'), {
+      settings: { runtime: 'runsc' },
+      onEvent: (type, d) => {
+        if (type === 'container_started') {
+          void docker
+            .getContainer(String(d.container_id))
+            .inspect()
+            .then((i) => {
+              hc = i.HostConfig;
+            });
+        }
+      },
+    });
+    expect(r.result).toMatchObject({ outcome: 'failed', exitCode: 3 });
+    expect(r.out[0]).not.toBe(os.release());
+    expect(hc).toMatchObject({ Runtime: 'runsc', PidsLimit: 4096, NetworkMode: 'none', ReadonlyRootfs: true });
+    expect(r.result.result).toMatchObject({ kind: 'copy', filesChanged: 1 });
   });
 
   it('removes orphans of this worker and stops all of its containers', async () => {

@@ -11,7 +11,9 @@ import {
   commitWorktree,
   createWorktree,
   listSessionBranches,
+  MAX_TREE_DEPTH,
   pruneSessionBranches,
+  releaseWorktree,
   removeWorktree,
   type Worktree,
   WorktreeError,
@@ -190,12 +192,16 @@ describe.skipIf(!isRoot)('session worktrees', () => {
     });
     expect(wt.dir).toBe(wt.workTree);
     expect(wt.workTree).toBe(path.join(wt.fsRoot, 'work'));
-    expect(wt.gitDir).toBe(path.join(wt.base, 'git'));
+    // With a disk limit the private git directory is on the session's file system, beside W.
+    expect(wt.gitDir).toBe(path.join(wt.fsRoot, 'git'));
     expect(mounted(wt.fsRoot)).toBe(true);
     expect(loopLines(path.join(wt.base, 'disk.img'))).toHaveLength(1);
     expect(fs.statSync(root).mode & 0o777).toBe(0o700);
     expect(fs.statSync(wt.base).mode & 0o777).toBe(0o700);
     expect(fs.statSync(wt.gitDir).uid).toBe(0);
+    expect(fs.statSync(wt.gitDir).mode & 0o777).toBe(0o700);
+    expect(fs.statSync(wt.fsRoot).uid).toBe(0);
+    expect(fs.statSync(wt.fsRoot).mode & 0o777).toBe(0o711);
     expect(fs.statSync(wt.dir).uid).toBe(1000);
     // The work tree is the base commit, not the user's local state.
     expect(snapshotDir(wt.workTree, ['lost+found'])).toEqual({
@@ -297,30 +303,20 @@ describe.skipIf(!isRoot)('session worktrees', () => {
     expect(markerFiles()).toEqual([]);
   });
 
-  it('writes into a git directory as its owner when the work tree belongs to someone else', async () => {
-    // Work tree and `.git` file owned by 4242, the git directory it points to by 4343.
+  it('refuses a git directory owned by another uid than the work tree', async () => {
+    // Work tree and `.git` file owned by 4242, the git directory it points to by 4343:
+    // whose rights would the worker use? Neither: refused.
     const gitDir = path.join(tmp, 'split.git');
-    const base = initRepo(repo, { 'a.txt': 'a\n' });
+    initRepo(repo, { 'a.txt': 'a\n' });
     fs.renameSync(path.join(repo, '.git'), gitDir);
     write(path.join(repo, '.git'), `gitdir: ${gitDir}\n`);
     spawnSync('chown', ['-R', '4242:4242', repo]);
     spawnSync('chown', ['-R', '4343:4343', gitDir]);
-    const wt = await create({ sessionId: 'split1', workspace: repo });
-    expect(wt.baseCommit).toBe(base);
-    write(path.join(wt.dir, 'b.txt'), 'b\n');
-    const result = await commitWorktree(wt, { sessionId: 'split1', prd: 'p' });
-    expect(git(repo, 'rev-parse', 'refs/heads/loki/session-split1')).toBe(result.commit);
-    const wrongOwner: string[] = [];
-    const visit = (d: string) => {
-      for (const name of fs.readdirSync(d)) {
-        const full = path.join(d, name);
-        const st = fs.lstatSync(full);
-        if (st.uid !== 4343) wrongOwner.push(full);
-        if (st.isDirectory()) visit(full);
-      }
-    };
-    visit(gitDir);
-    expect(wrongOwner).toEqual([]);
+    const err = await create({ sessionId: 'split1', workspace: repo }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorktreeError);
+    expect((err as WorktreeError).step).toBe('prepare');
+    expect((err as WorktreeError).message).toMatch(/git directory .*split\.git is owned by uid 4343, not by uid 4242/);
+    expect(fs.existsSync(path.join(root, 'split1'))).toBe(false);
   });
 
   it('lets the container uid write everything in a root-owned repository copy, but not the private git dir', async () => {
@@ -529,6 +525,7 @@ describe.skipIf(!isRoot)('session worktrees', () => {
       diffstat: '',
       patch: null,
       patchTooLarge: false,
+      skipped: [],
     });
     expect(refsOf(repo)).toBe(refs);
 
