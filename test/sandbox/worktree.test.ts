@@ -703,6 +703,251 @@ describe.skipIf(!isRoot)('session worktrees', () => {
   });
 });
 
+describe.skipIf(!isRoot)('session worktrees: hostile users and agents', () => {
+  /** A repository (and its checkout) owned by `uid`, with a secret committed. */
+  function victimRepo(dir: string, uid: number): string {
+    const base = initRepo(dir, { 'secret.txt': 'root only\n' });
+    spawnSync('chown', ['-R', `${uid}:${uid}`, dir]);
+    return base;
+  }
+
+  it('hands the session commit over through a pipe: the repository owner never gets a directory the worker deletes', async () => {
+    // The owner of the repository can run code during every git command the worker
+    // runs as them (here: core.alternateRefsCommand, which `git fetch` runs). Whatever
+    // directory of the worker's they can write to then (a bundle directory given to
+    // them, say) is one they can fill with symbolic links under root's chown and rm -r.
+    const base = initRepo(repo, { 'a.txt': 'a\n' });
+    const alt = path.join(tmp, 'alt.git');
+    git(tmp, 'clone', '-q', '--bare', repo, alt);
+    fs.writeFileSync(path.join(repo, '.git', 'objects', 'info', 'alternates'), `${alt}/objects\n`);
+    const probe = path.join(tmp, 'probe.sh');
+    const tmpdir = os.tmpdir();
+    write(
+      probe,
+      `#!/bin/sh\necho ran >> ${markers}/probe-ran\nfor d in ${tmpdir}/* ${tmpdir}/.[!.]*; do\n` +
+        `  if [ -d "$d" ] && [ -O "$d" ] && touch "$d/planted-by-owner" 2>/dev/null; then echo "$d" >> ${markers}/foothold; fi\ndone\n`,
+      0o755,
+    );
+    git(repo, 'config', 'core.alternateRefsCommand', probe);
+    spawnSync('chown', ['-R', '4242:4242', repo, alt]);
+
+    const wt = await create({ sessionId: 'pipe1', workspace: repo, diskBytes: 32 * MiB });
+    expect(agent(wt.dir, 'printf "agent\\n" > a.txt && head -c 3000000 /dev/urandom > blob').status).toBe(0);
+    const result = await commitWorktree(wt, { sessionId: 'pipe1', prd: 'p' });
+    expect(fs.existsSync(path.join(markers, 'foothold')) ? fs.readFileSync(path.join(markers, 'foothold'), 'utf8') : '').toBe('');
+    expect(git(repo, 'rev-parse', 'refs/heads/loki/session-pipe1')).toBe(result.commit);
+    expect(git(repo, 'rev-parse', `${result.commit}^`)).toBe(base);
+    expect(Object.keys(treeOf(repo, result.commit!)).sort()).toEqual(['a.txt', 'blob']);
+    expect(git(repo, 'fsck', '--no-dangling')).toBe('');
+    // Everything the delivery wrote in the repository belongs to its owner.
+    const notOwned: string[] = [];
+    const visit = (d: string) => {
+      for (const name of fs.readdirSync(d)) {
+        const full = path.join(d, name);
+        const st = fs.lstatSync(full);
+        if (st.uid !== 4242) notOwned.push(full);
+        if (st.isDirectory()) visit(full);
+      }
+    };
+    visit(path.join(repo, '.git'));
+    expect(notOwned).toEqual([]);
+  });
+
+  it('delivers nothing when the pack does not connect to what the repository has', async () => {
+    initRepo(repo, { 'a.txt': 'a\n' });
+    const wt = await create({ sessionId: 'pipe2', workspace: repo });
+    write(path.join(wt.dir, 'b.txt'), 'b\n');
+    // The base commit disappears from the user's repository (a rewritten history, pruned).
+    fs.rmSync(path.join(repo, '.git'), { recursive: true, force: true });
+    initRepo(repo, { 'other.txt': 'o\n' });
+    const err = await commitWorktree(wt, { sessionId: 'pipe2', prd: 'p' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorktreeError);
+    expect((err as WorktreeError).step).toBe('fetch');
+    expect((err as WorktreeError).message).toContain('index-pack');
+    expect(refsOf(repo)).not.toContain('loki/session-pipe2');
+  });
+
+  it('refuses a workspace whose .git is a symbolic link to another user\'s repository', async () => {
+    const victim = path.join(tmp, 'victim');
+    victimRepo(victim, 0);
+    const victimRefs = refsOf(victim);
+    const ws = path.join(tmp, 'ws');
+    fs.mkdirSync(path.join(ws, 'sub'), { recursive: true });
+    fs.symlinkSync(path.join(victim, '.git'), path.join(ws, '.git'));
+    spawnSync('chown', ['-R', '-h', '4242:4242', ws]);
+    for (const [id, workspace] of [
+      ['ln-top', ws],
+      ['ln-sub', path.join(ws, 'sub')],
+    ] as const) {
+      const err = await create({ sessionId: id, workspace }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(WorktreeError);
+      expect((err as WorktreeError).step).toBe('prepare');
+      expect((err as WorktreeError).message).toMatch(/\.git is a symbolic link/);
+      expect(fs.existsSync(path.join(root, id))).toBe(false);
+    }
+    // The same link left by the repository's owner in its own (root's) checkout is refused too.
+    const rootWs = path.join(tmp, 'rootws');
+    fs.mkdirSync(rootWs);
+    fs.symlinkSync(path.join(victim, '.git'), path.join(rootWs, '.git'));
+    await expect(listSessionBranches(rootWs)).rejects.toThrow(/symbolic link/);
+    expect(refsOf(victim)).toBe(victimRefs);
+  });
+
+  it("refuses a gitfile, or a .git directory, that belongs to someone else than the work tree's owner", async () => {
+    const victim = path.join(tmp, 'victim');
+    victimRepo(victim, 0);
+    const victimRefs = refsOf(victim);
+    // A user's directory whose gitfile points at root's repository (readable by all).
+    const ws = path.join(tmp, 'ws');
+    write(path.join(ws, '.git'), `gitdir: ${path.join(victim, '.git')}\n`);
+    spawnSync('chown', ['-R', '4242:4242', ws]);
+    const err = await create({ sessionId: 'gf1', workspace: ws }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorktreeError);
+    expect((err as WorktreeError).step).toBe('prepare');
+    // (git's own ownership check, run as 4242, or ours)
+    expect((err as WorktreeError).message).toMatch(/is owned by uid 0, not by uid 4242|dubious ownership/);
+    expect(fs.existsSync(path.join(root, 'gf1'))).toBe(false);
+    // A user's checkout whose .git directory is root's.
+    victimRepo(repo, 0);
+    spawnSync('chown', ['4242:4242', repo, path.join(repo, 'secret.txt')]);
+    const err2 = await create({ sessionId: 'gf2', workspace: repo }).catch((e: unknown) => e);
+    expect((err2 as WorktreeError).message).toMatch(/\.git entry .* is owned by uid 0, not by uid 4242/);
+    expect(refsOf(victim)).toBe(victimRefs);
+    expect(refsOf(repo)).not.toContain('loki/');
+  });
+
+  it('accepts a linked work tree (a gitfile) when everything belongs to the same user', async () => {
+    const base = initRepo(repo, { 'a.txt': 'a\n' });
+    const linked = path.join(tmp, 'linked');
+    git(repo, 'worktree', 'add', '-q', '-b', 'feature', linked);
+    spawnSync('chown', ['-R', '4242:4242', repo, linked]);
+    const wt = await create({ sessionId: 'lw1', workspace: linked });
+    expect(wt).toMatchObject({ kind: 'git', userRepo: fs.realpathSync(linked), baseCommit: base, baseBranch: 'feature' });
+    write(path.join(wt.dir, 'b.txt'), 'b\n');
+    const result = await commitWorktree(wt, { sessionId: 'lw1', prd: 'p' });
+    expect(git(repo, 'rev-parse', 'refs/heads/loki/session-lw1')).toBe(result.commit);
+    expect(treeOf(repo, result.commit!)).toEqual({ 'a.txt': 'a\n', 'b.txt': 'b\n' });
+  });
+
+  it('keeps the private git directory inside the disk limit, out of the agent\'s reach', async () => {
+    initRepo(repo, { 'a.txt': 'a\n' });
+    const wt = await create({ sessionId: 'gd1', workspace: repo, diskBytes: 64 * MiB });
+    expect(wt.gitDir).toBe(path.join(wt.fsRoot, 'git'));
+    expect(agent(wt.dir, 'head -c 20971520 /dev/urandom > blob').status).toBe(0);
+    // The agent reaches neither fs/ nor G (even knowing their names).
+    expect(agent(wt.dir, 'ls ..').status).not.toBe(0);
+    expect(agent(wt.dir, 'ls ../git').status).not.toBe(0);
+    expect(agent(wt.dir, 'touch ../git/x').status).not.toBe(0);
+    expect(agent(wt.dir, 'mv ../git ../g2').status).not.toBe(0);
+    const result = await commitWorktree(wt, { sessionId: 'gd1', prd: 'p' });
+    expect(treeOf(repo, result.commit!)).toHaveProperty('blob');
+    // 20 MiB of objects were written, none of them on the host's file system.
+    const hostBytes = (dir: string): number => {
+      let total = 0;
+      for (const name of fs.readdirSync(dir)) {
+        const full = path.join(dir, name);
+        if (full === wt.fsRoot || full === path.join(wt.base, 'disk.img')) continue;
+        const st = fs.lstatSync(full);
+        total += st.blocks * 512;
+        if (st.isDirectory()) total += hostBytes(full);
+      }
+      return total;
+    };
+    expect(hostBytes(wt.base)).toBeLessThan(MiB);
+    expect(worktreeDiskUsage(wt).availBytes).toBeLessThan(64 * MiB - 40 * MiB);
+  });
+
+  it('commits a worktree holding a directory tree 2,100 levels deep (leaving it out), and removes one', async () => {
+    initRepo(repo, { 'a.txt': 'a\n' });
+    const deep = 'mkdir keep && printf "k\\n" > keep/f && i=0 && while [ $i -lt 2100 ]; do mkdir a && cd a || exit 1; i=$((i+1)); done && printf "deep\\n" > f';
+    for (const diskBytes of [null, 64 * MiB]) {
+      const id = diskBytes ? 'deep-disk' : 'deep-plain';
+      const wt = await create({ sessionId: id, workspace: repo, diskBytes });
+      expect(agent(wt.dir, deep)).toEqual({ status: 0, stderr: '' });
+      const result = await commitWorktree(wt, { sessionId: id, prd: 'p' });
+      expect(treeOf(repo, result.commit!)).toEqual({ 'a.txt': 'a\n', 'keep/f': 'k\n' });
+      expect(result.skipped).toHaveLength(1);
+      expect(result.skipped[0]).toMatch(new RegExp(`^(a/){120}… \\(directory nested more than ${MAX_TREE_DEPTH} levels deep, removed with its contents\\)$`));
+      expect(result.skipped[0]!.length).toBeLessThan(400);
+      // What is left of the chain is MAX_TREE_DEPTH levels of (empty) directories.
+      let depth = 0;
+      for (let d = path.join(wt.dir, 'a'); fs.existsSync(d) && depth < 600; d = path.join(d, 'a')) depth++;
+      expect(depth).toBe(MAX_TREE_DEPTH);
+      await removeWorktree(wt);
+      expect(fs.existsSync(wt.base)).toBe(false);
+    }
+    // Removal without a commit, nothing mounted: the whole chain goes.
+    const wt = await create({ sessionId: 'deep-rm', workspace: repo });
+    expect(agent(wt.dir, deep).status).toBe(0);
+    await removeWorktree(wt);
+    expect(fs.existsSync(wt.base)).toBe(false);
+  });
+
+  it('leaves out sparse files larger than the file system instead of hashing them until the timeout', { timeout: 240_000 }, async () => {
+    initRepo(repo, { 'a.txt': 'a\n' });
+    // On the host's file system (no disk limit): a 3 TiB hole.
+    const wt = await create({ sessionId: 'sparse1', workspace: repo });
+    expect(agent(wt.dir, 'truncate -s 3T huge && printf "s\\n" > small').status).toBe(0);
+    const t = performance.now();
+    const result = await commitWorktree(wt, { sessionId: 'sparse1', prd: 'p', git: { timeoutMs: 60_000 } });
+    expect(performance.now() - t).toBeLessThan(30_000);
+    expect(treeOf(repo, result.commit!)).toEqual({ 'a.txt': 'a\n', small: 's\n' });
+    expect(result.skipped).toEqual([expect.stringMatching(/^huge \(3298534883328 bytes, larger than the file system \(\d+ bytes\), removed\)$/)]);
+    expect(fs.existsSync(path.join(wt.dir, 'huge'))).toBe(false);
+
+    // On a 64 MiB session file system: 150 files of 1 GiB each; the report is capped.
+    const dw = await create({ sessionId: 'sparse2', workspace: repo, diskBytes: 64 * MiB });
+    expect(agent(dw.dir, 'for i in $(seq 1 150); do truncate -s 1G big$i || exit 1; done && printf "s\\n" > small').status).toBe(0);
+    const r2 = await commitWorktree(dw, { sessionId: 'sparse2', prd: 'p', git: { timeoutMs: 60_000 } });
+    expect(treeOf(repo, r2.commit!)).toEqual({ 'a.txt': 'a\n', small: 's\n' });
+    expect(r2.skipped).toHaveLength(100);
+    expect(r2.skipped.slice(0, 99).every((e) => /^big\d+ \(1073741824 bytes, larger than the file system/.test(e))).toBe(true);
+    expect(r2.skipped[99]).toBe('… and 51 more');
+
+    // Hard links: each is within the size, together they are not (git would read every one).
+    const hw = await create({ sessionId: 'sparse3', workspace: repo, diskBytes: 64 * MiB });
+    expect(agent(hw.dir, 'head -c 20000000 /dev/zero > z && for i in 1 2 3 4; do ln z z$i || exit 1; done').status).toBe(0);
+    const r3 = await commitWorktree(hw, { sessionId: 'sparse3', prd: 'p' });
+    expect(r3.skipped.length).toBeGreaterThan(0);
+    expect(r3.skipped.every((e) => e.includes('add up to more than the file system'))).toBe(true);
+    expect(Object.keys(treeOf(repo, r3.commit!)).length + r3.skipped.length).toBe(6);
+  });
+
+  it('releases a kept worktree (no mount, no loop device) and commits it later from its image', async () => {
+    const base = initRepo(repo, { 'a.txt': 'a\n' });
+    git(repo, 'branch', 'loki/session-rel1', base);
+    const wt = await create({ sessionId: 'rel1', workspace: repo, diskBytes: 32 * MiB });
+    expect(agent(wt.dir, 'printf "agent\\n" > a.txt').status).toBe(0);
+    const err = await commitWorktree(wt, { sessionId: 'rel1', prd: 'p' }).catch((e: unknown) => e);
+    expect((err as WorktreeError).step).toBe('fetch');
+
+    const img = path.join(wt.base, 'disk.img');
+    await releaseWorktree(wt);
+    await releaseWorktree(wt); // idempotent
+    expect(wt.mounted).toBe(false);
+    expect(mounted(wt.fsRoot)).toBe(false);
+    expect(loopLines(img)).toEqual([]);
+    expect(fs.statSync(img).size).toBe(32 * MiB);
+    expect(fs.readdirSync(wt.fsRoot)).toEqual([]);
+
+    // Later (a retry, or recovery after a restart from a record of the worktree).
+    git(repo, 'branch', '-D', 'loki/session-rel1');
+    const record: Worktree = JSON.parse(JSON.stringify(wt));
+    const result = await commitWorktree(record, { sessionId: 'rel1', prd: 'p' });
+    expect(record.mounted).toBe(true);
+    expect(mounted(wt.fsRoot)).toBe(true);
+    expect(treeOf(repo, result.commit!)).toEqual({ 'a.txt': 'agent\n' });
+    await removeWorktree(record);
+    expect(loopLines(img)).toEqual([]);
+    expect(fs.existsSync(wt.base)).toBe(false);
+
+    // Without a disk limit there is nothing to release.
+    const plain = await create({ sessionId: 'rel2', workspace: repo });
+    await releaseWorktree(plain);
+    expect(fs.existsSync(path.join(plain.dir, 'a.txt'))).toBe(true);
+  });
+});
+
 /** The tree of a commit in a worktree's private repository (read by the test's own git). */
 function treeOfPrivate(wt: Worktree, commit: string): Record<string, string> {
   return treeOf(wt.gitDir, commit);
