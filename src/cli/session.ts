@@ -8,9 +8,10 @@ export function sessionCommands(program: Command): void {
     .argument('<prd>', 'path to the PRD file, inside the current workspace')
     .option('--sandbox', 'run the session in the Docker sandbox (the default)')
     .option('--host', 'run on the worker host, outside the sandbox (the operator must allow host sessions)')
+    .option('--provider <name>', 'an agent preset: claude, codex or gemini (instead of the config\'s provider.command)')
     .option('--budget <usd>', 'budget in USD (e.g. 5.00)')
     .option('--name <name>', 'a name for the session')
-    .action(async (prd: string, o: { sandbox?: boolean; host?: boolean; budget?: string; name?: string }) => {
+    .action(async (prd: string, o: { sandbox?: boolean; host?: boolean; provider?: string; budget?: string; name?: string }) => {
       const { runStart } = await import('./start');
       process.exit(await runStart(prd, o));
     });

@@ -20,6 +20,7 @@ import path from 'node:path';
 import { ApiClientError, LokiClient } from '../client';
 import type { SessionState } from '../db/store';
 import { configOrExit } from '../node';
+import { isProviderName, PROVIDER_NAMES, type ProviderName } from '../sandbox/providers';
 import type { SessionView } from '../sessions/api';
 import { parseBudget } from '../sessions/service';
 
@@ -135,9 +136,13 @@ function resultLine(s: SessionView): string | null {
     : `${counts}; the patch was too large to send, it is kept on the worker`;
 }
 
-export async function runStart(prd: string, o: { sandbox?: boolean; host?: boolean; budget?: string; name?: string }): Promise<number> {
+export async function runStart(prd: string, o: { sandbox?: boolean; host?: boolean; provider?: string; budget?: string; name?: string }): Promise<number> {
   if (o.host && o.sandbox) {
     say('--host and --sandbox exclude each other');
+    return START_EXIT_CODES.usage;
+  }
+  if (o.provider !== undefined && !isProviderName(o.provider)) {
+    say(`--provider must be one of ${PROVIDER_NAMES.join(', ')}, got ${JSON.stringify(o.provider)}`);
     return START_EXIT_CODES.usage;
   }
   let budget: number | undefined;
@@ -169,6 +174,7 @@ export async function runStart(prd: string, o: { sandbox?: boolean; host?: boole
       workspace,
       prd: prdRelative.split(path.sep).join('/'),
       sandbox: !o.host,
+      ...(o.provider ? { provider: o.provider as ProviderName } : {}),
       ...(budget !== undefined ? { budget_usd: budget } : {}),
       ...(o.name !== undefined ? { name: o.name } : {}),
     });

@@ -41,7 +41,7 @@ export interface SessionValidator {
   validate(
     workspace: string,
     prd: string,
-    request: { sandbox?: boolean },
+    request: { sandbox?: boolean; provider?: 'claude' | 'codex' | 'gemini' },
   ): Promise<{ workspace: string; prd: string; policy: SessionPolicy; policyJson: string; policySha256: string }>;
 }
 

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { PathError, readRegularFile, resolveInside } from '../util/paths';
+import { PROMPT_PLACEHOLDER, PROVIDER_NAMES, providerPreset } from './providers';
 
 export const CONFIG_RELATIVE_PATH = '.loki/config.yaml';
 export const DEFAULT_IMAGE = 'loki-sandbox:local';
@@ -159,8 +160,10 @@ const providerCommand = z
   .min(1, 'expected at least the program name')
   .superRefine((args, ctx) => {
     args.forEach((a, i) => {
-      if (a !== PRD_PLACEHOLDER && a.includes(PRD_PLACEHOLDER)) {
-        ctx.addIssue({ code: 'custom', path: [i], message: `${PRD_PLACEHOLDER} must be a whole argument, not part of ${JSON.stringify(a)}` });
+      for (const ph of [PRD_PLACEHOLDER, PROMPT_PLACEHOLDER]) {
+        if (a !== ph && a.includes(ph)) {
+          ctx.addIssue({ code: 'custom', path: [i], message: `${ph} must be a whole argument, not part of ${JSON.stringify(a)}` });
+        }
       }
     });
   });
@@ -197,7 +200,13 @@ const sandboxSchema = z.strictObject({
 
 const fileSchema = z.looseObject({
   sandbox: sandboxSchema.nullish(),
-  provider: z.strictObject({ command: providerCommand.optional() }).nullish(),
+  provider: z
+    .strictObject({
+      name: z.enum(PROVIDER_NAMES, { message: `expected one of ${PROVIDER_NAMES.join(', ')}` }).optional(),
+      command: providerCommand.optional(),
+    })
+    .refine((p) => !(p.name && p.command), { message: 'give provider.name or provider.command, not both' })
+    .nullish(),
 });
 
 /** Expand `~` / `~/x` against `home`; other relative paths are relative to the workspace. */
@@ -268,7 +277,11 @@ export function workspaceConfigFromObject(doc: unknown, opts: { workspaceDir: st
       egress: [...new Set(s.egress)],
       diskBytes: s.disk_limit,
     },
-    provider: { command: [...(parsed.data.provider?.command ?? DEFAULT_PROVIDER_COMMAND)] },
+    provider: {
+      command: [
+        ...(parsed.data.provider?.command ?? (parsed.data.provider?.name ? providerPreset(parsed.data.provider.name) : DEFAULT_PROVIDER_COMMAND)),
+      ],
+    },
     explicit: Object.keys(isRecord(doc) && isRecord(doc.sandbox) ? doc.sandbox : {}),
   };
 }
@@ -314,7 +327,7 @@ export function loadWorkspaceConfig(workspaceDir: string, opts: LoadConfigOption
   return workspaceConfigFromObject(doc, ctx);
 }
 
-/** The provider argv with `{prd}` replaced where it is a whole argument. */
-export function providerArgv(command: readonly string[], prd: string): string[] {
-  return command.map((arg) => (arg === PRD_PLACEHOLDER ? prd : arg));
+/** The provider argv with `{prd}` (and `{prompt}`, when given) replaced where each is a whole argument. */
+export function providerArgv(command: readonly string[], prd: string, prompt?: string): string[] {
+  return command.map((arg) => (arg === PRD_PLACEHOLDER ? prd : arg === PROMPT_PLACEHOLDER && prompt !== undefined ? prompt : arg));
 }

@@ -77,6 +77,8 @@ export interface PolicyContext {
    * runs under the forwarder, which listens on 127.0.0.1:3128 inside the container.
    */
   egress?: { socketDir: string; forwarder: string };
+  /** The prompt built from the PRD, for a preset's `{prompt}`. */
+  prompt?: string;
 }
 
 export const EGRESS_SOCKET_DIR = '/run/loki';
@@ -191,9 +193,10 @@ export function containerOptions(p: SessionPolicy, ctx: PolicyContext): Containe
     if (source === undefined) throw new SandboxPolicyError(`mount ${m.host} refused (rule not_found): it was not pinned by the worker`, 'not_found');
     binds.push(`${source}:${m.container}:${m.mode}`);
   });
-  const argv = providerArgv(p.command, ctx.prd);
+  const argv = providerArgv(p.command, ctx.prd, ctx.prompt);
   let cmd = argv;
-  const env = sandboxEnv(p.env_allowlist, ctx.env);
+  // The root file system is read-only: the agent's home is the writable /tmp.
+  const env = ['HOME=/tmp', ...sandboxEnv(p.env_allowlist, ctx.env)];
   if (ctx.egress) {
     binds.push(`${ctx.egress.socketDir}:${EGRESS_SOCKET_DIR}:ro`, `${ctx.egress.forwarder}:${FORWARDER_PATH}:ro`);
     cmd = [FORWARDER_PATH, '-listen', PROXY_LISTEN, '-socket', `${EGRESS_SOCKET_DIR}/egress.sock`, '--', ...argv];

@@ -42,6 +42,7 @@ import type { GitOptions } from './git';
 import { createOutputCollector, DEFAULT_MAX_OUTPUT_BYTES, type OutputCollector, type OutputStream } from './output';
 import { type EgressProxy, startEgressProxy } from './egress';
 import { containerOptions, type PolicyContext, parseUser } from './policy';
+import { buildPrompt, MAX_PROMPT_PRD_BYTES, PROMPT_PLACEHOLDER } from './providers';
 import {
   commitWorktree,
   createWorktree,
@@ -678,12 +679,17 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
   let egress: EgressProxy | null = null;
   try {
     placePrd(paths.workspace, paths.prd, worktree, owner);
-    argv = providerArgv(spec.policy.command, paths.prd);
+    // A preset gets the PRD's content as its prompt (one whole argument, never a shell string).
+    const prompt = spec.policy.command.includes(PROMPT_PLACEHOLDER)
+      ? buildPrompt(paths.prd, readRegularFile(resolveInside(paths.workspace, paths.prd), MAX_PROMPT_PRD_BYTES, 'the PRD (as a prompt)').toString('utf8'))
+      : undefined;
+    argv = providerArgv(spec.policy.command, paths.prd, prompt);
     if (sandboxed) {
       const mountSources = await pinMounts(spec.policy.mounts, worktree.base);
       if (spec.policy.egress.length > 0) egress = await startSessionEgress(spec, hooks, options, worktree);
       const ctx: PolicyContext = {
         egress: egress ? { socketDir: path.dirname(egress.socketPath), forwarder: options.forwarderPath! } : undefined,
+        prompt,
         mountSources,
         sessionId: spec.sessionId,
         workerId: spec.workerId,

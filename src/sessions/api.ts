@@ -169,6 +169,8 @@ export const createSessionBody = z.object({
   workspace: z.string().min(1).max(4096),
   prd: z.string().min(1).max(4096),
   sandbox: z.boolean().optional(),
+  /** An agent preset (claude, codex, gemini): its argv replaces the workspace's provider command. */
+  provider: z.enum(['claude', 'codex', 'gemini']).optional(),
   budget_usd: z.union([z.number(), z.string(), z.null()]).optional(),
   name: z
     .string()

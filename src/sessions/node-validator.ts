@@ -15,6 +15,7 @@ import path from 'node:path';
 import type { SessionValidator } from '../http/context';
 import { ApiError, ErrorCode } from '../http/errors';
 import { loadWorkspaceConfig, SandboxConfigError } from '../sandbox/config';
+import { providerPreset } from '../sandbox/providers';
 import { canonicalPolicyJson, effectiveSessionPolicy, type OperatorPolicy, PolicyViolation, policySha256 } from '../sandbox/session-policy';
 import { isInside, PathError, resolveInside } from '../util/paths';
 import { checkSessionPaths } from './service';
@@ -82,6 +83,7 @@ export function createNodeSessionValidator(opts: NodeSessionValidatorOptions): S
         if (err instanceof SandboxConfigError) throw new ApiError(400, ErrorCode.validation, err.message);
         throw err;
       }
+      if (request.provider) config = { ...config, provider: { command: providerPreset(request.provider) } };
       let policy: ReturnType<typeof effectiveSessionPolicy>;
       try {
         policy = effectiveSessionPolicy({

@@ -171,6 +171,7 @@ export class SessionService {
     // request's `sandbox: false` and the operator's permission).
     const checked = await validator.validate(input.workspace, input.prd, {
       sandbox: this.deps.config.sandboxMode ? true : input.sandbox,
+      provider: input.provider,
     });
     const record: SessionRecord = {
       id: randomId('ses_', 8),

@@ -47,7 +47,7 @@ describe('containerOptions', () => {
       Cmd: ['agent', '--prd', 'prd.md'],
       User: '1000:1000',
       WorkingDir: '/workspace',
-      Env: [],
+      Env: ['HOME=/tmp'],
       Labels: { 'loki.session': 'sess1', 'loki.worker': 'worker-a' },
       AttachStdin: false,
       AttachStdout: true,
@@ -75,7 +75,7 @@ describe('containerOptions', () => {
     );
     expect(opts.Image).toBe('other:1');
     expect(opts.User).toBe('1001:1002');
-    expect(opts.Env).toEqual(['ANTHROPIC_API_KEY=sk-ant-xyz']);
+    expect(opts.Env).toEqual(['HOME=/tmp', 'ANTHROPIC_API_KEY=sk-ant-xyz']);
     expect(opts.HostConfig).toMatchObject({
       NetworkMode: 'bridge',
       Runtime: 'runsc',

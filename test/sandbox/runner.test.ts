@@ -245,6 +245,17 @@ describe('runSession without the sandbox', () => {
     expect(existsSync(path.join(home, 'worktrees', 'host1'))).toBe(false);
   });
 
+  it('a preset command gets a prompt built from the PRD content as one argument', async () => {
+    writeFileSync(path.join(ws, 'prd.md'), '# Make a CLI\n$(touch /tmp/pwned)\n');
+    const r = recorder();
+    const result = await runSession(spec(['/bin/sh', '-c', 'printf "%s\\n" "$1"', 'sh', '{prompt}']), r.hooks, opts);
+    expect(result.outcome).toBe('succeeded');
+    expect(r.lines).toContain('# Make a CLI');
+    expect(r.lines).toContain('$(touch /tmp/pwned)');
+    expect(r.lines[0]).toMatch(/^You are working in \/workspace/);
+    expect(existsSync('/tmp/pwned')).toBe(false);
+  });
+
   it('a workspace that is not a repository gets a copy; the result is a patch', async () => {
     writeFileSync(path.join(ws, 'keep.txt'), 'keep\n');
     const r = recorder();

@@ -549,3 +549,29 @@ describe('inputs that must not reach the agent or stall the server', () => {
     }
   });
 });
+
+describe('agent presets', () => {
+  it('`provider: claude` fixes the preset argv in the session policy; an unknown provider is 400', async () => {
+    const root = tempRoot();
+    const ws = makeWorkspace(root, 'preset', { config: 'provider:\n  command: [/bin/echo, "{prd}"]\n' });
+    const s = await startTestServer({ LOKI_WORKSPACE_ROOTS: root });
+    try {
+      const r = await poster(s)({ workspace: ws, prd: 'prd.md', provider: 'claude' });
+      expect(r.status).toBe(201);
+      const body = await json(r);
+      expect(body.policy.command).toEqual(['claude', '-p', '{prompt}', '--output-format', 'stream-json', '--verbose', '--dangerously-skip-permissions']);
+      expect(body.policy_sha256).toBe(policyDigest(body.policy));
+      const bad = await poster(s)({ workspace: ws, prd: 'prd.md', provider: 'bash' });
+      expect(bad.status).toBe(400);
+      expect((await json(bad)).error.code).toBe('validation_error');
+    } finally {
+      await s.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('loki start --provider refuses an unknown name before any request (exit 2, one line)', async () => {
+    const r = await runCli(['start', 'prd.md', '--provider', 'bash'], { LOKI_HOME: tempHome() });
+    expect(r).toMatchObject({ code: 2, stdout: '', stderr: 'loki: --provider must be one of claude, codex, gemini, got "bash"\n' });
+  });
+});

@@ -50,6 +50,7 @@ export function sessionRoutes(route: DefineRoute, deps: AppDeps): void {
       prd: s.prd,
       sandbox: s.sandbox,
       host_session: !s.sandbox,
+      provider: body.provider ?? null,
       policy_sha256: s.policySha256,
       budget_usd: s.budgetUsd,
       name: s.name,
