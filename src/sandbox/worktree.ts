@@ -377,7 +377,7 @@ function subcommand(args: string[]): string {
 /** Run git; any failure (including a refusal for dubious ownership) throws. Output is trimmed. */
 async function gitOut(ctx: GitCtx, args: string[], step: WorktreeStep, call: GitCall = {}): Promise<string> {
   const r = await gitRun(ctx, args, step, call);
-  if (r.code !== 0 || r.truncated) throw new WorktreeError(step, `git ${subcommand(args)} failed: ${r.truncated ? 'output too large' : failureText(r)}`);
+  if (r.code !== 0 || r.truncated) throw new WorktreeError(stepOf(r, step), `git ${subcommand(args)} failed: ${r.truncated ? 'output too large' : failureText(r)}`);
   return r.stdout.toString('utf8').trim();
 }
 
@@ -385,9 +385,12 @@ async function gitOut(ctx: GitCtx, args: string[], step: WorktreeStep, call: Git
 async function gitMaybe(ctx: GitCtx, args: string[], step: WorktreeStep): Promise<string | null> {
   const r = await gitRun(ctx, args, step);
   if (r.code === 1 && !r.stderr.trim()) return null;
-  if (r.code !== 0) throw new WorktreeError(step, `git ${subcommand(args)} failed: ${failureText(r)}`);
+  if (r.code !== 0) throw new WorktreeError(stepOf(r, step), `git ${subcommand(args)} failed: ${failureText(r)}`);
   return r.stdout.toString('utf8').trim();
 }
+
+/** A git failure for want of space (the session's file system is full: G is on it) is a `disk` failure. */
+const stepOf = (r: Exec, step: WorktreeStep): WorktreeStep => (/No space left on device/.test(r.stderr) ? 'disk' : step);
 
 /**
  * `from-git … | to-git …` (each with its own context: uid, cwd, timeout), nothing on
@@ -429,7 +432,7 @@ async function gitPipe(from: GitCtx, fromArgs: string[], input: string, to: GitC
   const producerError = failed(fromArgs, p);
   const consumerError = failed(toArgs, c);
   const error = (killed ? null : producerError) ?? consumerError ?? producerError;
-  if (error) throw new WorktreeError(step, error);
+  if (error) throw new WorktreeError(/No space left on device/.test(error) ? 'disk' : step, error);
 }
 
 function privateCtx(gitDir: string, workTree: string, cwd: string, opts: GitOptions): GitCtx {

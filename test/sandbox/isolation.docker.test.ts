@@ -316,36 +316,59 @@ describeDocker('sessions with a real trust boundary (end to end)', probe, (docke
   });
 });
 
+/** A server (auth on) and a worker under an operator policy file, with an operator token. */
+interface Stack {
+  home: string;
+  root: string;
+  server: SpawnedServer;
+  worker: SpawnedWorker;
+  opsToken: string;
+  stop(): Promise<void>;
+}
+
+async function startStack(name: string, policyYaml: string): Promise<Stack> {
+  const home = tempHome(`loki-${name}-`);
+  const root = tempRoot(`loki-${name}-ws-`);
+  writeFileSync(path.join(home, 'policy.yaml'), policyYaml, { mode: 0o600 });
+  const server = await spawnServer({ LOKI_WORKSPACE_ROOTS: root, LOKI_ENTERPRISE_AUTH: 'true' }, home);
+  const gen = async (tokenName: string, args: string[]) => {
+    const r = await runCli(['enterprise', 'token', 'generate', tokenName, ...args, '--json'], { LOKI_HOME: home, HOME: home });
+    expect(r.code, r.stderr).toBe(0);
+    return (JSON.parse(r.stdout) as { token: string }).token;
+  };
+  const opsToken = await gen('ops', ['--role', 'operator']);
+  const wt = await gen('w', ['--role', 'worker', '--worker-id', `${name}-w`]);
+  const worker = await spawnWorker({ HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_WORKER_TOKEN: wt, LOKI_WORKER_ID: `${name}-w` });
+  return {
+    home,
+    root,
+    server,
+    worker,
+    opsToken,
+    async stop() {
+      worker.child.kill('SIGTERM');
+      await worker.exited;
+      server.child.kill('SIGTERM');
+      await server.exited;
+      rmSync(root, { recursive: true, force: true });
+      rmSync(home, { recursive: true, force: true });
+    },
+  };
+}
+
 describeDocker('host sessions with the operator switch', probe, () => {
+  let stack: Stack;
   let home: string;
   let root: string;
   let server: SpawnedServer;
-  let worker: SpawnedWorker;
   let opsToken: string;
 
   beforeAll(async () => {
-    home = tempHome('loki-hostsess-');
-    root = tempRoot('loki-hostsess-ws-');
     // The operator allows host sessions, and lists the one command they may run.
-    writeFileSync(path.join(home, 'policy.yaml'), `host_sessions: true\nhost_commands: [${JSON.stringify(HOST_COMMAND)}]\n`, { mode: 0o600 });
-    server = await spawnServer({ LOKI_WORKSPACE_ROOTS: root, LOKI_ENTERPRISE_AUTH: 'true' }, home);
-    const gen = async (name: string, args: string[]) => {
-      const r = await runCli(['enterprise', 'token', 'generate', name, ...args, '--json'], { LOKI_HOME: home, HOME: home });
-      expect(r.code, r.stderr).toBe(0);
-      return (JSON.parse(r.stdout) as { token: string }).token;
-    };
-    opsToken = await gen('ops', ['--role', 'operator']);
-    const wt = await gen('w', ['--role', 'worker', '--worker-id', 'host-w']);
-    worker = await spawnWorker({ HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_WORKER_TOKEN: wt, LOKI_WORKER_ID: 'host-w' });
+    stack = await startStack('hostsess', `host_sessions: true\nhost_commands: [${JSON.stringify(HOST_COMMAND)}]\n`);
+    ({ home, root, server, opsToken } = stack);
   });
-  afterAll(async () => {
-    worker?.child.kill('SIGTERM');
-    await worker?.exited;
-    server?.child.kill('SIGTERM');
-    await server?.exited;
-    rmSync(root, { recursive: true, force: true });
-    rmSync(home, { recursive: true, force: true });
-  });
+  afterAll(() => stack?.stop());
 
   it('runs on the host in its own worktree, is marked as a host session and audited as one', async () => {
     const ws = makeRepo(root, 'host-ok', providerConfig(HOST_COMMAND));
@@ -376,10 +399,10 @@ describeDocker('host sessions with the operator switch', probe, () => {
 });
 
 describeDocker('egress through the session proxy (no bridge network)', probe, () => {
+  let stack: Stack;
   let home: string;
   let root: string;
   let server: SpawnedServer;
-  let worker: SpawnedWorker;
   let opsToken: string;
   let origin: Server;
   let originPort: number;
@@ -392,28 +415,13 @@ describeDocker('egress through the session proxy (no bridge network)', probe, ()
     });
     await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
     originPort = (origin.address() as AddressInfo).port;
-    home = tempHome('loki-egress-');
-    root = tempRoot('loki-egress-ws-');
     // The operator allows exactly this loopback destination (how tests reach the host).
-    writeFileSync(path.join(home, 'policy.yaml'), `egress: {allow: ["*.anthropic.com:443"], private_destinations: ["127.0.0.1:${originPort}"]}\n`, { mode: 0o600 });
-    server = await spawnServer({ LOKI_WORKSPACE_ROOTS: root, LOKI_ENTERPRISE_AUTH: 'true' }, home);
-    const gen = async (name: string, args: string[]) => {
-      const r = await runCli(['enterprise', 'token', 'generate', name, ...args, '--json'], { LOKI_HOME: home, HOME: home });
-      expect(r.code, r.stderr).toBe(0);
-      return (JSON.parse(r.stdout) as { token: string }).token;
-    };
-    opsToken = await gen('ops', ['--role', 'operator']);
-    const wt = await gen('w', ['--role', 'worker', '--worker-id', 'egress-w']);
-    worker = await spawnWorker({ HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_WORKER_TOKEN: wt, LOKI_WORKER_ID: 'egress-w' });
+    stack = await startStack('egress', `egress: {allow: ["*.anthropic.com:443"], private_destinations: ["127.0.0.1:${originPort}"]}\n`);
+    ({ home, root, server, opsToken } = stack);
   });
   afterAll(async () => {
-    worker?.child.kill('SIGTERM');
-    await worker?.exited;
-    server?.child.kill('SIGTERM');
-    await server?.exited;
     origin?.close();
-    rmSync(root, { recursive: true, force: true });
-    rmSync(home, { recursive: true, force: true });
+    await stack?.stop();
   });
 
   it('an allowed destination answers through the proxy; others are refused; a direct connection has no route; every decision is audited', async () => {

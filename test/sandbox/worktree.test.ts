@@ -855,11 +855,20 @@ describe.skipIf(!isRoot)('session worktrees: hostile users and agents', () => {
     };
     expect(hostBytes(wt.base)).toBeLessThan(MiB);
     expect(worktreeDiskUsage(wt).availBytes).toBeLessThan(64 * MiB - 40 * MiB);
+    // The flip side: a work tree that fills its file system has no room left for its
+    // objects. The commit fails as a `disk` failure (the worktree is then kept).
+    expect(agent(wt.dir, 'head -c 100000000 /dev/urandom > more').status).not.toBe(0);
+    const full = await commitWorktree(wt, { sessionId: 'gd1', prd: 'p' }).catch((e: unknown) => e);
+    expect(full).toBeInstanceOf(WorktreeError);
+    expect((full as WorktreeError).step).toBe('disk');
+    expect((full as WorktreeError).message).toContain('No space left on device');
   });
 
   it('commits a worktree holding a directory tree 2,100 levels deep (leaving it out), and removes one', async () => {
     initRepo(repo, { 'a.txt': 'a\n' });
-    const deep = 'mkdir keep && printf "k\\n" > keep/f && i=0 && while [ $i -lt 2100 ]; do mkdir a && cd a || exit 1; i=$((i+1)); done && printf "deep\\n" > f';
+    // (dash's `cd` gives up past PATH_MAX: relative chdir from node)
+    const chain = 'const fs = require("fs"); for (let i = 0; i < 2100; i++) { fs.mkdirSync("a"); process.chdir("a"); } fs.writeFileSync("f", "deep");';
+    const deep = `mkdir keep && printf "k\\n" > keep/f && ${process.execPath} -e '${chain}'`;
     for (const diskBytes of [null, 64 * MiB]) {
       const id = diskBytes ? 'deep-disk' : 'deep-plain';
       const wt = await create({ sessionId: id, workspace: repo, diskBytes });
