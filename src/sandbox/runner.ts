@@ -46,6 +46,7 @@ import { buildPrompt, MAX_PROMPT_PRD_BYTES, PROMPT_PLACEHOLDER } from './provide
 import {
   commitWorktree,
   createWorktree,
+  releaseWorktree,
   removeWorktree,
   type Worktree,
   WorktreeError,
@@ -593,7 +594,7 @@ export async function recoverWorktrees(root: string, workerId: string, keep: (se
         base,
         dir: path.join(base, 'fs', 'work'),
         workTree: path.join(base, 'fs', 'work'),
-        gitDir: path.join(base, 'git'),
+        gitDir: existsSync(path.join(base, 'disk.img')) ? path.join(base, 'fs', 'git') : path.join(base, 'git'),
         fsRoot: path.join(base, 'fs'),
         mounted: true,
         userRepo: null,
@@ -617,6 +618,7 @@ export async function recoverWorktrees(root: string, workerId: string, keep: (se
       await removeWorktree(meta.worktree);
       out.push({ sessionId: name, result, error: null, kept: false });
     } catch (err) {
+      await releaseWorktree(meta.worktree).catch(() => undefined);
       out.push({ sessionId: name, result: null, error: messageOf(err), kept: true });
     }
   }
@@ -727,6 +729,8 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
   try {
     committed = await commitWorktree(worktree, { sessionId: spec.sessionId, prd: paths.prd });
   } catch (err) {
+    // Kept (nothing lost), but unmounted: kept worktrees must not pile up loop devices.
+    await releaseWorktree(worktree).catch(() => undefined);
     const failed = setupFailed(err instanceof WorktreeError ? err.step : 'commit', `the agent's work could not be committed: ${messageOf(err)}`, worktree.base);
     return { ...failed, spentUsd: summary.spentUsd, outputTruncated: summary.outputTruncated, containerId: summary.containerId };
   }

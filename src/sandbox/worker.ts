@@ -327,6 +327,7 @@ export class SandboxWorker {
             diffstat: (str(d.diffstat) ?? '').slice(0, 65_536),
             patch,
             patch_too_large: tooLarge,
+            skipped: Array.isArray(d.skipped) ? d.skipped.filter((x): x is string => typeof x === 'string').slice(0, 101) : [],
           },
         });
         return;

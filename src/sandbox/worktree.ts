@@ -842,12 +842,15 @@ async function makeDisk(wt: Worktree, bytes: number, timeoutMs: number): Promise
   const img = path.join(wt.base, 'disk.img');
   const fd = fs.openSync(img, 'wx', 0o600);
   try {
-    fs.ftruncateSync(fd, bytes);
+    // Twice the limit, half of it reserved for root: the agent (never root, no
+    // CAP_SYS_RESOURCE) gets ENOSPC at the limit, and the worker's git (root) still
+    // has room to commit what the agent wrote. Sparse: only what is written is used.
+    fs.ftruncateSync(fd, bytes * 2);
   } finally {
     fs.closeSync(fd);
   }
   // The file system's root stays the worker's: it holds G next to W.
-  await system('mkfs.ext4', ['-q', '-F', '-m', '0', '-O', '^has_journal', '-E', 'lazy_itable_init=1,root_owner=0:0', img], 'disk', timeoutMs);
+  await system('mkfs.ext4', ['-q', '-F', '-m', '50', '-O', '^has_journal', '-E', 'lazy_itable_init=1,root_owner=0:0', img], 'disk', timeoutMs);
   fs.mkdirSync(wt.fsRoot, { mode: 0o700 });
   await mountDisk(img, wt.fsRoot, timeoutMs);
   wt.mounted = true;

@@ -66,6 +66,8 @@ export const sessionResultSchema = z.object({
   /** A copy workspace's patch is served by `GET /api/sessions/:id/patch`. */
   has_patch: z.boolean(),
   patch_too_large: z.boolean(),
+  /** What the worker left out of the commit (too deep, larger than the file system), at most 100 entries. */
+  skipped: z.array(z.string().max(4096)).max(101).default([]),
 });
 export type SessionResultView = z.infer<typeof sessionResultSchema>;
 

@@ -292,6 +292,7 @@ describe('worker protocol', () => {
       deletions: 0,
       diffstat: ' new.txt | 1 +',
       patch_too_large: false,
+      skipped: [],
       patch,
     };
     await post(f, job, [
@@ -323,7 +324,7 @@ describe('worker protocol', () => {
       {
         seq: 1,
         type: 'result',
-        data: { kind: 'git', commit: 'abc123', base_commit: 'def456', branch: `loki/session-${created.id}`, files_changed: 2, insertions: 3, deletions: 1, diffstat: '', patch_too_large: false, patch: null },
+        data: { kind: 'git', commit: 'abc123', base_commit: 'def456', branch: `loki/session-${created.id}`, files_changed: 2, insertions: 3, deletions: 1, diffstat: '', patch_too_large: false, skipped: [], patch: null },
       },
       { seq: 2, type: 'state', data: { status: 'succeeded' } },
     ]);
