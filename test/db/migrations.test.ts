@@ -93,6 +93,6 @@ describe('0000 → 0001 (session policies, worker-bound tokens)', () => {
     });
     expect(r.status).toBe(204);
     const after = (await (await s.req(`/api/sessions/${oldSession}`, { token: admin })).json()) as Json;
-    expect(after).toMatchObject({ status: 'failed', reason: 'the session has no valid stored policy; start it again' });
+    expect(after).toMatchObject({ status: 'failed', reason: 'the session has no valid stored policy (missing, or not matching its SHA-256); start it again' });
   });
 });
