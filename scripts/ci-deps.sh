@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the test suite needs: rsyslog (+ TLS driver) for the syslog
 # tests, Chromium for the browser tests, openssl for test certificates, git,
-# e2fsprogs/mount/util-linux for session worktrees. Idempotent: installs only what is missing.
+# e2fsprogs/mount for session worktrees. Idempotent: installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -10,10 +10,9 @@ command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v git >/dev/null 2>&1 || need+=(git)
-# Session worktrees: a loop-mounted ext4 per session, git run as the repository's owner.
+# Session worktrees: a loop-mounted ext4 per session.
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
-command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 # The in-container egress forwarder (scripts/forwarder) is built with Go.
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 

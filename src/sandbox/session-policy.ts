@@ -27,7 +27,7 @@ import {
   parseMemoryLimit,
   type WorkspaceConfig,
 } from './config';
-import { type PolicyContext, SandboxPolicyError, validateHostMount } from './policy';
+import { type PolicyContext, parseUser, SandboxPolicyError, validateHostMount } from './policy';
 
 export const AGENT_IMAGE = 'loki-agent:local';
 export const DEFAULT_RUNTIME = 'runc';
@@ -208,6 +208,34 @@ export function operatorPolicySummary(p: OperatorPolicy): Record<string, unknown
 
 // ---- matching ---------------------------------------------------------------
 
+/** An egress entry the operator allows: a name within `egress.allow`, an IP or localhost listed in `private_destinations`. */
+function egressPermitted(entry: string, op: OperatorPolicy): boolean {
+  const { host } = splitHostPort(entry);
+  if (IP_LITERAL.test(host) || host === 'localhost') return op.egress.privateDestinations.includes(entry);
+  return op.egress.allow.some((p) => egressCovers(p, entry));
+}
+
+/** The operator's mount root (compared by real path) that `real` lies below, if any. */
+function mountRootFor(real: string, op: OperatorPolicy): OperatorPolicy['mountRoots'][number] | undefined {
+  return op.mountRoots.find((r) => {
+    try {
+      return isInside(realpathSync(r.path), real);
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** The never-mounted rules (`validateHostMount`) as a policy violation under `key`. */
+function checkDenyRules(real: string, mountContext: EffectivePolicyInput['mountContext'], label: string, key: string): void {
+  try {
+    validateHostMount(real, { ...mountContext, sessionId: '', workerId: '', workspace: '', prd: '', env: {} }, label);
+  } catch (err) {
+    if (err instanceof SandboxPolicyError) throw new PolicyViolation(key, err.message);
+    throw err;
+  }
+}
+
 function isHostCommand(command: readonly string[], op: OperatorPolicy): boolean {
   return op.hostCommands.some((c) => c.length === command.length && c.every((a, i) => a === command[i]));
 }
@@ -317,9 +345,7 @@ export function effectiveSessionPolicy(i: EffectivePolicyInput): SessionPolicy {
     throw new PolicyViolation(key('network'), `an open network is not allowed by the operator (egress.open_network: false in ${where}); use sandbox.egress`);
   }
   for (const entry of s.egress) {
-    const { host: h } = splitHostPort(entry);
-    const ok = IP_LITERAL.test(h) || h === 'localhost' ? op.egress.privateDestinations.includes(entry) : op.egress.allow.some((p) => egressCovers(p, entry));
-    if (!ok) throw new PolicyViolation(key('egress'), `${entry} is not within the operator's egress allowlist (${op.egress.allow.join(', ') || 'empty'} in ${where})`);
+    if (!egressPermitted(entry, op)) throw new PolicyViolation(key('egress'), `${entry} is not within the operator's egress allowlist (${op.egress.allow.join(', ') || 'empty'} in ${where})`);
   }
 
   const mounts = s.mounts.map((m, idx) => {
@@ -331,13 +357,7 @@ export function effectiveSessionPolicy(i: EffectivePolicyInput): SessionPolicy {
     } catch {
       throw new PolicyViolation(k, `${m.source}: ${m.host} does not exist`);
     }
-    const root = op.mountRoots.find((r) => {
-      try {
-        return isInside(realpathSync(r.path), real);
-      } catch {
-        return false;
-      }
-    });
+    const root = mountRootFor(real, op);
     if (!root) {
       const roots = op.mountRoots.map((r) => r.path).join(', ');
       throw new PolicyViolation(k, `${m.source}: ${real} is not below an allowed mount root (mount_roots: ${roots || 'none'} in ${where})`);
@@ -348,12 +368,7 @@ export function effectiveSessionPolicy(i: EffectivePolicyInput): SessionPolicy {
     if (m.mode === 'rw' && root.mode !== 'rw') {
       throw new PolicyViolation(k, `${m.source}: read-write is not allowed below ${root.path} (mode: ro in ${where})`);
     }
-    try {
-      validateHostMount(real, { ...i.mountContext, sessionId: '', workerId: '', workspace: '', prd: '', env: {} }, m.source);
-    } catch (err) {
-      if (err instanceof SandboxPolicyError) throw new PolicyViolation(k, err.message);
-      throw err;
-    }
+    checkDenyRules(real, i.mountContext, m.source, k);
     return { host: real, container: m.container, mode: m.mode };
   });
 
@@ -404,14 +419,15 @@ export function recheckSessionPolicy(p: SessionPolicy, op: OperatorPolicy, mount
   }
   if (p.network && !op.egress.openNetwork) throw new PolicyViolation('network', `an open network is not allowed on this worker (${where})`);
   for (const entry of p.egress) {
-    const { host: h } = splitHostPort(entry);
-    const ok = IP_LITERAL.test(h) || h === 'localhost' ? op.egress.privateDestinations.includes(entry) : op.egress.allow.some((a) => egressCovers(a, entry));
-    if (!ok) throw new PolicyViolation('egress', `${entry} is not allowed on this worker (${where})`);
+    if (!egressPermitted(entry, op)) throw new PolicyViolation('egress', `${entry} is not allowed on this worker (${where})`);
   }
-  const user = /^(\d+)(?::(\d+))?$/.exec(p.user);
-  if (!user || Number(user[1]) === 0 || (user[2] !== undefined && Number(user[2]) === 0)) {
-    throw new PolicyViolation('user', `${JSON.stringify(p.user)} is not a numeric non-root uid:gid`);
+  let user: { uid: number; gid: number } | null = null;
+  try {
+    user = parseUser(p.user);
+  } catch {
+    user = null;
   }
+  if (!user || user.uid === 0 || user.gid === 0) throw new PolicyViolation('user', `${JSON.stringify(p.user)} is not a numeric non-root uid:gid`);
   for (const cap of p.cap_add) {
     if (!CAP_ADD_ALLOWED.includes(cap)) throw new PolicyViolation('cap_add', `${cap} is never allowed`);
   }
@@ -423,20 +439,9 @@ export function recheckSessionPolicy(p: SessionPolicy, op: OperatorPolicy, mount
       throw new PolicyViolation('mounts', `${m.host} does not exist on this worker`);
     }
     if (real !== m.host) throw new PolicyViolation('mounts', `${m.host} now resolves to ${real}: refused`);
-    const root = op.mountRoots.find((r) => {
-      try {
-        return isInside(realpathSync(r.path), real);
-      } catch {
-        return false;
-      }
-    });
+    const root = mountRootFor(real, op);
     if (!root || (m.mode === 'rw' && root.mode !== 'rw')) throw new PolicyViolation('mounts', `${m.host} (${m.mode}) is not allowed on this worker (${where})`);
-    try {
-      validateHostMount(real, { ...mountContext, sessionId: '', workerId: '', workspace: '', prd: '', env: {} }, m.host);
-    } catch (err) {
-      if (err instanceof SandboxPolicyError) throw new PolicyViolation('mounts', err.message);
-      throw err;
-    }
+    checkDenyRules(real, mountContext, m.host, 'mounts');
   }
 }
 

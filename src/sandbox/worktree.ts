@@ -34,14 +34,14 @@
  * `commitWorktree` must only run once the agent has stopped (container removed,
  * process group killed): git and the sanitizing walk read W by path.
  *
- * The user's repository is only read (`rev-parse`, `symbolic-ref`, upload-pack for
- * the initial shallow fetch) and, at the end, receives the session commit: its
+ * The user's repository is only read (`rev-parse`, `symbolic-ref`, and `rev-list` |
+ * `pack-objects` of the base commit and its tree, indexed from a pipe into G, which is
+ * then shallow at the base) and, at the end, receives the session commit: its
  * objects through a pipe (`pack-objects` in G | `index-pack --stdin --strict` in the
  * user's repository), then `update-ref <ref> <commit> ""`, which refuses an existing
  * branch. HEAD, index, work tree and other refs are never touched. When the worker
  * is root and the repository belongs to another uid, every git command in it
- * (including the upload-pack serving the initial fetch, through `setpriv`) runs as
- * that uid, so its config never runs as root and no root-owned file appears in its
+ * runs as that uid, so its config never runs as root and no root-owned file appears in its
  * `.git`. That uid is the owner of the repository's top-level directory; a `.git`
  * that is a symbolic link, or a git directory (or common directory, for a linked
  * work tree) owned by anyone else, is refused: otherwise a user could point their
@@ -140,8 +140,7 @@ const SESSION_REF = /^refs\/heads\/(loki\/session-[A-Za-z0-9][A-Za-z0-9_-]{0,127
 
 /**
  * Passed as `-c` to every git call. Command-line config outranks repository config
- * and reaches child git processes through GIT_CONFIG_PARAMETERS (but not a local
- * transport's upload-pack: see `uploadPackCommand`).
+ * and reaches child git processes through GIT_CONFIG_PARAMETERS.
  */
 const HARDENING: readonly string[] = [
   'core.hooksPath=/dev/null',
@@ -577,22 +576,6 @@ function checkDotGit(dir: string, step: WorktreeStep): void {
   if (!st.isDirectory() && !st.isFile()) throw new WorktreeError(step, `refusing the repository at ${dir}: ${p} is not a directory or a file`);
 }
 
-const sq = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
-
-/**
- * A local fetch runs `<upload-pack> '<path>'` through the shell with the local
- * repository's environment (GIT_CONFIG_PARAMETERS included) removed, so our `-c`
- * flags do not reach it: give them explicitly, and drop to the repository owner.
- */
-function uploadPackCommand(repo: UserRepo): string {
-  const cfg = [...HARDENING, `safe.directory=${repo.commonDir}`, `safe.directory=${repo.gitDir}`]
-    .map((c) => `-c ${sq(c)}`)
-    .join(' ');
-  const as = repo.ctx.as;
-  const drop = as ? `setpriv --reuid=${as.uid} --regid=${as.gid} --clear-groups -- ` : '';
-  return `${drop}git ${cfg} upload-pack`;
-}
-
 // ---------------------------------------------------------------------------
 // File-system helpers
 
@@ -899,13 +882,12 @@ async function populateFromRepo(wt: Worktree, repo: UserRepo, workspace: string,
 
   const ctx = privateCtxOf(wt, opts);
   await initPrivateRepo(ctx, wt.gitDir, format, 'prepare');
-  const fetch = ['fetch', '--no-tags', '--depth=1', '-q', '--no-recurse-submodules', `--upload-pack=${uploadPackCommand(repo)}`, repo.commonDir];
-  const bySha = await gitRun(ctx, [...fetch, base], 'prepare');
-  if (bySha.code !== 0) {
-    await gitOut(ctx, [...fetch, 'HEAD'], 'prepare');
-    const got = await gitOut(ctx, ['rev-parse', '--verify', 'FETCH_HEAD^{commit}'], 'prepare');
-    if (got !== base) throw new WorktreeError('prepare', `the repository's HEAD moved while preparing the session (${base} → ${got})`);
-  }
+  // The base commit and its tree only (like a depth-1 fetch), the same way the
+  // result goes back: the repository's owner lists and packs the objects, the
+  // private repository indexes the pack from a pipe. No transport, no shell.
+  const objects = await gitOut(repo.ctx, ['rev-list', '--objects', '--no-walk', base], 'prepare');
+  await gitPipe(repo.ctx, ['pack-objects', '--stdout', '-q'], `${objects}\n`, ctx, ['index-pack', '--stdin', '--fsck-objects'], 'prepare');
+  fs.writeFileSync(path.join(wt.gitDir, 'shallow'), `${base}\n`, { mode: 0o600 });
   await gitOut(ctx, ['checkout', '-q', '-f', '--no-recurse-submodules', base], 'prepare');
 
   const rel = path.relative(repo.top!, workspace);
