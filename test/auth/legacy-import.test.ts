@@ -1,16 +1,39 @@
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli, startTestServer, type TestServer, tempHome } from '../helpers/server';
 
 const FIXTURE = new URL('../../../shared/fixtures/loki-mode-legacy/single/', import.meta.url).pathname;
 const plain = JSON.parse(readFileSync(`${FIXTURE}tokens.plain.json`, 'utf8')) as Record<string, { token: string; role: string | null; revoked?: boolean }>;
 
+/**
+ * The fixture as if it had been written just now: every timestamp moved by the same
+ * amount, so a token that had 7 days left when Loki Mode wrote it still has them
+ * (the fixture's dates are absolute, and the wall clock passes them).
+ */
+function freshFixture(): string {
+  const doc = JSON.parse(readFileSync(`${FIXTURE}tokens.json`, 'utf8')) as { tokens: Record<string, Record<string, unknown>> };
+  const created = Object.values(doc.tokens).map((t) => Date.parse(String(t.created_at)));
+  const shift = Date.now() - Math.max(...created);
+  for (const t of Object.values(doc.tokens)) {
+    for (const k of ['created_at', 'expires_at', 'last_used', 'last_used_at', 'revoked_at']) {
+      if (typeof t[k] === 'string' && !Number.isNaN(Date.parse(t[k] as string))) t[k] = new Date(Date.parse(t[k] as string) + shift).toISOString();
+    }
+  }
+  const file = path.join(mkdtempSync(path.join(tmpdir(), 'loki-legacy-')), 'tokens.json');
+  writeFileSync(file, JSON.stringify(doc, null, 2));
+  return file;
+}
+
 describe('loki enterprise token import-legacy (Loki Mode tokens.json)', () => {
   let home: string;
   let s: TestServer;
+  let tokensFile: string;
   beforeAll(async () => {
     home = tempHome();
-    const r = await runCli(['enterprise', 'token', 'import-legacy', `${FIXTURE}tokens.json`], { LOKI_HOME: home });
+    tokensFile = freshFixture();
+    const r = await runCli(['enterprise', 'token', 'import-legacy', tokensFile], { LOKI_HOME: home });
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('6 imported, 0 skipped');
@@ -60,7 +83,7 @@ describe('loki enterprise token import-legacy (Loki Mode tokens.json)', () => {
   });
 
   it('importing again skips what is already there', async () => {
-    const r = await runCli(['enterprise', 'token', 'import-legacy', `${FIXTURE}tokens.json`], { LOKI_HOME: home });
+    const r = await runCli(['enterprise', 'token', 'import-legacy', tokensFile], { LOKI_HOME: home });
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('0 imported, 6 skipped');
   });
