@@ -15,6 +15,8 @@ command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 # The in-container egress forwarder (scripts/forwarder) is built with Go.
 command -v go >/dev/null 2>&1 || need+=(golang-go)
+# The third-party audit-log verifier (test/tlog-verify) builds against Debian's golang.org/x/mod.
+[ -d /usr/share/gocode/src/golang.org/x/mod/sumdb/tlog ] || need+=(golang-golang-x-mod-dev)
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "ci-deps: installing ${need[*]}"
