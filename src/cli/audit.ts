@@ -5,6 +5,7 @@ import type { VerifyResult } from '../audit/chain';
 import { ExportFormatError, verifyExport } from '../audit/export';
 import { entryFromRow } from '../audit/log';
 import { importLegacyAudit, verifyLegacyDirCli } from '../audit/legacy-cli';
+import { pruneAudit } from '../audit/retention';
 import { sha256Hex } from '../db/sqlite-audit';
 import { cliActor, fail, openLocal, recordCli } from './common';
 
@@ -222,21 +223,11 @@ export function auditCommands(enterprise: Command): void {
       const before = parseDate(o.before);
       const ctx = await openLocal();
       try {
-        await ctx.audit.drain();
-        const pre = await ctx.audit.verify();
-        if (!pre.valid) fail(`refusing to prune: the log does not verify (${pre.reason} at seq ${pre.first_invalid_seq})`, 1);
-        const cut = await ctx.audit.storage.lastSeqBefore(before);
-        if (!cut) {
-          process.stdout.write('nothing to prune\n');
-          return;
-        }
-        const tip = await ctx.audit.storage.tip();
-        if (cut.seq >= tip.seq) fail('refusing to prune the newest entry: the cut would leave no head to link to', 1);
-        // Sign the cut first: if the deletion is interrupted, the log still verifies.
-        await ctx.audit.checkpoint('prune', cut);
-        const deleted = await ctx.audit.storage.deleteThrough(cut.seq);
-        await recordCli(ctx, 'audit.prune', { details: { before: new Date(before).toISOString(), cut_seq: cut.seq, cut_hash: cut.hash, deleted } });
-        process.stdout.write(`pruned ${deleted} entries through seq ${cut.seq}; prune checkpoint signed at ${cut.hash}\n`);
+        const r = await pruneAudit(ctx.audit, before, { newest: 'refuse', record: (details) => recordCli(ctx, 'audit.prune', { details }) });
+        if (r.status === 'refused' && r.why === 'invalid') fail(`refusing to prune: the log does not verify (${r.reason} at seq ${r.firstInvalidSeq})`, 1);
+        if (r.status === 'refused') fail('refusing to prune the newest entry: the cut would leave no head to link to', 1);
+        if (r.status === 'nothing') process.stdout.write('nothing to prune\n');
+        else process.stdout.write(`pruned ${r.deleted} entries through seq ${r.cut.seq}; prune checkpoint signed at ${r.cut.hash}\n`);
       } finally {
         await ctx.close();
       }
