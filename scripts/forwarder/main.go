@@ -13,6 +13,16 @@
 // When it cannot listen, or the socket is missing, it prints one line to stderr and
 // exits 126 without starting the agent. It decides nothing: the proxy does.
 //
+// In a warm-pool container it is the main process before any session exists:
+//
+//	loki-forward -listen 127.0.0.1:3128 -socket /run/loki/egress.sock -wait
+//
+// listens at once (the session's proxy socket appears later; a connection before
+// it fails), runs no child and waits. The agent is started with `docker exec`.
+// On SIGTERM, SIGINT, SIGHUP or SIGQUIT it passes the signal to every process it
+// may signal (the agent runs as the same user), waits until they are all gone,
+// then exits 0, so the container's stop gives the agent its grace period.
+//
 // Static, stdlib only: CGO_ENABLED=0 GO111MODULE=off go build -trimpath -ldflags='-s -w'.
 package main
 
@@ -92,14 +102,53 @@ func exitCode(ws syscall.WaitStatus) int {
 	return ws.ExitStatus()
 }
 
+// waitMode: the idle main process of a pooled container (see the package comment).
+func waitMode(listen, socketPath string) {
+	signals := make(chan os.Signal, 8)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		fail(exitSetup, "cannot listen on %s: %v", listen, err)
+	}
+	go serve(ln, socketPath)
+	sig := (<-signals).(syscall.Signal)
+	// kill(-1, sig): every process this user may signal, except this one (and init).
+	_ = syscall.Kill(-1, sig)
+	for {
+		// Reap what is ours; the rest belongs to the container's init.
+		var ws syscall.WaitStatus
+		for {
+			pid, _ := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+			if pid <= 0 {
+				break
+			}
+		}
+		if err := syscall.Kill(-1, 0); err == syscall.ESRCH {
+			os.Exit(0)
+		}
+		select {
+		case s := <-signals:
+			_ = syscall.Kill(-1, s.(syscall.Signal))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 func main() {
 	listen := flag.String("listen", "127.0.0.1:3128", "TCP address to listen on (loopback)")
 	socketPath := flag.String("socket", "/run/loki/egress.sock", "Unix socket of the egress proxy")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: loki-forward -listen 127.0.0.1:3128 -socket /run/loki/egress.sock -- <command> [args...]")
+		fmt.Fprintln(os.Stderr, "usage: loki-forward -listen 127.0.0.1:3128 -socket /run/loki/egress.sock -- <command> [args...]\n       loki-forward -listen 127.0.0.1:3128 -socket /run/loki/egress.sock -wait")
 	}
+	wait := flag.Bool("wait", false, "run no command: listen, wait for a signal, pass it on to every process, exit when they are gone")
 	flag.Parse()
 	argv := flag.Args()
+	if *wait {
+		if len(argv) != 0 {
+			fail(2, "-wait takes no command")
+		}
+		waitMode(*listen, *socketPath)
+	}
 	if len(argv) == 0 {
 		flag.Usage()
 		os.Exit(2)

@@ -35,7 +35,8 @@ export function sessionCommands(program: Command): void {
     .command('worker')
     .description('run a sandbox worker: claims sessions from the server and runs them')
     .option('--concurrency <n>', 'sessions at once (1-32)', '2')
-    .action(async (o: { concurrency: string }) => {
+    .option('--warm <n>', 'containers of the default image and policy kept started ahead of time (0-32; 0: none)', '2')
+    .action(async (o: { concurrency: string; warm: string }) => {
       const { runWorkerCli } = await import('../sandbox/worker');
       await runWorkerCli(o);
     });

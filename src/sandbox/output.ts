@@ -21,6 +21,8 @@ export interface OutputCollectorOptions {
   onTruncated?(maxBytes: number): void;
   /** Called for every chunk received (idle-output detection). */
   onActivity?(): void;
+  /** The redaction applied to every stored line (default: the secret patterns). */
+  redact?: (line: string) => string;
 }
 
 export interface OutputCollector {
@@ -45,12 +47,13 @@ export function createOutputCollector(opts: OutputCollectorOptions): OutputColle
   };
   let stored = 0;
   let truncated = false;
+  const redact = opts.redact ?? redactString;
 
   const emit = (stream: OutputStream, raw: string) => {
     const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
     opts.onRawLine?.(stream, line);
     if (truncated) return;
-    const clean = redactString(line);
+    const clean = redact(line);
     const size = Buffer.byteLength(clean) + 1;
     if (stored + size > maxBytes) {
       truncated = true;

@@ -76,7 +76,7 @@ export interface PolicyContext {
    * /run/loki) and the forwarder binary (mounted read-only at /opt/loki). The agent
    * runs under the forwarder, which listens on 127.0.0.1:3128 inside the container.
    */
-  egress?: { socketDir: string; forwarder: string };
+  egress?: { socketDir: string; forwarder: string; waitOnly?: boolean };
   /** The prompt built from the PRD, for a preset's `{prompt}`. */
   prompt?: string;
 }
@@ -193,14 +193,11 @@ export function containerOptions(p: SessionPolicy, ctx: PolicyContext): Containe
     if (source === undefined) throw new SandboxPolicyError(`mount ${m.host} refused (rule not_found): it was not pinned by the worker`, 'not_found');
     binds.push(`${source}:${m.container}:${m.mode}`);
   });
-  const argv = providerArgv(p.command, ctx.prd, ctx.prompt);
+  const { argv, env } = sessionProcess(p, ctx);
   let cmd = argv;
-  // The root file system is read-only: the agent's home is the writable /tmp.
-  const env = ['HOME=/tmp', ...sandboxEnv(p.env_allowlist, ctx.env)];
   if (ctx.egress) {
     binds.push(`${ctx.egress.socketDir}:${EGRESS_SOCKET_DIR}:ro`, `${ctx.egress.forwarder}:${FORWARDER_PATH}:ro`);
-    cmd = [FORWARDER_PATH, '-listen', PROXY_LISTEN, '-socket', `${EGRESS_SOCKET_DIR}/egress.sock`, '--', ...argv];
-    env.push(...proxyEnv());
+    cmd = ctx.egress.waitOnly ? forwarderWaitArgv() : [...forwarderArgv(), '--', ...argv];
   }
   return {
     Image: p.image,
@@ -239,6 +236,22 @@ export function containerOptions(p: SessionPolicy, ctx: PolicyContext): Containe
       LogConfig: { Type: 'none', Config: {} },
     },
   };
+}
+
+const forwarderArgv = () => [FORWARDER_PATH, '-listen', PROXY_LISTEN, '-socket', `${EGRESS_SOCKET_DIR}/egress.sock`];
+/** A warm-pool container's main process: the forwarder listening, no agent yet (it is started with `docker exec`). */
+const forwarderWaitArgv = () => [...forwarderArgv(), '-wait'];
+
+/**
+ * The agent's argv and environment in the container: the provider's argv, `HOME=/tmp`
+ * (the root file system is read-only), the allowlisted variables, and the proxy
+ * variables when the session has egress.
+ */
+export function sessionProcess(p: SessionPolicy, ctx: PolicyContext): { argv: string[]; env: string[] } {
+  const argv = providerArgv(p.command, ctx.prd, ctx.prompt);
+  const env = ['HOME=/tmp', ...sandboxEnv(p.env_allowlist, ctx.env)];
+  if (ctx.egress && p.egress.length > 0) env.push(...proxyEnv());
+  return { argv, env };
 }
 
 /** `"1000:1000"` → uid and gid (gid defaults to the uid). */

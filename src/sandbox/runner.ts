@@ -33,15 +33,17 @@ import path from 'node:path';
 import { finished, Writable } from 'node:stream';
 import type Docker from 'dockerode';
 import { isInside, readRegularFile, resolveInside } from '../util/paths';
-import { redactString } from '../util/redact';
+import { redactString, secretRedactor } from '../util/redact';
 import { createBudgetTracker } from './budget';
 import type { SessionPolicy } from '../sessions/api';
 import { FORBIDDEN_ENV, providerArgv } from './config';
-import { DEFAULT_KILL_GRACE_MS, killWithGrace, removeContainer } from './docker';
+import { DEFAULT_KILL_GRACE_MS, isGoneOrStopped, killWithGrace, removeContainer } from './docker';
 import type { GitOptions } from './git';
 import { createOutputCollector, DEFAULT_MAX_OUTPUT_BYTES, type OutputCollector, type OutputStream } from './output';
 import { type EgressProxy, startEgressProxy } from './egress';
-import { containerOptions, type PolicyContext, parseUser } from './policy';
+import { bindMount } from './mounts';
+import { CONTAINER_WORKSPACE, containerOptions, type PolicyContext, parseUser, sessionProcess } from './policy';
+import type { PoolSlot, WarmPool } from './pool';
 import { buildPrompt, MAX_PROMPT_PRD_BYTES, PROMPT_PLACEHOLDER } from './providers';
 import {
   commitWorktree,
@@ -97,12 +99,16 @@ export interface RunnerOptions {
   forwarderPath?: string;
   /** Name resolution for the egress proxy (tests); default: the host's resolver. */
   egressResolve?: (host: string) => Promise<string[]>;
+  /** The worker's warm pool: a session whose policy matches runs in a pooled container. */
+  pool?: WarmPool | null;
 }
 
 export interface SessionResult {
   outcome: SessionOutcome;
   exitCode: number | null;
   containerId?: string;
+  /** The session ran in a container from the warm pool. */
+  pooled?: boolean;
   /** What was committed (absent when the session failed before or at the commit). */
   result?: WorktreeResult;
   spentUsd: number;
@@ -214,6 +220,8 @@ async function supervise(
       }
     },
     onTruncated: (maxBytes) => hooks.onEvent('output_truncated', { max_bytes: maxBytes }),
+    // The credentials the session was handed never reach its stored output.
+    redact: secretRedactor(spec.policy.env_allowlist.map((n) => spec.env[n]).filter((v): v is string => typeof v === 'string')),
     onActivity: () => idleTimer?.refresh(),
   });
 
@@ -374,6 +382,100 @@ async function runInContainer(
   }
 }
 
+/** How often a pooled session's exec is checked for its end while its output stays open. */
+const EXEC_POLL_MS = 250;
+
+/**
+ * Run the agent in a warm-pool container (`docker exec` with the session's argv,
+ * environment and user). When the agent exits, the container is killed (whatever it
+ * left running goes with it) and inspected for an OOM kill; the pool removes it.
+ */
+async function runInPooled(
+  spec: SessionSpec,
+  hooks: SessionHooks,
+  options: RunnerOptions,
+  worktree: Worktree,
+  slot: PoolSlot,
+  proc: { argv: string[]; env: string[] },
+): Promise<RunSummary & { containerId?: string }> {
+  const docker = options.docker!;
+  const pool = options.pool!;
+  const graceMs = options.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
+  const containerId = slot.containerId;
+  const container = docker.getContainer(containerId);
+  hooks.onEvent('container_created', { container_id: containerId, image: spec.policy.image, pooled: true });
+  try {
+    const summary = await supervise(spec, hooks, options, worktree, async (collector) => {
+      const waited: Promise<{ StatusCode?: number }> = container.wait({ condition: 'not-running' });
+      waited.catch(() => undefined);
+      let exec: Docker.Exec;
+      let stream: NodeJS.ReadableStream & { destroy?: () => void };
+      try {
+        exec = await container.exec({
+          Cmd: proc.argv,
+          Env: proc.env,
+          User: spec.policy.user,
+          WorkingDir: CONTAINER_WORKSPACE,
+          AttachStdin: false,
+          AttachStdout: true,
+          AttachStderr: true,
+          Tty: false,
+        });
+        stream = (await exec.start({ hijack: true, stdin: false })) as typeof stream;
+      } catch (err) {
+        throw new Error(`starting the agent in the warm container failed: ${messageOf(err)}`);
+      }
+      const drained = streamDone(stream);
+      docker.modem.demuxStream(stream, sink(collector, 'stdout'), sink(collector, 'stderr'));
+      hooks.onEvent('container_started', { container_id: containerId, pooled: true });
+      let terminated = false;
+      const exited = (async (): Promise<ExitInfo> => {
+        // The exec ends when the agent does; its output can stay open longer (a child
+        // it left behind), so its state is what counts.
+        let state = await exec.inspect();
+        while (state.Running) {
+          await Promise.race([drained, delay(EXEC_POLL_MS), waited.catch(() => undefined)]);
+          state = await exec.inspect();
+          if (state.Running && (await container.inspect()).State.Running !== true) break;
+        }
+        await Promise.race([drained, delay(DRAIN_MS)]);
+        stream.destroy?.();
+        try {
+          await container.kill({ signal: 'SIGKILL' });
+        } catch (err) {
+          if (!isGoneOrStopped(err)) throw err;
+        }
+        await waited.catch(() => undefined);
+        let info = await container.inspect();
+        const killedBy137 = state.ExitCode === 137 && !terminated;
+        // Docker records an OOM kill from an event of its own that can land late.
+        for (let i = 0; i < 5 && killedBy137 && info.State.OOMKilled !== true; i++) {
+          await delay(100);
+          info = await container.inspect();
+        }
+        const exit = { exitCode: typeof state.ExitCode === 'number' ? state.ExitCode : null, oomKilled: info.State.OOMKilled === true };
+        hooks.onEvent('container_exited', { container_id: containerId, exit_code: exit.exitCode, oom_killed: exit.oomKilled });
+        return exit;
+      })();
+      return {
+        exited,
+        terminate: async () => {
+          terminated = true;
+          await killWithGrace(container, waited, graceMs);
+        },
+      };
+    });
+    return { ...summary, containerId };
+  } finally {
+    try {
+      await pool.release(slot);
+      hooks.onEvent('container_removed', { container_id: containerId });
+    } catch (err) {
+      hooks.onEvent('session_error', { message: `container remove failed: ${messageOf(err)}`, container_id: containerId });
+    }
+  }
+}
+
 function runAsProcess(
   spec: SessionSpec,
   hooks: SessionHooks,
@@ -482,14 +584,14 @@ async function pinMounts(mounts: SessionPolicy['mounts'], base: string): Promise
  * private destinations when the session was created) are the private addresses it
  * may reach. Every decision becomes an `egress` event (audited by the server).
  */
-async function startSessionEgress(spec: SessionSpec, hooks: SessionHooks, options: RunnerOptions, worktree: Worktree): Promise<EgressProxy> {
+async function startSessionEgress(spec: SessionSpec, hooks: SessionHooks, options: RunnerOptions, socketDir: string): Promise<EgressProxy> {
   const forwarder = options.forwarderPath;
   if (!forwarder || !existsSync(forwarder)) {
     throw new Error(`the session's policy lists egress, but this worker has no egress forwarder${forwarder ? ` at ${forwarder}` : ''} (build it with scripts/forwarder/build.sh)`);
   }
   const ipEntry = /^(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-f:.]+\]):\d+$/;
   return startEgressProxy({
-    socketPath: path.join(worktree.base, 'egress', 'egress.sock'),
+    socketPath: path.join(socketDir, 'egress.sock'),
     allow: spec.policy.egress,
     privateDestinations: spec.policy.egress.filter((e) => ipEntry.test(e)),
     resolve: options.egressResolve,
@@ -679,6 +781,8 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
   let createOptions: Docker.ContainerCreateOptions | null = null;
   let argv: string[];
   let egress: EgressProxy | null = null;
+  let slot: PoolSlot | null = null;
+  let pooledProc: { argv: string[]; env: string[] } | null = null;
   try {
     placePrd(paths.workspace, paths.prd, worktree, owner);
     // A preset gets the PRD's content as its prompt (one whole argument, never a shell string).
@@ -686,9 +790,24 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
       ? buildPrompt(paths.prd, readRegularFile(resolveInside(paths.workspace, paths.prd), MAX_PROMPT_PRD_BYTES, 'the PRD (as a prompt)').toString('utf8'))
       : undefined;
     argv = providerArgv(spec.policy.command, paths.prd, prompt);
-    if (sandboxed) {
+    if (sandboxed) slot = options.pool?.take(spec.policy) ?? null;
+    if (slot) {
+      // A warm container: the worktree appears at its /workspace through the slot's mount.
+      await bindMount(worktree.dir, slot.workDir);
+      if (spec.policy.egress.length > 0) egress = await startSessionEgress(spec, hooks, options, slot.egressDir);
+      pooledProc = sessionProcess(spec.policy, {
+        egress: egress ? { socketDir: slot.egressDir, forwarder: options.forwarderPath! } : undefined,
+        prompt,
+        sessionId: spec.sessionId,
+        workerId: spec.workerId,
+        workspace: slot.workDir,
+        prd: paths.prd,
+        env: spec.env,
+        home: options.home ?? os.homedir(),
+      });
+    } else if (sandboxed) {
       const mountSources = await pinMounts(spec.policy.mounts, worktree.base);
-      if (spec.policy.egress.length > 0) egress = await startSessionEgress(spec, hooks, options, worktree);
+      if (spec.policy.egress.length > 0) egress = await startSessionEgress(spec, hooks, options, path.join(worktree.base, 'egress'));
       const ctx: PolicyContext = {
         egress: egress ? { socketDir: path.dirname(egress.socketPath), forwarder: options.forwarderPath! } : undefined,
         prompt,
@@ -706,15 +825,18 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
     }
   } catch (err) {
     await egress?.close().catch(() => undefined);
+    if (slot) await options.pool!.release(slot).catch(() => undefined);
     await removeWorktree(worktree).catch(() => undefined);
     return setupFailed('prepare', err);
   }
 
   let summary: RunSummary & { containerId?: string };
   try {
-    summary = createOptions
-      ? await runInContainer(spec, hooks, options, worktree, createOptions)
-      : await runAsProcess(spec, hooks, options, worktree, argv);
+    summary = slot && pooledProc
+      ? await runInPooled(spec, hooks, options, worktree, slot, pooledProc)
+      : createOptions
+        ? await runInContainer(spec, hooks, options, worktree, createOptions)
+        : await runAsProcess(spec, hooks, options, worktree, argv);
   } catch (err) {
     summary = { outcome: 'failed', exitCode: null, spentUsd: 0, outputTruncated: false, error: messageOf(err) };
     hooks.onEvent('session_error', { message: summary.error });
@@ -740,7 +862,7 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
   } catch (err) {
     hooks.onEvent('session_error', { message: `worktree removal failed: ${messageOf(err)}` });
   }
-  return { ...summary, result: committed };
+  return { ...summary, result: committed, ...(slot ? { pooled: true } : {}) };
 }
 
 export { removeOrphans, stopAllForWorker } from './docker';

@@ -13,6 +13,7 @@
  * waits `LOKI_SANDBOX_KILL_GRACE_MS`, then kills), report them `stopped`, exit 0
  * within 15 s; a second signal exits 130 at once.
  */
+import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,7 +29,9 @@ import { FORBIDDEN_ENV } from './config';
 import { removeContainer } from './docker';
 import { JobReporter } from './reporter';
 import { HOST_BASE_ENV, recoverWorktrees, removeOrphans, runSession, type SessionResult, type SetupStep } from './runner';
-import { type OperatorPolicy, PolicyViolation, policySha256, recheckSessionPolicy } from './session-policy';
+import { defaultWorkspaceConfig } from './config';
+import { DEFAULT_WARM, MAX_WARM, parseWarm, WarmPool } from './pool';
+import { effectiveSessionPolicy, type OperatorPolicy, PolicyViolation, policySha256, recheckSessionPolicy } from './session-policy';
 
 /** The largest patch (JSON-encoded) posted to the server; a larger one stays on the worker. */
 export const MAX_POSTED_PATCH_CHARS = 768 * 1024;
@@ -65,6 +68,10 @@ export interface SandboxWorkerOptions {
   logger: Logger;
   /** Reads the allowlisted variables from the worker's environment. */
   pickEnv?: (names: readonly string[]) => Record<string, string>;
+  /** Warm containers of the default image and policy kept ready (`--warm N`, default 2; 0: none). */
+  warm?: number;
+  /** Where warm-pool slots live (default `$LOKI_HOME/pool/<worker id>`). */
+  poolRoot?: string;
 }
 
 interface ActiveSession {
@@ -80,11 +87,12 @@ class LiveSessions extends Set<string> {
   constructor(
     ids: Iterable<string>,
     private readonly active: ReadonlyMap<string, unknown>,
+    private readonly pool: WarmPool | null = null,
   ) {
     super(ids);
   }
   override has(id: string): boolean {
-    return super.has(id) || this.active.has(id);
+    return super.has(id) || this.active.has(id) || (this.pool?.has(id) ?? false);
   }
 }
 
@@ -107,8 +115,57 @@ export class SandboxWorker {
   private sweeping: Promise<void> | null = null;
   /** Exit code for the process: 0, or 1 after a fatal error (e.g. the token was refused). */
   exitCode = 0;
+  /** The warm pool (null: none, or it could not be set up). */
+  pool: WarmPool | null = null;
 
   constructor(private readonly o: SandboxWorkerOptions) {}
+
+  /**
+   * The warm pool for the worker's default policy (the operator policy applied to a
+   * workspace without a config). It needs a Docker engine, the forwarder and a root
+   * worker (slot mounts); without them sessions get fresh containers and the reason
+   * is logged.
+   */
+  private async startPool(): Promise<void> {
+    const size = this.o.warm ?? DEFAULT_WARM;
+    const docker = this.o.docker;
+    if (size === 0 || !docker) return;
+    const log = this.o.logger;
+    const why = !this.o.forwarderPath || !existsSync(this.o.forwarderPath)
+      ? `no egress forwarder${this.o.forwarderPath ? ` at ${this.o.forwarderPath}` : ''} (build it with scripts/forwarder/build.sh)`
+      : process.getuid?.() !== 0
+        ? 'the worker is not root (pool slots are mounts)'
+        : null;
+    if (why) {
+      log.warn('no warm pool: sessions get fresh containers', { reason: why, warm: size });
+      return;
+    }
+    try {
+      const context = { home: this.o.home, lokiHome: this.o.lokiHome, dockerSocket: this.o.dockerSocket };
+      const template = effectiveSessionPolicy({
+        config: defaultWorkspaceConfig({ workspaceDir: this.o.lokiHome, home: this.o.home }),
+        operator: this.o.operatorPolicy,
+        requestedSandbox: true,
+        forceSandbox: true,
+        mountContext: context,
+      });
+      this.pool = new WarmPool({
+        docker,
+        size,
+        template,
+        workerId: this.o.workerId,
+        root: this.o.poolRoot ?? path.join(this.o.lokiHome, 'pool', this.o.workerId.replace(/[^A-Za-z0-9_.-]/g, '_')),
+        forwarderPath: this.o.forwarderPath!,
+        context,
+        logger: log,
+      });
+      await this.pool.cleanStale();
+      log.info('warm pool', { size, image: template.image, runtime: template.runtime });
+    } catch (err) {
+      this.pool = null;
+      log.error('no warm pool: sessions get fresh containers', { reason: redactString((err as Error).message), warm: size });
+    }
+  }
 
   get activeCount(): number {
     return this.active.size;
@@ -118,7 +175,9 @@ export class SandboxWorker {
   async run(): Promise<void> {
     const log = this.o.logger;
     log.info('sandbox worker started', { worker_id: this.o.workerId, concurrency: this.o.concurrency, server: this.o.client.url, docker: this.o.docker !== null });
+    await this.startPool();
     await this.sweepOrphans();
+    this.pool?.fill();
     let backoff = 500;
     let failing = false;
     while (!this.stopping.signal.aborted) {
@@ -149,6 +208,7 @@ export class SandboxWorker {
     await Promise.all([...this.active.values()].map((a) => a.done));
     if (this.orphanTimer) clearTimeout(this.orphanTimer);
     await this.sweeping;
+    await this.closePool();
     log.info('sandbox worker stopped', { worker_id: this.o.workerId });
   }
 
@@ -170,6 +230,17 @@ export class SandboxWorker {
         a.reporter?.close();
         for (const id of a.containerIds) await removeContainer(this.o.docker!.getContainer(id)).catch(() => undefined);
       }
+    }
+    await this.closePool();
+  }
+
+  /** Remove every idle warm container (those in use went with their sessions). */
+  private async closePool(): Promise<void> {
+    if (!this.pool) return;
+    try {
+      await this.pool.close();
+    } catch (err) {
+      this.o.logger.error('warm pool: containers left behind', { err: redactString((err as Error).message) });
     }
   }
 
@@ -251,6 +322,7 @@ export class SandboxWorker {
           maxOutputBytes: this.o.maxOutputBytes,
           worktreeRoot: this.o.worktreeRoot ?? path.join(this.o.lokiHome, 'worktrees'),
           forwarderPath: this.o.forwarderPath,
+          pool: this.pool,
         },
       );
     } catch (err) {
@@ -283,7 +355,10 @@ export class SandboxWorker {
     switch (type) {
       case 'container_created':
         a.containerIds.add(containerId);
-        r.event({ type: 'container', data: { event: 'created', container_id: containerId, ...(str(d.image) ? { image: str(d.image)! } : {}) } });
+        r.event({
+          type: 'container',
+          data: { event: 'created', container_id: containerId, ...(str(d.image) ? { image: str(d.image)! } : {}), ...(d.pooled === true ? { pooled: true } : {}) },
+        });
         return;
       case 'container_started':
         r.event({ type: 'container', data: { event: 'started', container_id: containerId } });
@@ -396,7 +471,7 @@ export class SandboxWorker {
         try {
           const serverLive = await this.o.client.workerSessionIds(this.o.workerId, this.stopping.signal);
           suspects = serverLive.some((id) => !this.active.has(id));
-          const live = new LiveSessions(serverLive, this.active);
+          const live = new LiveSessions(serverLive, this.active, this.pool);
           const removed = await removeOrphans(docker, this.o.workerId, live);
           for (const id of removed) this.o.logger.info('orphan container removed', { container_id: id, worker_id: this.o.workerId });
           await this.recoverWorktrees(live);
@@ -477,10 +552,15 @@ export function parseConcurrency(value: string): number | null {
 }
 
 /** `loki sandbox worker [--concurrency N]`. */
-export async function runWorkerCli(o: { concurrency: string }): Promise<void> {
+export async function runWorkerCli(o: { concurrency: string; warm: string }): Promise<void> {
   const concurrency = parseConcurrency(o.concurrency);
   if (concurrency === null) {
     process.stderr.write(`loki: --concurrency must be an integer from ${MIN_CONCURRENCY} to ${MAX_CONCURRENCY}, got ${JSON.stringify(o.concurrency)}\n`);
+    process.exit(2);
+  }
+  const warm = parseWarm(o.warm);
+  if (warm === null) {
+    process.stderr.write(`loki: --warm must be an integer from 0 to ${MAX_WARM}, got ${JSON.stringify(o.warm)}\n`);
     process.exit(2);
   }
   const config = configOrExit();
@@ -506,6 +586,7 @@ export async function runWorkerCli(o: { concurrency: string }): Promise<void> {
     dockerSocket: config.dockerSocket,
     forwarderPath: config.forwarderPath ?? fileURLToPath(new URL('../../.tmp/loki-forward', import.meta.url)),
     logger,
+    warm,
   });
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {

@@ -54,6 +54,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { redactString } from '../util/redact';
 import { type GitOptions, sessionBranchName } from './git';
+import { mountsUnder } from './mounts';
 
 export type WorktreeStep = 'prepare' | 'disk' | 'ownership' | 'commit' | 'fetch' | 'remove';
 
@@ -770,28 +771,6 @@ function ensureRoot(root: string): string {
   if (st.uid !== myUid()) throw new WorktreeError('prepare', `worktree root ${real} is owned by uid ${st.uid}, not the worker`);
   if ((st.mode & 0o022) !== 0) throw new WorktreeError('prepare', `worktree root ${real} is writable by others`);
   return real;
-}
-
-function unescapeMountPath(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(Number.parseInt(oct, 8)));
-}
-
-/** Mount points at `dir` or below it (deepest first), from /proc/self/mountinfo. */
-function mountsUnder(dir: string): string[] | null {
-  let text: string;
-  try {
-    text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
-  } catch {
-    return null;
-  }
-  const out: string[] = [];
-  for (const line of text.split('\n')) {
-    const field = line.split(' ')[4];
-    if (!field) continue;
-    const mp = unescapeMountPath(field);
-    if (mp === dir || mp.startsWith(`${dir}/`)) out.push(mp);
-  }
-  return out.sort((a, b) => b.length - a.length);
 }
 
 /** Remove a tree even if it holds read-only or mode-000 directories, or is thousands of levels deep. */

@@ -219,6 +219,8 @@ export const workerEventSchema = z.discriminatedUnion('type', [
       image: str(512).optional(),
       exit_code: z.number().int().nullish(),
       oom_killed: z.boolean().optional(),
+      /** created/started: the container came from the worker's warm pool. */
+      pooled: z.boolean().optional(),
     }),
   }),
   z.object({

@@ -32,6 +32,24 @@ export function redactString(input: string): string {
   return out;
 }
 
+/** Values shorter than this are not redacted by value (a short value would blank ordinary text). */
+export const MIN_SECRET_VALUE_CHARS = 6;
+
+/**
+ * A redactor that also knows these exact values (the credentials a session was
+ * handed through its env allowlist): every occurrence becomes [REDACTED], then the
+ * patterns run.
+ */
+export function secretRedactor(values: readonly string[]): (input: string) => string {
+  const known = [...new Set(values.filter((v) => v.length >= MIN_SECRET_VALUE_CHARS))].sort((a, b) => b.length - a.length);
+  if (known.length === 0) return redactString;
+  return (input) => {
+    let out = input;
+    for (const v of known) if (out.includes(v)) out = out.split(v).join(REDACTED);
+    return redactString(out);
+  };
+}
+
 const SECRET_KEYS = /^(?:authorization|token|access_token|refresh_token|id_token|api_key|apikey|password|secret|client_secret|cookie|set-cookie|x-api-key)$/i;
 
 /** Deep-redact a JSON-like value: secret-named keys are replaced, strings scrubbed. */

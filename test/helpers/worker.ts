@@ -23,9 +23,13 @@ export interface SpawnedWorker {
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<void>;
 }
 
-/** Spawn `loki sandbox worker` and wait for its start-up line. */
+/**
+ * Spawn `loki sandbox worker` and wait for its start-up line. Without `--warm` in
+ * `args` it runs with `--warm 0` (fresh containers); the warm pool has tests of its own.
+ */
 export async function spawnWorker(env: Record<string, string>, args: string[] = []): Promise<SpawnedWorker> {
-  const child = spawn(process.execPath, [LOKI_BIN, 'sandbox', 'worker', ...args], {
+  const warm = args.includes('--warm') ? [] : ['--warm', '0'];
+  const child = spawn(process.execPath, [LOKI_BIN, 'sandbox', 'worker', ...warm, ...args], {
     env: childEnv(env),
     stdio: ['ignore', 'pipe', 'pipe'],
   });

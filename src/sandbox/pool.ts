@@ -1,0 +1,287 @@
+/**
+ * The warm pool: a worker keeps `size` containers of its default image and policy
+ * created and started ahead of time, so a session skips container create and start.
+ *
+ * A pooled container runs the egress forwarder in `-wait` mode as its main process
+ * (under Docker's init), with the same hardening as any session container. Its
+ * workspace is `<slot>/work`, bound into it with slave propagation: when a session
+ * takes the slot, the worker bind-mounts the session's private worktree onto that
+ * directory and the container sees it at /workspace. The session's proxy socket goes
+ * into `<slot>/egress` (bound at /run/loki). The agent is then started with `docker
+ * exec`, with the session's argv, environment and user.
+ *
+ * A session takes a pooled container only when everything Docker fixes at create
+ * time (image, user, runtime, limits, capabilities, network, binds) is exactly what
+ * a fresh container for its policy would get; otherwise it gets a fresh one. A
+ * pooled container serves one session and is removed after it; the pool refills in
+ * the background. `close` removes every idle one (0 left).
+ */
+import { randomBytes } from 'node:crypto';
+import { chownSync, lstatSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import type Docker from 'dockerode';
+import type { SessionPolicy } from '../sessions/api';
+import { redactString } from '../util/redact';
+import { removeContainer } from './docker';
+import { bindMount, mountCommand, mountsUnder, unmount } from './mounts';
+import { CONTAINER_WORKSPACE, containerOptions, LABEL_SESSION, LABEL_WORKER, type PolicyContext, parseUser } from './policy';
+
+/** Set on pooled containers (with `loki.session` = the slot id, `pool-…`). */
+export const LABEL_POOL = 'loki.pool';
+export const POOL_ID_PREFIX = 'pool-';
+export const DEFAULT_WARM = 2;
+export const MAX_WARM = 32;
+
+export interface PoolSlot {
+  /** `pool-<hex>`: the container's `loki.session` label and the slot directory's name. */
+  id: string;
+  /** `<root>/<id>`: a shared bind mount of itself. */
+  dir: string;
+  /** The session's worktree is bound here (the container's /workspace). */
+  workDir: string;
+  /** The session's egress proxy socket goes here (the container's /run/loki). */
+  egressDir: string;
+  containerId: string;
+  /** What Docker fixed at create time (see `poolShape`). */
+  shape: string;
+}
+
+export interface PoolLogger {
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+}
+
+export interface WarmPoolOptions {
+  docker: Docker;
+  size: number;
+  /** The worker's default session policy: what pooled containers are made for. */
+  template: SessionPolicy;
+  workerId: string;
+  /** Where slot directories live (`$LOKI_HOME/pool/<worker id>`). */
+  root: string;
+  forwarderPath: string;
+  /** The host paths the mount rules protect (as for any session). */
+  context: Pick<PolicyContext, 'home' | 'lokiHome' | 'dockerSocket'>;
+  logger: PoolLogger;
+}
+
+const SHAPE_SLOT = '/pool-slot';
+
+const messageOf = (err: unknown) => redactString(err instanceof Error ? err.message : String(err));
+
+function slotContext(o: Pick<WarmPoolOptions, 'workerId' | 'forwarderPath' | 'context'>, dir: string, id: string): PolicyContext {
+  return {
+    ...o.context,
+    sessionId: id,
+    workerId: o.workerId,
+    workspace: path.join(dir, 'work'),
+    prd: 'prd.md',
+    env: {},
+    egress: { socketDir: path.join(dir, 'egress'), forwarder: o.forwarderPath, waitOnly: true },
+  };
+}
+
+/**
+ * Everything Docker fixes when it creates the container for this policy, as one
+ * string (slot paths replaced by a placeholder); null when the policy cannot use a
+ * pooled container at all (extra mounts: their sources are pinned per session).
+ */
+export function poolShape(policy: SessionPolicy, o: Pick<WarmPoolOptions, 'workerId' | 'forwarderPath' | 'context'>): string | null {
+  if (!policy.sandbox || policy.mounts.length > 0) return null;
+  let c: Docker.ContainerCreateOptions;
+  try {
+    c = containerOptions(policy, slotContext(o, SHAPE_SLOT, `${POOL_ID_PREFIX}shape`));
+  } catch {
+    return null;
+  }
+  return JSON.stringify({ image: c.Image, user: c.User, dir: c.WorkingDir, host: c.HostConfig });
+}
+
+export class WarmPool {
+  private readonly ready: PoolSlot[] = [];
+  private readonly inUse = new Map<string, PoolSlot>();
+  private creating = 0;
+  private readonly pending = new Set<Promise<void>>();
+  private closed = false;
+  private failures = 0;
+  private readonly shape: string;
+  private retryTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly o: WarmPoolOptions) {
+    const shape = poolShape(o.template, o);
+    if (shape === null) throw new Error('the default session policy cannot be pooled (it has mounts, or it is not sandboxed)');
+    this.shape = shape;
+  }
+
+  /** Slot ids (`loki.session` labels) this pool owns: not orphans. */
+  has(id: string): boolean {
+    return this.ready.some((s) => s.id === id) || this.inUse.has(id) || (id.startsWith(POOL_ID_PREFIX) && this.creatingIds.has(id));
+  }
+
+  private readonly creatingIds = new Set<string>();
+
+  stats(): { ready: number; in_use: number; creating: number; size: number } {
+    return { ready: this.ready.length, in_use: this.inUse.size, creating: this.creating, size: this.o.size };
+  }
+
+  /**
+   * Remove what a previous run of this worker left under the pool root (slot
+   * mounts and directories). Its containers are removed by the orphan sweep.
+   */
+  async cleanStale(): Promise<void> {
+    let names: string[] = [];
+    try {
+      names = readdirSync(this.o.root);
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      if (!name.startsWith(POOL_ID_PREFIX) || this.has(name)) continue;
+      await this.removeSlotDir(path.join(this.o.root, name)).catch((err) =>
+        this.o.logger.warn('a stale pool slot could not be removed', { slot: name, err: messageOf(err) }),
+      );
+    }
+  }
+
+  /** Start filling the pool (returns at once; `whenFilled` waits). */
+  fill(): void {
+    if (this.closed) return;
+    while (this.ready.length + this.creating < this.o.size) {
+      this.creating++;
+      const p = this.createSlot()
+        .then((slot) => {
+          this.failures = 0;
+          if (this.closed) return this.destroy(slot);
+          this.ready.push(slot);
+          this.o.logger.info('warm container ready', { slot: slot.id, container_id: slot.containerId });
+        })
+        .catch((err) => {
+          this.failures++;
+          this.o.logger.error('a warm container could not be made; sessions get fresh containers', { err: messageOf(err), failures: this.failures });
+          // Retry later, backing off (an image being rebuilt, a busy engine).
+          if (!this.closed && !this.retryTimer) {
+            this.retryTimer = setTimeout(() => {
+              this.retryTimer = null;
+              this.fill();
+            }, Math.min(60_000, 1_000 * 2 ** Math.min(this.failures, 6)));
+            this.retryTimer.unref();
+          }
+        })
+        .finally(() => {
+          this.creating--;
+          this.pending.delete(p);
+        });
+      this.pending.add(p);
+      if (this.failures > 0) break; // one attempt at a time while failing
+    }
+  }
+
+  /** Wait until the pool is full or nothing more is being made. */
+  async whenFilled(): Promise<void> {
+    while (this.pending.size > 0) await Promise.all([...this.pending]);
+  }
+
+  /**
+   * A ready container whose create-time shape is exactly what `policy` needs, or
+   * null (the session then gets a fresh container). The pool refills behind it.
+   */
+  take(policy: SessionPolicy): PoolSlot | null {
+    if (this.closed || this.ready.length === 0) return null;
+    if (poolShape(policy, this.o) !== this.shape) return null;
+    const slot = this.ready.shift()!;
+    this.inUse.set(slot.id, slot);
+    this.fill();
+    return slot;
+  }
+
+  /** After the session: remove its container and slot (never reused). */
+  async release(slot: PoolSlot): Promise<void> {
+    try {
+      await this.destroy(slot);
+    } finally {
+      this.inUse.delete(slot.id);
+    }
+  }
+
+  /** Stop refilling, wait for containers being made, and remove every idle one. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    await this.whenFilled();
+    const idle = this.ready.splice(0);
+    const errors: string[] = [];
+    for (const slot of idle) await this.destroy(slot).catch((err) => errors.push(messageOf(err)));
+    if (errors.length > 0) throw new Error(`warm pool: ${errors.length} container(s) could not be removed: ${errors[0]}`);
+  }
+
+  private async createSlot(): Promise<PoolSlot> {
+    const id = `${POOL_ID_PREFIX}${randomBytes(8).toString('hex')}`;
+    this.creatingIds.add(id);
+    const dir = path.join(this.o.root, id);
+    try {
+      mkdirSync(this.o.root, { recursive: true, mode: 0o700 });
+      mkdirSync(dir, { mode: 0o700 });
+      // The slot is a shared mount of its own: what is mounted under it later (the
+      // session's worktree) propagates into the container's slave bind.
+      await bindMount(dir, dir);
+      await mountCommand('mount', ['--make-shared', dir]);
+      const workDir = path.join(dir, 'work');
+      const egressDir = path.join(dir, 'egress');
+      mkdirSync(workDir, { mode: 0o755 });
+      mkdirSync(egressDir, { mode: 0o755 });
+      const owner = parseUser(this.o.template.user);
+      chownSync(workDir, owner.uid, owner.gid);
+      const opts = containerOptions(this.o.template, slotContext(this.o, dir, id));
+      const binds = opts.HostConfig!.Binds!;
+      binds[0] = `${workDir}:${CONTAINER_WORKSPACE}:rw,rslave`;
+      const create: Docker.ContainerCreateOptions = {
+        ...opts,
+        Env: ['HOME=/tmp'],
+        Labels: { [LABEL_SESSION]: id, [LABEL_WORKER]: this.o.workerId, [LABEL_POOL]: '1' },
+        AttachStdout: false,
+        AttachStderr: false,
+      };
+      const container = await this.o.docker.createContainer(create);
+      const slot: PoolSlot = { id, dir, workDir, egressDir, containerId: container.id, shape: this.shape };
+      try {
+        await container.start();
+        const info = await container.inspect();
+        if (!info.State.Running) throw new Error(`the warm container exited at once (exit code ${info.State.ExitCode})`);
+      } catch (err) {
+        await removeContainer(container).catch(() => undefined);
+        throw err;
+      }
+      return slot;
+    } catch (err) {
+      await this.removeSlotDir(dir).catch(() => undefined);
+      throw err;
+    } finally {
+      this.creatingIds.delete(id);
+    }
+  }
+
+  private async destroy(slot: PoolSlot): Promise<void> {
+    await removeContainer(this.o.docker.getContainer(slot.containerId));
+    await this.removeSlotDir(slot.dir);
+  }
+
+  private async removeSlotDir(dir: string): Promise<void> {
+    for (const mp of mountsUnder(dir) ?? []) await unmount(mp);
+    const left = mountsUnder(dir);
+    if (left && left.length > 0) throw new Error(`still mounted: ${left.join(', ')}`);
+    try {
+      lstatSync(dir);
+    } catch {
+      return;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** `--warm N`: an integer from 0 to MAX_WARM, else null. */
+export function parseWarm(value: string): number | null {
+  if (!/^\d{1,3}$/.test(value)) return null;
+  const n = Number(value);
+  return n <= MAX_WARM ? n : null;
+}
