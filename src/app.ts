@@ -17,13 +17,14 @@ import { routeDefiner } from './http/define-route';
 import { ApiError, ErrorCode } from './http/errors';
 import { auditTrail } from './http/middleware/audit';
 import { corsAllowlist } from './http/middleware/cors';
-import type { GuardOptions } from './http/middleware/guard';
+import { type GuardOptions, resolveIdentity } from './http/middleware/guard';
 import { hostAllowlist } from './http/middleware/host';
 import { pathSafety } from './http/middleware/paths';
 import { FailureLimiter } from './http/middleware/rate-limit';
 import { requestId } from './http/middleware/request-id';
 import { securityHeaders } from './http/middleware/security-headers';
 import { errorResponse } from './http/respond';
+import { requestHeader } from './http/headers';
 import { auditRoutes } from './http/routes/audit';
 import { dashboardRoutes } from './http/routes/dashboard';
 import { eventsRoutes } from './http/routes/events';
@@ -75,6 +76,8 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
       rawPath: deps.rawPath,
       now,
       onError: (err) => deps.logger.error('audit write failed', { err: String(err) }),
+      reads: deps.config.auditReads,
+      volume: deps.auditVolume ?? null,
       before: [requestId(deps.headers), securityHeaders(deps.headers)],
       checks: [
         hostAllowlist({ port: deps.config.port, enabled: deps.hostCheck }),
@@ -105,7 +108,15 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
   wsRoutes(app, route, deps, authenticator);
   dashboardRoutes(route, deps);
 
-  app.notFound((c) => errorResponse(c, 404, ErrorCode.notFound, `no route for ${c.req.method} ${c.req.path}`));
+  app.notFound(async (c) => {
+    // No route ran its guard: name the caller for the audit trail when it presents a credential
+    // (an identified caller's failures are never summarised away). A bad one stays anonymous.
+    if (!guardOptions.authRequired || requestHeader(c, 'authorization') !== undefined) {
+      const r = await resolveIdentity(c, guardOptions);
+      if ('identity' in r) c.set('identity', r.identity);
+    }
+    return errorResponse(c, 404, ErrorCode.notFound, `no route for ${c.req.method} ${c.req.path}`);
+  });
   app.onError((err, c) => {
     if (err instanceof ApiError) return errorResponse(c, err.status, err.code, err.message, err.headers);
     // Malformed JSON bodies and similar client faults surface as HTTPException(400).

@@ -28,6 +28,12 @@ export interface Config {
     defaultRole: Role;
   };
   auditEnabled: boolean;
+  /** `LOKI_AUDIT_READS`: `all` (default) records every request; `failures` leaves out successful reads and the worker's polling. */
+  auditReads: 'all' | 'failures';
+  /** `LOKI_AUDIT_RETENTION_DAYS`: the server prunes entries older than this behind a signed cut; null = off. */
+  auditRetentionDays: number | null;
+  /** `LOKI_AUDIT_RETENTION_INTERVAL_S`: how often the server applies the retention. */
+  auditRetentionIntervalMs: number;
   syslog: null | { host: string; port: number; proto: SyslogProto };
   sandboxMode: boolean;
   branchProtection: boolean;
@@ -244,6 +250,9 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     enterpriseAuth,
     oidc,
     auditEnabled: auditForced || !auditDisabled,
+    auditReads: oneOf(env, 'LOKI_AUDIT_READS', ['all', 'failures'] as const, 'all'),
+    auditRetentionDays: read(env, 'LOKI_AUDIT_RETENTION_DAYS') === undefined ? null : int(env, 'LOKI_AUDIT_RETENTION_DAYS', 0, 1, 36_500),
+    auditRetentionIntervalMs: int(env, 'LOKI_AUDIT_RETENTION_INTERVAL_S', 3_600, 1, 86_400) * 1000,
     syslog: syslogHost ? { host: syslogHost, port: syslogPort, proto: syslogProto } : null,
     sandboxMode: bool(env, 'LOKI_SANDBOX_MODE', false),
     branchProtection: bool(env, 'LOKI_BRANCH_PROTECTION', true),

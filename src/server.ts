@@ -16,6 +16,8 @@ import type { Context } from 'hono';
 import { createLokiApp, type LokiApp } from './app';
 import type { AuditLog } from './audit/log';
 import { createNodeAudit } from './audit/node-audit';
+import { type PruneOutcome, pruneAudit, retentionCutoff } from './audit/retention';
+import { AuditVolumeGuard } from './audit/suppress';
 import { sha256Hex } from './db/sqlite-audit';
 import { openSqlite, migrate, createSqliteStore, tightenDbFiles, type SqliteDb } from './db/sqlite';
 import type { Config } from './env';
@@ -82,15 +84,87 @@ export interface NodeRuntime {
   deps: AppDeps;
   loki: LokiApp;
   audit: AuditLog;
+  /** Summaries of failed requests without an identity (`audit.suppressed`). */
+  auditVolume: AuditVolumeGuard;
+  /** `LOKI_AUDIT_RETENTION_DAYS`: one retention pass now (null when retention is off). */
+  auditRetention: null | { run(): Promise<PruneOutcome | null> };
   events: EventHub;
   shutdown: AbortController;
   applied: string[];
   close(): Promise<void>;
 }
 
+export interface NodeRuntimeOptions {
+  logger?: Logger;
+  operatorPolicy?: OperatorPolicy;
+  /** The clock requests, audit summaries and retention use (tests inject one; default Date.now). */
+  now?: () => number;
+}
+
+const SYSTEM_RETENTION = { type: 'system' as const, id: null, name: 'audit-retention' };
+
+/**
+ * `LOKI_AUDIT_RETENTION_DAYS`: prune with a signed cut on start and every
+ * `LOKI_AUDIT_RETENTION_INTERVAL_S`. One pass at a time; a log that does not
+ * verify is never pruned (logged and recorded as `audit.prune_refused`).
+ */
+function auditRetention(config: Config, audit: AuditLog, logger: Logger, now: () => number) {
+  const days = config.auditRetentionDays;
+  if (days === null || !audit.enabled) return null;
+  let running: Promise<PruneOutcome | null> | null = null;
+  const pass = async (): Promise<PruneOutcome | null> => {
+    const before = retentionCutoff(now(), days);
+    const r = await pruneAudit(audit, before, {
+      newest: 'keep-head',
+      record: (details) =>
+        audit.append({
+          ts: now(),
+          action: 'audit.prune',
+          actor: SYSTEM_RETENTION,
+          outcome: { status: null, success: true, error: null },
+          details: { ...details, via: 'retention', retention_days: days },
+        }),
+    });
+    if (r.status === 'pruned') logger.info('audit retention pruned', { deleted: r.deleted, cut_seq: r.cut.seq, retention_days: days });
+    if (r.status === 'refused') {
+      logger.error('audit retention refused: the log does not verify', { reason: r.reason, first_invalid_seq: r.firstInvalidSeq });
+      await audit.append({
+        ts: now(),
+        action: 'audit.prune_refused',
+        actor: SYSTEM_RETENTION,
+        outcome: { status: null, success: false, error: String(r.reason) },
+        details: { reason: r.reason, first_invalid_seq: r.firstInvalidSeq, before: new Date(before).toISOString(), retention_days: days },
+      });
+    }
+    return r;
+  };
+  const run = () => {
+    running ??= pass()
+      .catch((err) => {
+        logger.error('audit retention failed', { err: String(err) });
+        return null;
+      })
+      .finally(() => {
+        running = null;
+      });
+    return running;
+  };
+  void run();
+  const timer = setInterval(() => void run(), config.auditRetentionIntervalMs);
+  timer.unref();
+  return {
+    run,
+    async stop() {
+      clearInterval(timer);
+      await running;
+    },
+  };
+}
+
 /** Open the database, migrate, and build the app with its Node deps. */
-export async function buildNodeRuntime(config: Config, opts: { logger?: Logger; operatorPolicy?: OperatorPolicy } = {}): Promise<NodeRuntime> {
+export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions = {}): Promise<NodeRuntime> {
   const logger = opts.logger ?? createLogger();
+  const now = opts.now ?? Date.now;
   // Decided once, at start-up: a malformed file stops the server (see `policyOrExit`).
   const operatorPolicy = opts.operatorPolicy ?? loadOperatorPolicy(config.policyFile, { allowHostSessions: config.allowHostSessions });
   const db = openSqlite(config.dbPath);
@@ -100,6 +174,17 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger; 
   const nodeAudit = await createNodeAudit(config, db, { logger });
   const audit = nodeAudit.audit;
   audit.startCheckpointTimer(60_000);
+  const auditVolume = new AuditVolumeGuard({
+    append: (input) => audit.append(input),
+    now,
+    onError: (err, info) =>
+      logger.error(info.lost ? 'audit.suppressed summaries lost' : 'audit.suppressed summaries not written yet; retrying', {
+        err: String(err),
+        summaries: info.summaries,
+      }),
+  });
+  auditVolume.start(1_000);
+  const retention = auditRetention(config, audit, logger, now);
   const events = new EventHub(store.events);
   events.startPolling(250);
   const pruneEvents = () =>
@@ -121,6 +206,8 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger; 
     logger,
     version: VERSION,
     startedAt: Date.now(),
+    now,
+    auditVolume,
     sha256: sha256Hex,
     clientAddress: nodeClientAddress,
     rawPath: nodeRawPath,
@@ -139,6 +226,7 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger; 
     upgradeWebSocket,
     statusExtras: () => ({
       syslog: nodeAudit.syslog ? nodeAudit.syslog.stats() : null,
+      audit_volume: auditVolume.stats(),
       policy: { source: operatorPolicy.source, host_sessions: operatorPolicy.hostSessions },
     }),
   };
@@ -155,6 +243,8 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger; 
     deps,
     loki,
     audit,
+    auditVolume,
+    auditRetention: retention ? { run: retention.run } : null,
     events,
     shutdown,
     applied,
@@ -163,6 +253,9 @@ export async function buildNodeRuntime(config: Config, opts: { logger?: Logger; 
       clearInterval(pruneTimer);
       clearInterval(sweepTimer);
       events.stop();
+      await retention?.stop();
+      // The open minute's summaries go in before the shutdown checkpoint.
+      await auditVolume.close();
       await nodeAudit.close();
       db.close();
     },
@@ -200,7 +293,7 @@ export interface RunningServer {
   stop(deadlineMs?: number): Promise<void>;
 }
 
-export async function startServer(config: Config, opts: { logger?: Logger; operatorPolicy?: OperatorPolicy } = {}): Promise<RunningServer> {
+export async function startServer(config: Config, opts: NodeRuntimeOptions = {}): Promise<RunningServer> {
   const runtime = await buildNodeRuntime(config, opts);
   const logger = runtime.deps.logger;
   if (runtime.applied.length) logger.info('migrations applied', { applied: runtime.applied });

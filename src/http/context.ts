@@ -2,6 +2,7 @@ import type { Context } from 'hono';
 import type { UpgradeWebSocket } from 'hono/ws';
 import type { AuditActor } from '../audit/chain';
 import type { AuditLog } from '../audit/log';
+import type { AuditVolumeGuard } from '../audit/suppress';
 import type { Role, Scope } from '../auth/roles';
 import type { Store } from '../db/store';
 import type { Config } from '../env';
@@ -68,6 +69,12 @@ export interface AppDeps {
   /** Serves the dashboard's static files; absent: `/` answers 404. */
   staticFiles?: (path: string) => Promise<Response | null>;
   sessions?: SessionValidator;
+  /**
+   * Summarises failed requests without an identity past a per-address limit
+   * (`audit.suppressed`); the Node server passes one, with its flush timer.
+   * Absent (Workers): every such request is recorded, with its fields capped.
+   */
+  auditVolume?: AuditVolumeGuard | null;
   /** Extra numbers for /api/status (syslog queue, stream listeners, …). */
   statusExtras?: () => Record<string, unknown>;
   /** Called by the shutdown path to close live streams. */

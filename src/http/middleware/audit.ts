@@ -1,6 +1,7 @@
 import type { MiddlewareHandler } from 'hono';
 import type { AuditInput } from '../../audit/chain';
 import type { AuditLog } from '../../audit/log';
+import type { AuditVolumeGuard } from '../../audit/suppress';
 import { redactPath, redactValue } from '../../util/redact';
 import type { AppContext, AppEnv } from '../context';
 import { ErrorCode } from '../errors';
@@ -20,6 +21,42 @@ export interface AuditTrailOptions {
   before?: Step[];
   /** Synchronous checks inside it (Host, CORS, paths): their refusals are audited. */
   checks?: Step[];
+  /** `LOKI_AUDIT_READS`: with `failures`, successful reads and the sandbox worker's polling are not recorded. */
+  reads?: 'all' | 'failures';
+  /**
+   * Failed requests without an identity past the per-address limit are counted
+   * into `audit.suppressed` summaries (the Node server). Absent: each one is
+   * recorded (with its fields capped).
+   */
+  volume?: AuditVolumeGuard | null;
+}
+
+/** Caps on what a caller without an identity can make us store (characters, the `…` marker included). */
+export const ANONYMOUS_PATH_MAX = 256;
+export const ANONYMOUS_USER_AGENT_MAX = 128;
+const PATH_MAX = 2048;
+const USER_AGENT_MAX = 512;
+
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+/**
+ * With `LOKI_AUDIT_READS=failures`, what is left out: a successful request with a
+ * safe method (GET, HEAD, OPTIONS), except reads of the audit log itself
+ * (`audit.*`), and the worker's polling: a claim that found no job (204) and an
+ * event post carrying only heartbeats. Writes and every failure are recorded.
+ */
+export function isQuietSuccess(c: AppContext, status: number): boolean {
+  if (status >= 400) return false;
+  const action = c.get('auditAction');
+  if (SAFE_METHODS.has(c.req.method)) return !action?.startsWith('audit.');
+  if (action === 'sandbox.claim') return status === 204;
+  if (action === 'sandbox.events') {
+    const events = (c.get('auditDetails') as { events?: unknown } | undefined)?.events;
+    if (!events || typeof events !== 'object') return false;
+    const types = Object.keys(events);
+    return types.length > 0 && types.every((t) => t === 'heartbeat');
+  }
+  return false;
 }
 
 /**
@@ -44,10 +81,19 @@ export function auditTrail(opts: AuditTrailOptions): MiddlewareHandler<AppEnv> {
     if (refused) c.res = refused;
     else await next();
     if (!opts.audit.enabled || NOT_AUDITED.test(c.req.path)) return;
+    const status = c.res.status;
+    if (opts.reads === 'failures' && isQuietSuccess(c, status)) return;
+    // A failure without an identity: recorded up to the per-address limit, then counted in its summary.
+    // (5xx are ours, not the caller's: always recorded.)
+    if (opts.volume && c.get('identity') === null && status >= 400 && status < 500) {
+      if (opts.volume.admit(opts.clientAddress(c), status) === 'suppress') return;
+    }
     const input = requestEntry(c, opts);
     try {
       await opts.audit.append(input);
+      opts.volume?.recorded(true);
     } catch (err) {
+      opts.volume?.recorded(false);
       opts.onError(err);
       c.res = errorResponse(c, 503, ErrorCode.auditUnavailable, 'the audit log cannot be written; the request was not completed');
     }
@@ -59,18 +105,23 @@ export function requestEntry(c: AppContext, opts: Pick<AuditTrailOptions, 'clien
   const identity = c.get('identity');
   const url = new URL(c.req.url);
   const raw = opts.rawPath?.(c) ?? url.pathname + url.search;
+  // Without an identity the caller chooses these freely: keep them short.
+  const anonymous = identity === null;
+  const pathMax = anonymous ? ANONYMOUS_PATH_MAX : PATH_MAX;
+  const uaMax = anonymous ? ANONYMOUS_USER_AGENT_MAX : USER_AGENT_MAX;
   return {
     ts: opts.now(),
     action: c.get('auditAction') ?? 'http.request',
     resource: c.get('auditResource'),
     actor: identity?.actor ?? { type: 'anonymous', id: null, name: null },
-    client: { ip: opts.clientAddress(c), user_agent: truncate(requestHeader(c, 'user-agent') ?? null, 512) },
-    request: { id: c.get('requestId'), method: c.req.method, path: truncate(redactPath(raw), 2048) },
+    client: { ip: opts.clientAddress(c), user_agent: truncate(requestHeader(c, 'user-agent') ?? null, uaMax) },
+    request: { id: c.get('requestId'), method: c.req.method, path: truncate(redactPath(raw), pathMax) },
     outcome: { status, success: status < 400, error: status >= 400 ? (c.get('errorCode') ?? `http_${status}`) : null },
     details: redactValue(c.get('auditDetails') ?? {}),
   };
 }
 
+/** At most `n` characters, the last being `…` when something was cut. */
 function truncate(s: string | null, n: number): string | null {
-  return s !== null && s.length > n ? `${s.slice(0, n)}…` : s;
+  return s !== null && s.length > n ? `${s.slice(0, n - 1)}…` : s;
 }
