@@ -88,6 +88,11 @@ function slotContext(o: Pick<WarmPoolOptions, 'workerId' | 'forwarderPath' | 'co
  * pooled container at all (extra mounts: their sources are pinned per session).
  */
 export function poolShape(policy: SessionPolicy, o: Pick<WarmPoolOptions, 'workerId' | 'forwarderPath' | 'context'>): string | null {
+  const fields = shapeFields(policy, o);
+  return fields === null ? null : JSON.stringify(fields);
+}
+
+function shapeFields(policy: SessionPolicy, o: Pick<WarmPoolOptions, 'workerId' | 'forwarderPath' | 'context'>): Record<string, unknown> | null {
   if (!policy.sandbox || policy.mounts.length > 0) return null;
   let c: Docker.ContainerCreateOptions;
   try {
@@ -95,7 +100,15 @@ export function poolShape(policy: SessionPolicy, o: Pick<WarmPoolOptions, 'worke
   } catch {
     return null;
   }
-  return JSON.stringify({ image: c.Image, user: c.User, dir: c.WorkingDir, host: c.HostConfig });
+  return { Image: c.Image, User: c.User, WorkingDir: c.WorkingDir, ...c.HostConfig };
+}
+
+/** Which create-time settings of `policy` differ from `template`'s (for the worker's log). */
+export function shapeDifference(policy: SessionPolicy, template: SessionPolicy, o: Pick<WarmPoolOptions, 'workerId' | 'forwarderPath' | 'context'>): string[] {
+  const a = shapeFields(policy, o);
+  const b = shapeFields(template, o);
+  if (a === null || b === null) return [policy.mounts.length > 0 ? 'mounts' : 'sandbox'];
+  return [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k])).sort();
 }
 
 export class WarmPool {
@@ -187,8 +200,15 @@ export class WarmPool {
    * null (the session then gets a fresh container). The pool refills behind it.
    */
   take(policy: SessionPolicy): PoolSlot | null {
-    if (this.closed || this.ready.length === 0) return null;
-    if (poolShape(policy, this.o) !== this.shape) return null;
+    if (this.closed) return null;
+    if (poolShape(policy, this.o) !== this.shape) {
+      this.o.logger.info('fresh container: the session policy differs from the warm pool\'s', { differs: shapeDifference(policy, this.o.template, this.o) });
+      return null;
+    }
+    if (this.ready.length === 0) {
+      this.o.logger.info('fresh container: no warm container is ready', this.stats());
+      return null;
+    }
     const slot = this.ready.shift()!;
     this.inUse.set(slot.id, slot);
     this.fill();
@@ -204,8 +224,15 @@ export class WarmPool {
     }
   }
 
-  /** Stop refilling, wait for containers being made, and remove every idle one. */
-  async close(): Promise<void> {
+  private closing: Promise<void> | null = null;
+
+  /** Stop refilling, wait for containers being made, and remove every idle one (one run, however often called). */
+  close(): Promise<void> {
+    this.closing ??= this.closeOnce();
+    return this.closing;
+  }
+
+  private async closeOnce(): Promise<void> {
     this.closed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     await this.whenFilled();

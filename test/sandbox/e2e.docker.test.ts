@@ -4,7 +4,7 @@
  * an operator token, the worker a worker token. Containers use NetworkMode none.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import type Docker from 'dockerode';
@@ -237,6 +237,51 @@ describeDocker('loki start → server → worker → Docker (end to end)', probe
       expect(await client.getSession(id)).toMatchObject({ status: 'stopped', reason: 'the worker shut down' });
     }
     expect(await containersOf(`loki.worker=${WORKER_ID}`)).toEqual([]);
+    worker = null;
+  });
+  it('warm pool (--warm 2): a session starts on a pooled container, the pool refills, SIGTERM leaves 0 containers', async () => {
+    if (worker) {
+      worker.child.kill('SIGTERM');
+      await worker.exited;
+    }
+    worker = await spawnWorker(
+      { ...baseEnv(), LOKI_WORKER_TOKEN: workerToken, LOKI_WORKER_ID: WORKER_ID, LOKI_SANDBOX_KILL_GRACE_MS: '1000' },
+      ['--concurrency', '2', '--warm', '2'],
+    );
+    const warm = async () => (await containersOf(`loki.pool=1`)).filter((c) => c.Labels['loki.worker'] === WORKER_ID && c.State === 'running').map((c) => c.Id).sort();
+    const ready = await until('2 warm containers', async () => {
+      const ids = await warm();
+      return ids.length === 2 ? ids : null;
+    });
+    // No sandbox settings: the session's policy is the worker's default, so it matches the pool.
+    const ws = makeWorkspace(root, 'warm', { config: 'provider:\n  command: ["/bin/sh", "-c", "echo warm start; echo from-the-pool > pooled.txt"]\n' });
+    const r = await start(ws, ['prd.md']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('warm start\n');
+    const s = await client.getSession(sessionIdFrom(r.stderr));
+    expect(s.status).toBe('succeeded');
+    expect(ready).toContain(s.container_id);
+    const db = new Database(path.join(home, 'dashboard', 'loki.db'), { readonly: true });
+    try {
+      const created = db.prepare("SELECT data FROM events WHERE session_id = ? AND type = 'container' ORDER BY id").all(s.id) as { data: string }[];
+      expect(JSON.parse(created[0]!.data)).toMatchObject({ event: 'created', container_id: s.container_id, pooled: true });
+      const audited = db.prepare("SELECT entry FROM audit_log WHERE action = 'sandbox.container.created' ORDER BY seq DESC LIMIT 1").get() as { entry: string };
+      expect(JSON.parse(audited.entry).details).toMatchObject({ container_id: s.container_id, pooled: true });
+    } finally {
+      db.close();
+    }
+    expect(s.result?.files_changed).toBe(1);
+    // The used container is gone and the pool made another.
+    const refilled = await until('the pool to refill', async () => {
+      const ids = await warm();
+      return ids.length === 2 && !ids.includes(s.container_id!) ? ids : null;
+    });
+    expect(refilled.filter((id) => ready.includes(id))).toHaveLength(1);
+
+    worker!.child.kill('SIGTERM');
+    expect(await worker!.exited).toEqual({ code: 0, signal: null });
+    expect(await containersOf(`loki.worker=${WORKER_ID}`)).toEqual([]);
+    expect(readdirSync(path.join(home, 'pool', WORKER_ID))).toEqual([]);
     worker = null;
   });
 });
