@@ -3,7 +3,7 @@
  * (`npm run db:generate`) into migrations/ and committed.
  */
 import { sql } from 'drizzle-orm';
-import { index, integer, primaryKey, real, sqliteTable, text, uniqueIndex } from 'drizzle-orm/sqlite-core';
+import { blob, index, integer, primaryKey, real, sqliteTable, text, uniqueIndex } from 'drizzle-orm/sqlite-core';
 
 export const tokens = sqliteTable(
   'tokens',
@@ -55,7 +55,26 @@ export const auditCheckpoints = sqliteTable('audit_checkpoints', {
   headHash: text('head_hash').notNull(),
   time: integer('time').notNull(),
   jws: text('jws').notNull(),
+  /** The same checkpoint as a C2SP signed note (origin, tree size, base64 Merkle root); null where no note key signed it. */
+  note: text('note'),
 });
+
+/**
+ * The audit log's RFC 6962 Merkle tree as C2SP tlog-tiles of height 8: row
+ * (level, idx) holds the tile's hashes concatenated (32 bytes each, up to 256).
+ * Leaf i is the canonical entry text of seq i+1. Full tiles never change; the
+ * rightmost tile of each level is rewritten as it grows, in the same
+ * transaction as the entries. Tiles survive a prune (entries do not).
+ */
+export const auditTiles = sqliteTable(
+  'audit_tiles',
+  {
+    level: integer('level').notNull(),
+    idx: integer('idx').notNull(),
+    hashes: blob('hashes', { mode: 'buffer' }).notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.level, t.idx] })],
+);
 
 export const sessions = sqliteTable(
   'sessions',

@@ -59,8 +59,8 @@ describe('0000 → 0001 (session policies, worker-bound tokens)', () => {
     rmSync(root, { recursive: true, force: true });
   });
 
-  it('the server applies 0001 only', () => {
-    expect(s.runtime.applied).toEqual(['0001_sessions_policy_worker_binding']);
+  it('the server applies the migrations after 0000 only', () => {
+    expect(s.runtime.applied).toEqual(['0001_sessions_policy_worker_binding', '0002_audit_tlog']);
   });
 
   it('an old worker token is unbound (worker_id null) and refused by the protocol with a clear message', async () => {
