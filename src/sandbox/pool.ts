@@ -17,7 +17,7 @@
  * the background. `close` removes every idle one (0 left).
  */
 import { randomBytes } from 'node:crypto';
-import { chownSync, lstatSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { chownSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type Docker from 'dockerode';
 import type { SessionPolicy } from '../sessions/api';
@@ -42,6 +42,8 @@ export interface PoolSlot {
   /** The session's egress proxy socket goes here (the container's /run/loki). */
   egressDir: string;
   containerId: string;
+  /** The container's init process on the host (its mount table is read before the agent starts). */
+  pid: number;
   /** What Docker fixed at create time (see `poolShape`). */
   shape: string;
 }
@@ -122,6 +124,9 @@ export class WarmPool {
   private retryTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly o: WarmPoolOptions) {
+    // gVisor serves a bind mount from what it opened at start: a worktree mounted
+    // onto the slot afterwards would never appear in the sandbox.
+    if (o.template.runtime !== 'runc') throw new Error(`the warm pool needs the runc runtime (the default policy's runtime is ${o.template.runtime}; gVisor does not see mounts made after its start)`);
     const shape = poolShape(o.template, o);
     if (shape === null) throw new Error('the default session policy cannot be pooled (it has mounts, or it is not sandboxed)');
     this.shape = shape;
@@ -270,16 +275,15 @@ export class WarmPool {
         AttachStderr: false,
       };
       const container = await this.o.docker.createContainer(create);
-      const slot: PoolSlot = { id, dir, workDir, egressDir, containerId: container.id, shape: this.shape };
       try {
         await container.start();
         const info = await container.inspect();
-        if (!info.State.Running) throw new Error(`the warm container exited at once (exit code ${info.State.ExitCode})`);
+        if (!info.State.Running || !info.State.Pid) throw new Error(`the warm container exited at once (exit code ${info.State.ExitCode})`);
+        return { id, dir, workDir, egressDir, containerId: container.id, pid: info.State.Pid, shape: this.shape };
       } catch (err) {
         await removeContainer(container).catch(() => undefined);
         throw err;
       }
-      return slot;
     } catch (err) {
       await this.removeSlotDir(dir).catch(() => undefined);
       throw err;
@@ -303,6 +307,38 @@ export class WarmPool {
       return;
     }
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Linux's major:minor of a device number, as /proc/<pid>/mountinfo writes it. */
+function majorMinor(dev: number): string {
+  const d = BigInt(dev);
+  const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn);
+  const minor = (d & 0xffn) | ((d >> 12n) & ~0xffn);
+  return `${major}:${minor}`;
+}
+
+/**
+ * Before the agent starts: the container's own mount table must show the session's
+ * worktree on top of its /workspace (propagated from the slot), on the worktree's
+ * device. Anything else (propagation broken, a runtime that ignores it) would run the
+ * agent on an empty directory whose work is then lost: refuse instead.
+ */
+export function checkWorkspaceMount(slot: PoolSlot, worktreeDir: string): void {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${slot.pid}/mountinfo`, 'utf8');
+  } catch (err) {
+    throw new Error(`the warm container's mount table cannot be read (${messageOf(err)})`);
+  }
+  const at = text
+    .split('\n')
+    .map((l) => l.split(' '))
+    .filter((f) => f[4] === CONTAINER_WORKSPACE);
+  const top = at[at.length - 1];
+  const want = majorMinor(statSync(worktreeDir).dev);
+  if (at.length < 2 || !top || top[2] !== want) {
+    throw new Error(`the warm container does not see the session's worktree at ${CONTAINER_WORKSPACE} (mounts there: ${at.map((f) => f[2]).join(', ') || 'none'}; want ${want} on top)`);
   }
 }
 

@@ -43,7 +43,7 @@ import { createOutputCollector, DEFAULT_MAX_OUTPUT_BYTES, type OutputCollector, 
 import { type EgressProxy, startEgressProxy } from './egress';
 import { bindMount } from './mounts';
 import { CONTAINER_WORKSPACE, containerOptions, type PolicyContext, parseUser, sessionProcess } from './policy';
-import type { PoolSlot, WarmPool } from './pool';
+import { checkWorkspaceMount, type PoolSlot, type WarmPool } from './pool';
 import { buildPrompt, MAX_PROMPT_PRD_BYTES, PROMPT_PLACEHOLDER } from './providers';
 import {
   commitWorktree,
@@ -794,6 +794,7 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
     if (slot) {
       // A warm container: the worktree appears at its /workspace through the slot's mount.
       await bindMount(worktree.dir, slot.workDir);
+      checkWorkspaceMount(slot, worktree.dir);
       if (spec.policy.egress.length > 0) egress = await startSessionEgress(spec, hooks, options, slot.egressDir);
       pooledProc = sessionProcess(spec.policy, {
         egress: egress ? { socketDir: slot.egressDir, forwarder: options.forwarderPath! } : undefined,

@@ -13,7 +13,7 @@ import path from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { mountsUnder } from '../../src/sandbox/mounts';
-import { LABEL_POOL, WarmPool } from '../../src/sandbox/pool';
+import { checkWorkspaceMount, LABEL_POOL, WarmPool } from '../../src/sandbox/pool';
 import { runSession, type SessionHooks, type SessionResult } from '../../src/sandbox/runner';
 import type { SessionPolicy } from '../../src/sessions/api';
 import { describeDocker, dockerAvailable, expectedHostConfig } from '../helpers/docker';
@@ -219,6 +219,24 @@ describeDocker('the warm pool', probe, (docker: Docker) => {
     expect(before).not.toContain(r.result.containerId);
     expect(await poolContainers()).toEqual(before);
     expect(pool.stats().ready).toBe(2);
+  });
+
+  it('refuses to start an agent in a container that does not see the session worktree', async () => {
+    const slot = pool.take(policy(['true']))!;
+    expect(slot).not.toBeNull();
+    try {
+      // Nothing was mounted onto the slot: the container would run the agent on an empty directory.
+      expect(() => checkWorkspaceMount(slot, repo)).toThrow(/^the warm container does not see the session's worktree at \/workspace/);
+    } finally {
+      await pool.release(slot);
+    }
+    await pool.whenFilled();
+  });
+
+  it('is refused for a gVisor default policy (gVisor does not see mounts made after its start)', () => {
+    expect(
+      () => new WarmPool({ docker, size: 1, template: policy(['true'], { runtime: 'runsc' }), workerId: WORKER, root: path.join(home, 'pool2'), forwarderPath: FORWARDER, context: { home }, logger }),
+    ).toThrow('the warm pool needs the runc runtime (the default policy\'s runtime is runsc; gVisor does not see mounts made after its start)');
   });
 
   it('close removes every pooled container, slot and mount', async () => {
