@@ -21,7 +21,9 @@
 // it fails), runs no child and waits. The agent is started with `docker exec`.
 // On SIGTERM, SIGINT, SIGHUP or SIGQUIT it passes the signal to every process it
 // may signal (the agent runs as the same user), waits until they are all gone,
-// then exits 0, so the container's stop gives the agent its grace period.
+// then exits 0, so the container's stop gives the agent its grace period. It does
+// that only as a non-root user whose parent is PID 1 (the container's init); run
+// anywhere else (as root, or on a host) it just exits on the signal.
 //
 // Static, stdlib only: CGO_ENABLED=0 GO111MODULE=off go build -trimpath -ldflags='-s -w'.
 package main
@@ -112,7 +114,13 @@ func waitMode(listen, socketPath string) {
 	}
 	go serve(ln, socketPath)
 	sig := (<-signals).(syscall.Signal)
-	// kill(-1, sig): every process this user may signal, except this one (and init).
+	// kill(-1, sig) reaches every process this user may signal. That is the agent only
+	// inside a pool container: a non-root user whose parent is the container's init
+	// (PID 1 of its own PID namespace). Anywhere else (a host, a root user) it would
+	// reach processes that are none of its business: then it only exits.
+	if os.Getuid() == 0 || os.Getppid() != 1 {
+		os.Exit(0)
+	}
 	_ = syscall.Kill(-1, sig)
 	for {
 		// Reap what is ours; the rest belongs to the container's init.
