@@ -13,11 +13,22 @@
  *    1000), to commit an agent's change to 10 files onto `loki/session-<id>` in the
  *    repository, and to remove it (--wt-rounds N, default 5).
  *
+ * 4. Warm pool: the worker restarted with `--warm 2`; the same start latency with the
+ *    session attached to a pooled container (the pool refilled between rounds), against
+ *    `docker run --rm` of the same image and command (target: p50 at most 0.6x).
+ * 5. gVisor: a session with `runtime: runsc` (fresh container: the pool is runc only)
+ *    against `docker run --rm --runtime runsc` (--runsc-rounds N, default 10).
+ * 6. Egress: MB/s of a 256 MiB download from a loopback origin through the session
+ *    proxy (CONNECT over its Unix socket) and through the in-container forwarder
+ *    (loki-forward on a loopback port, piping to the proxy) against a direct loopback
+ *    transfer, in one run (target: proxied at least 0.5x direct); --egress-mb N.
+ *
  * Both 1 and 2 include the worktree step (a two-file workspace). Options: --rounds N,
  * --sessions N, --concurrency N, --files N, --wt-rounds N. Prints JSON.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -27,6 +38,7 @@ import { TERMINAL_STATES } from '../../src/db/store';
 import { loadConfig } from '../../src/env';
 import { commitWorktree, createWorktree, removeWorktree } from '../../src/sandbox/worktree';
 import { type RunningServer, startServer } from '../../src/server';
+import { startEgressProxy } from '../../src/sandbox/egress';
 import { freePort, numberArg, ROOT } from './lib';
 
 const rounds = numberArg('rounds', 20);
@@ -37,6 +49,10 @@ const COMMAND = ['echo', 'hello from the sandbox'];
 const WORKER_ID = `bench-${process.pid}`;
 const repoFiles = numberArg('files', 10_000);
 const wtRounds = numberArg('wt-rounds', 5);
+const runscRounds = numberArg('runsc-rounds', 10);
+const egressMb = numberArg('egress-mb', 256);
+const WARM = 2;
+const FORWARDER = path.join(ROOT, '.tmp', 'loki-forward');
 
 const quiet = { info() {}, warn() {}, error: (msg: string, f?: Record<string, unknown>) => process.stderr.write(`${msg} ${JSON.stringify(f ?? {})}\n`) };
 
@@ -48,11 +64,11 @@ function stats(xs: number[]) {
 }
 
 /** `docker run --rm` (argument array, no shell) → ms to the first stdout byte. */
-function dockerRunFirstOutput(): Promise<number> {
+function dockerRunFirstOutput(runtime = 'runc'): Promise<number> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     let first: number | null = null;
-    const child = spawn('docker', ['run', '--rm', '--network', 'none', IMAGE, ...COMMAND], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('docker', ['run', '--rm', '--network', 'none', '--runtime', runtime, IMAGE, ...COMMAND], { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.once('data', () => {
       first = performance.now() - t0;
     });
@@ -106,6 +122,103 @@ async function worktreeBench(home: string) {
   return { files: repoFiles, rounds: wtRounds, create_ms: stats(create), commit_ms: stats(commit), remove_ms: stats(remove) };
 }
 
+/** Read `bytes` from a socket after `head` (an HTTP answer's header, when proxied), in ms. */
+function download(connect: () => net.Socket, bytes: number, request: string | null): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const sock = connect();
+    let got = 0;
+    let headDone = request === null;
+    let head = '';
+    sock.once('error', reject);
+    sock.once('connect', () => {
+      if (request !== null) sock.write(request);
+    });
+    sock.on('data', (d: Buffer) => {
+      if (!headDone) {
+        head += d.toString('latin1');
+        const end = head.indexOf('\r\n\r\n');
+        if (end === -1) return;
+        if (!/^HTTP\/1\.[01] 200/.test(head)) return reject(new Error(`proxy refused: ${head.split('\r\n')[0]}`));
+        headDone = true;
+        got += Buffer.byteLength(head.slice(end + 4), 'latin1');
+      } else got += d.length;
+      if (got >= bytes) {
+        sock.destroy();
+        resolve(performance.now() - t0);
+      }
+    });
+    sock.once('close', () => {
+      if (got < bytes) reject(new Error(`connection closed after ${got} of ${bytes} bytes`));
+    });
+  });
+}
+
+/** Direct loopback vs through the egress proxy vs through loki-forward → the proxy, in one run. */
+async function egressBench(home: string) {
+  const bytes = egressMb * 1024 * 1024;
+  const chunk = Buffer.alloc(1024 * 1024, 0x61);
+  const origin = net.createServer((s) => {
+    s.on('error', () => undefined);
+    let sent = 0;
+    const pump = () => {
+      while (sent < bytes) {
+        sent += chunk.length;
+        if (!s.write(chunk)) return void s.once('drain', pump);
+      }
+      s.end();
+    };
+    pump();
+  });
+  await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+  const port = (origin.address() as net.AddressInfo).port;
+  const dest = `127.0.0.1:${port}`;
+  let decisions = 0;
+  const proxy = await startEgressProxy({
+    socketPath: path.join(home, 'bench-egress', 'egress.sock'),
+    allow: [dest],
+    privateDestinations: [dest],
+    onDecision: () => {
+      decisions++;
+    },
+  });
+  const fwdPort = await freePort();
+  const forwarder = spawn(FORWARDER, ['-listen', `127.0.0.1:${fwdPort}`, '-socket', proxy.socketPath, '-wait'], { stdio: 'ignore' });
+  const connectReq = `CONNECT ${dest} HTTP/1.1\r\nHost: ${dest}\r\n\r\n`;
+  try {
+    await new Promise((r) => setTimeout(r, 300));
+    const direct: number[] = [];
+    const proxied: number[] = [];
+    const forwarded: number[] = [];
+    const rounds = 5;
+    for (let i = 0; i < rounds; i++) {
+      direct.push(await download(() => net.connect(port, '127.0.0.1'), bytes, null));
+      proxied.push(await download(() => net.connect(proxy.socketPath), bytes, connectReq));
+      forwarded.push(await download(() => net.connect(fwdPort, '127.0.0.1'), bytes, connectReq));
+    }
+    const mbps = (ms: number[]) => stats(ms.map((m) => egressMb / (m / 1000)));
+    const d = mbps(direct);
+    const p = mbps(proxied);
+    const f = mbps(forwarded);
+    return {
+      mb: egressMb,
+      rounds,
+      direct_mb_s: d,
+      proxy_mb_s: p,
+      forwarder_and_proxy_mb_s: f,
+      ratio_proxy_p50: Number((p.p50 / d.p50).toFixed(3)),
+      ratio_forwarder_p50: Number((f.p50 / d.p50).toFixed(3)),
+      decisions,
+      target: 'proxied p50 >= 0.5 x direct p50 (both paths)',
+      target_met: p.p50 >= 0.5 * d.p50 && f.p50 >= 0.5 * d.p50,
+    };
+  } finally {
+    forwarder.kill('SIGTERM');
+    await proxy.close();
+    await new Promise<void>((r) => origin.close(() => r()));
+  }
+}
+
 async function main() {
   const docker = new Docker();
   await docker.ping();
@@ -119,29 +232,62 @@ async function main() {
   writeFileSync(path.join(ws, 'prd.md'), '# bench\n');
   writeFileSync(path.join(ws, '.loki', 'config.yaml'), `provider:\n  command: ${JSON.stringify(COMMAND)}\nsandbox:\n  memory_limit: 256m\n  cpu_limit: "1"\n`);
   for (const p of [roots, ws, path.join(ws, '.loki')]) chmodSync(p, 0o755);
+  const wsRunsc = path.join(roots, 'ws-runsc');
+  mkdirSync(path.join(wsRunsc, '.loki'), { recursive: true });
+  writeFileSync(path.join(wsRunsc, 'prd.md'), '# bench\n');
+  writeFileSync(
+    path.join(wsRunsc, '.loki', 'config.yaml'),
+    `provider:\n  command: ${JSON.stringify(COMMAND)}\nsandbox:\n  memory_limit: 256m\n  cpu_limit: "1"\n  runtime: runsc\n`,
+  );
+  for (const p of [wsRunsc, path.join(wsRunsc, '.loki')]) chmodSync(p, 0o755);
+  // The operator's limits are the bench workspace's, so its sessions match the warm pool's default policy.
+  writeFileSync(path.join(home, 'policy.yaml'), 'runtimes: [runc, runsc]\nlimits:\n  memory: 256m\n  cpu: 1\n', { mode: 0o644 });
 
   const port = await freePort();
   const config = loadConfig({ LOKI_HOME: home, LOKI_WORKSPACE_ROOTS: roots, LOKI_DASHBOARD_PORT: String(port) }, { home, cwd: home });
   const server: RunningServer = await startServer(config, { logger: quiet });
   const { store, events } = server.runtime.deps;
   let worker: ChildProcess | null = null;
-  try {
-    worker = spawn(process.execPath, [path.join(ROOT, 'bin/loki.js'), 'sandbox', 'worker', '--concurrency', String(concurrency)], {
+  const startWorker = async (warm: number) => {
+    const child = spawn(process.execPath, [path.join(ROOT, 'bin/loki.js'), 'sandbox', 'worker', '--concurrency', String(concurrency), '--warm', String(warm)], {
       env: { PATH: process.env.PATH ?? '', HOME: home, LOKI_HOME: home, LOKI_URL: server.url, LOKI_WORKER_ID: WORKER_ID },
-      stdio: ['ignore', 'ignore', 'pipe'],
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
+    child.stdout!.resume();
     await new Promise<void>((resolve, reject) => {
       let out = '';
-      worker!.stderr!.on('data', (d) => {
+      child.stderr!.on('data', (d) => {
         out += d;
         if (out.includes('sandbox worker started')) resolve();
       });
-      worker!.once('exit', (code) => reject(new Error(`worker exited (${code}): ${out}`)));
+      child.once('exit', (code) => reject(new Error(`worker exited (${code}): ${out}`)));
     });
+    return child;
+  };
+  const stopWorker = async () => {
+    if (worker && worker.exitCode === null) {
+      const exited = new Promise((r) => worker!.once('exit', r));
+      worker.kill('SIGTERM');
+      await exited;
+    }
+    worker = null;
+  };
+  /** The pool's running containers (a used one is removed when its session ends). */
+  const warmReady = async (n: number) => {
+    const deadline = performance.now() + 60_000;
+    for (;;) {
+      const c = await docker.listContainers({ filters: { label: [`loki.worker=${WORKER_ID}`, 'loki.pool=1'] } });
+      if (c.length >= n) return;
+      if (performance.now() > deadline) throw new Error(`the warm pool did not reach ${n} containers within 60 s`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  try {
+    worker = await startWorker(0);
     const client = new LokiClient({ url: server.url });
 
     /** POST → first stored output line, then wait for the session to end. */
-    const lokiRound = async (): Promise<number> => {
+    const lokiRound = async (workspace = ws): Promise<number> => {
       let resolveFirst!: (t: number) => void;
       const first = new Promise<number>((r) => {
         resolveFirst = r;
@@ -161,7 +307,7 @@ async function main() {
       const unsubscribe = events.subscribe(check);
       try {
         t0 = performance.now();
-        id = (await client.createSession({ workspace: ws, prd: 'prd.md', sandbox: true })).id;
+        id = (await client.createSession({ workspace, prd: 'prd.md', sandbox: true })).id;
         check();
         const ended = (async () => {
           const deadline = performance.now() + 60_000;
@@ -217,6 +363,36 @@ async function main() {
     const leftover = await docker.listContainers({ all: true, filters: { label: [`loki.worker=${WORKER_ID}`] } });
     const leftoverCli = await docker.listContainers({ all: true, filters: { ancestor: [IMAGE] } });
     const leftoverWorktrees = existsSync(path.join(home, 'worktrees')) ? readdirSync(path.join(home, 'worktrees')).length : 0;
+
+    // 4. The warm pool: the same rounds with sessions attached to pooled containers.
+    await stopWorker();
+    worker = await startWorker(WARM);
+    await warmReady(WARM);
+    const warmLoki: number[] = [];
+    const warmCli: number[] = [];
+    await lokiRound();
+    await warmReady(WARM);
+    for (let i = 0; i < rounds; i++) {
+      warmLoki.push(await lokiRound());
+      warmCli.push(await dockerRunFirstOutput());
+      await warmReady(WARM);
+    }
+    await stopWorker();
+    const warmLeft = await docker.listContainers({ all: true, filters: { label: [`loki.worker=${WORKER_ID}`] } });
+
+    // 5. gVisor (fresh containers).
+    worker = await startWorker(0);
+    await lokiRound(wsRunsc);
+    await dockerRunFirstOutput('runsc');
+    const runscLoki: number[] = [];
+    const runscCli: number[] = [];
+    for (let i = 0; i < runscRounds; i++) {
+      runscLoki.push(await lokiRound(wsRunsc));
+      runscCli.push(await dockerRunFirstOutput('runsc'));
+    }
+    await stopWorker();
+
+    const egress = await egressBench(home);
     const worktrees = await worktreeBench(home);
 
     const lokiStats = stats(loki);
@@ -234,6 +410,27 @@ async function main() {
         target: 'loki p50 <= 1.0 x docker run p50',
         target_met: lokiStats.p50 <= cliStats.p50,
       },
+      warm_pool_start_to_first_output_ms: (() => {
+        const l = stats(warmLoki);
+        const c = stats(warmCli);
+        return {
+          rounds,
+          warm: WARM,
+          loki_session_pooled: l,
+          docker_run_cli: c,
+          ratio_p50: Number((l.p50 / c.p50).toFixed(3)),
+          fresh_vs_pooled_p50: Number((lokiStats.p50 / l.p50).toFixed(3)),
+          leftover_containers_after_sigterm: warmLeft.length,
+          target: 'pooled p50 <= 0.6 x docker run p50, 0 containers after SIGTERM',
+          target_met: l.p50 <= 0.6 * c.p50 && warmLeft.length === 0,
+        };
+      })(),
+      runsc_start_to_first_output_ms: (() => {
+        const l = stats(runscLoki);
+        const c = stats(runscCli);
+        return { rounds: runscRounds, loki_session: l, docker_run_cli: c, ratio_p50: Number((l.p50 / c.p50).toFixed(3)), pooled: false };
+      })(),
+      egress,
       throughput: {
         sessions: sessionsCount,
         concurrency,
@@ -250,11 +447,7 @@ async function main() {
     };
     process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   } finally {
-    if (worker && worker.exitCode === null) {
-      const exited = new Promise((r) => worker!.once('exit', r));
-      worker.kill('SIGTERM');
-      await exited;
-    }
+    await stopWorker();
     await server.stop();
     rmSync(home, { recursive: true, force: true });
     rmSync(roots, { recursive: true, force: true });

@@ -15,20 +15,20 @@
 //
 // In a warm-pool container it is the main process before any session exists:
 //
-//	loki-forward -listen 127.0.0.1:3128 -socket /run/loki/egress.sock -wait
+//	loki-forward -listen 127.0.0.1:3128 -socket /run/loki/egress.sock -control /run/loki/control.sock
 //
-// listens at once (the session's proxy socket appears later; a connection before
-// it fails), runs no child and waits. The agent is started with `docker exec`.
-// On SIGTERM, SIGINT, SIGHUP or SIGQUIT it passes the signal to every process it
-// may signal (the agent runs as the same user), waits until they are all gone,
-// then exits 0, so the container's stop gives the agent its grace period. It does
-// that only as a non-root user whose parent is PID 1 (the container's init); run
-// anywhere else (as root, or on a host) it just exits on the signal.
+// listens at once, dials the worker's control socket (made by the worker in the
+// slot's directory before the container started) and waits for one launch message,
+// a JSON line {"argv": [...], "env": [...], "dir": "/workspace"}; then it runs that command in that directory with the
+// container's own environment plus those entries, as above. Closing the control socket or a signal before the
+// message ends it with 0 and nothing started.
 //
 // Static, stdlib only: CGO_ENABLED=0 GO111MODULE=off go build -trimpath -ldflags='-s -w'.
 package main
 
 import (
+	"bufio"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -36,6 +36,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -104,86 +105,129 @@ func exitCode(ws syscall.WaitStatus) int {
 	return ws.ExitStatus()
 }
 
-// waitMode: the idle main process of a pooled container (see the package comment).
-func waitMode(listen, socketPath string) {
-	signals := make(chan os.Signal, 8)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		fail(exitSetup, "cannot listen on %s: %v", listen, err)
+// launchMessage is what the worker sends over the control socket: the agent's argv
+// and the session's environment entries.
+type launchMessage struct {
+	Argv []string `json:"argv"`
+	Env  []string `json:"env"`
+	// Dir is resolved again at launch: the session's worktree was mounted over the
+	// workspace after this process started, and its own working directory is the
+	// directory underneath.
+	Dir string `json:"dir"`
+}
+
+// maxLaunchBytes bounds the launch message (a prompt of 96 KiB plus the environment).
+const maxLaunchBytes = 1 << 20
+
+// mergeEnv: the container's own environment (the image's, Docker's PATH, HOME) with
+// the session's entries replacing or adding by name, as a fresh container gets it.
+func mergeEnv(base, session []string) []string {
+	name := func(kv string) string {
+		if i := strings.IndexByte(kv, '='); i >= 0 {
+			return kv[:i]
+		}
+		return kv
 	}
-	go serve(ln, socketPath)
-	sig := (<-signals).(syscall.Signal)
-	// kill(-1, sig) reaches every process this user may signal. That is the agent only
-	// inside a pool container: a non-root user whose parent is the container's init
-	// (PID 1 of its own PID namespace). Anywhere else (a host, a root user) it would
-	// reach processes that are none of its business: then it only exits.
-	if os.Getuid() == 0 || os.Getppid() != 1 {
+	set := map[string]bool{}
+	for _, kv := range session {
+		set[name(kv)] = true
+	}
+	out := make([]string, 0, len(base)+len(session))
+	for _, kv := range base {
+		if !set[name(kv)] {
+			out = append(out, kv)
+		}
+	}
+	return append(out, session...)
+}
+
+// awaitLaunch dials the worker's control socket and reads one launch message (a JSON
+// line). The connection stays open: when the worker closes it before sending, the
+// slot is being removed, and this exits 0 without starting anything.
+func awaitLaunch(controlPath string) launchMessage {
+	var conn net.Conn
+	var err error
+	for i := 0; i < 200; i++ {
+		conn, err = net.DialTimeout("unix", controlPath, dialTimeout)
+		if err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		fail(exitSetup, "control socket %s: %v", controlPath, err)
+	}
+	line, err := bufio.NewReaderSize(io.LimitReader(conn, maxLaunchBytes), 64*1024).ReadBytes('\n')
+	conn.Close()
+	if err != nil && len(line) == 0 {
 		os.Exit(0)
 	}
-	_ = syscall.Kill(-1, sig)
-	for {
-		// Reap what is ours; the rest belongs to the container's init.
-		var ws syscall.WaitStatus
-		for {
-			pid, _ := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
-			if pid <= 0 {
-				break
-			}
-		}
-		if err := syscall.Kill(-1, 0); err == syscall.ESRCH {
-			os.Exit(0)
-		}
-		select {
-		case s := <-signals:
-			_ = syscall.Kill(-1, s.(syscall.Signal))
-		case <-time.After(20 * time.Millisecond):
-		}
+	var msg launchMessage
+	if err := json.Unmarshal(line, &msg); err != nil || len(msg.Argv) == 0 || msg.Argv[0] == "" || !strings.HasPrefix(msg.Dir, "/") {
+		fail(exitSetup, "control socket %s: not a launch message", controlPath)
 	}
+	return msg
 }
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:3128", "TCP address to listen on (loopback)")
 	socketPath := flag.String("socket", "/run/loki/egress.sock", "Unix socket of the egress proxy")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: loki-forward -listen 127.0.0.1:3128 -socket /run/loki/egress.sock -- <command> [args...]\n       loki-forward -listen 127.0.0.1:3128 -socket /run/loki/egress.sock -wait")
+		fmt.Fprintln(os.Stderr, "usage: loki-forward -listen 127.0.0.1:3128 -socket /run/loki/egress.sock -- <command> [args...]\n       loki-forward -listen 127.0.0.1:3128 -socket /run/loki/egress.sock -control /run/loki/control.sock")
 	}
-	wait := flag.Bool("wait", false, "run no command: listen, wait for a signal, pass it on to every process, exit when they are gone")
+	control := flag.String("control", "", "pool mode: take the command and environment from the worker over this Unix socket")
 	flag.Parse()
 	argv := flag.Args()
-	if *wait {
-		if len(argv) != 0 {
-			fail(2, "-wait takes no command")
-		}
-		waitMode(*listen, *socketPath)
+	env := os.Environ()
+	dir := ""
+	if *control != "" && len(argv) != 0 {
+		fail(2, "-control takes no command")
 	}
-	if len(argv) == 0 {
+	if *control == "" && len(argv) == 0 {
 		flag.Usage()
 		os.Exit(2)
 	}
 
-	st, err := os.Stat(*socketPath)
-	if err != nil {
-		fail(exitSetup, "egress socket %s is missing: %v", *socketPath, err)
-	}
-	if st.Mode()&os.ModeSocket == 0 {
-		fail(exitSetup, "egress socket %s is not a socket", *socketPath)
-	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		fail(exitSetup, "cannot listen on %s: %v", *listen, err)
 	}
-	go serve(ln, *socketPath)
+	if *control != "" {
+		// A signal while waiting: the slot is being removed; nothing to pass on.
+		idle := make(chan os.Signal, 1)
+		signal.Notify(idle, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
+		launched := make(chan struct{})
+		go func() {
+			select {
+			case <-idle:
+				os.Exit(0)
+			case <-launched:
+			}
+		}()
+		msg := awaitLaunch(*control)
+		signal.Stop(idle)
+		close(launched)
+		argv, env, dir = msg.Argv, mergeEnv(os.Environ(), msg.Env), msg.Dir
+	}
 
 	// Subscribe before the child exists so no signal is lost in between.
 	signals := make(chan os.Signal, 8)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
+	// The proxy socket must be there now (in pool mode the session's proxy made it
+	// before sending the launch message), unless the session has no egress.
+	if st, err := os.Stat(*socketPath); err == nil && st.Mode()&os.ModeSocket == 0 {
+		fail(exitSetup, "egress socket %s is not a socket", *socketPath)
+	} else if err != nil && *control == "" {
+		fail(exitSetup, "egress socket %s is missing: %v", *socketPath, err)
+	}
+	go serve(ln, *socketPath)
 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin = os.Stdin
 	cmd.Stdout = os.Stdout
 	cmd.Stderr = os.Stderr
-	cmd.Env = os.Environ()
+	cmd.Env = env
+	cmd.Dir = dir
 	if err := cmd.Start(); err != nil {
 		code := exitSetup
 		if _, ok := err.(*exec.Error); ok || os.IsNotExist(err) {

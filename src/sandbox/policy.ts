@@ -76,7 +76,7 @@ export interface PolicyContext {
    * /run/loki) and the forwarder binary (mounted read-only at /opt/loki). The agent
    * runs under the forwarder, which listens on 127.0.0.1:3128 inside the container.
    */
-  egress?: { socketDir: string; forwarder: string; waitOnly?: boolean };
+  egress?: { socketDir: string; forwarder: string; control?: boolean };
   /** The prompt built from the PRD, for a preset's `{prompt}`. */
   prompt?: string;
 }
@@ -197,7 +197,7 @@ export function containerOptions(p: SessionPolicy, ctx: PolicyContext): Containe
   let cmd = argv;
   if (ctx.egress) {
     binds.push(`${ctx.egress.socketDir}:${EGRESS_SOCKET_DIR}:ro`, `${ctx.egress.forwarder}:${FORWARDER_PATH}:ro`);
-    cmd = ctx.egress.waitOnly ? forwarderWaitArgv() : [...forwarderArgv(), '--', ...argv];
+    cmd = ctx.egress.control ? forwarderControlArgv() : [...forwarderArgv(), '--', ...argv];
   }
   return {
     Image: p.image,
@@ -239,8 +239,9 @@ export function containerOptions(p: SessionPolicy, ctx: PolicyContext): Containe
 }
 
 const forwarderArgv = () => [FORWARDER_PATH, '-listen', PROXY_LISTEN, '-socket', `${EGRESS_SOCKET_DIR}/egress.sock`];
-/** A warm-pool container's main process: the forwarder listening, no agent yet (it is started with `docker exec`). */
-const forwarderWaitArgv = () => [...forwarderArgv(), '-wait'];
+export const CONTROL_SOCKET = `${EGRESS_SOCKET_DIR}/control.sock`;
+/** A warm-pool container's main process: the forwarder, waiting for the agent's argv and environment on the control socket. */
+const forwarderControlArgv = () => [...forwarderArgv(), '-control', CONTROL_SOCKET];
 
 /**
  * The agent's argv and environment in the container: the provider's argv, `HOME=/tmp`

@@ -2,13 +2,15 @@
  * The warm pool: a worker keeps `size` containers of its default image and policy
  * created and started ahead of time, so a session skips container create and start.
  *
- * A pooled container runs the egress forwarder in `-wait` mode as its main process
+ * A pooled container runs the egress forwarder in `-control` mode as its main process
  * (under Docker's init), with the same hardening as any session container. Its
  * workspace is `<slot>/work`, bound into it with slave propagation: when a session
  * takes the slot, the worker bind-mounts the session's private worktree onto that
  * directory and the container sees it at /workspace. The session's proxy socket goes
- * into `<slot>/egress` (bound at /run/loki). The agent is then started with `docker
- * exec`, with the session's argv, environment and user.
+ * into `<slot>/egress` (bound at /run/loki), next to the slot's control socket: the
+ * forwarder dialled it at start and waits there for one launch message (the agent's
+ * argv and environment); it then runs the agent exactly as a fresh container's
+ * forwarder would, so exit codes, OOM kills and stop signals behave the same.
  *
  * A session takes a pooled container only when everything Docker fixes at create
  * time (image, user, runtime, limits, capabilities, network, binds) is exactly what
@@ -17,7 +19,8 @@
  * the background. `close` removes every idle one (0 left).
  */
 import { randomBytes } from 'node:crypto';
-import { chownSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import type Docker from 'dockerode';
 import type { SessionPolicy } from '../sessions/api';
@@ -44,6 +47,8 @@ export interface PoolSlot {
   containerId: string;
   /** The container's init process on the host (its mount table is read before the agent starts). */
   pid: number;
+  /** The forwarder's connection to the slot's control socket: the launch message goes here. */
+  control: net.Socket;
   /** What Docker fixed at create time (see `poolShape`). */
   shape: string;
 }
@@ -69,6 +74,13 @@ export interface WarmPoolOptions {
 }
 
 const SHAPE_SLOT = '/pool-slot';
+/** How long a new warm container's forwarder has to dial the control socket. */
+const CONTROL_CONNECT_MS = 20_000;
+
+const delay = (ms: number) =>
+  new Promise<void>((resolve) => {
+    setTimeout(resolve, ms).unref();
+  });
 
 const messageOf = (err: unknown) => redactString(err instanceof Error ? err.message : String(err));
 
@@ -80,7 +92,7 @@ function slotContext(o: Pick<WarmPoolOptions, 'workerId' | 'forwarderPath' | 'co
     workspace: path.join(dir, 'work'),
     prd: 'prd.md',
     env: {},
-    egress: { socketDir: path.join(dir, 'egress'), forwarder: o.forwarderPath, waitOnly: true },
+    egress: { socketDir: path.join(dir, 'egress'), forwarder: o.forwarderPath, control: true },
   };
 }
 
@@ -264,6 +276,21 @@ export class WarmPool {
       mkdirSync(egressDir, { mode: 0o755 });
       const owner = parseUser(this.o.template.user);
       chownSync(workDir, owner.uid, owner.gid);
+      // The control socket: the forwarder in the container dials it and waits for the launch message.
+      const controlServer = net.createServer();
+      const connected = new Promise<net.Socket>((resolve, reject) => {
+        controlServer.once('connection', (c) => {
+          controlServer.close();
+          resolve(c);
+        });
+        controlServer.once('error', reject);
+      });
+      connected.catch(() => undefined);
+      await new Promise<void>((resolve, reject) => {
+        controlServer.once('error', reject);
+        controlServer.listen(path.join(egressDir, 'control.sock'), () => resolve());
+      });
+      chmodSync(path.join(egressDir, 'control.sock'), 0o666);
       const opts = containerOptions(this.o.template, slotContext(this.o, dir, id));
       const binds = opts.HostConfig!.Binds!;
       binds[0] = `${workDir}:${CONTAINER_WORKSPACE}:rw,rslave`;
@@ -277,10 +304,28 @@ export class WarmPool {
       const container = await this.o.docker.createContainer(create);
       try {
         await container.start();
+        const control = await Promise.race([
+          connected,
+          delay(CONTROL_CONNECT_MS).then(() => {
+            throw new Error(`the warm container's forwarder did not connect within ${CONTROL_CONNECT_MS / 1000} s`);
+          }),
+        ]);
         const info = await container.inspect();
         if (!info.State.Running || !info.State.Pid) throw new Error(`the warm container exited at once (exit code ${info.State.ExitCode})`);
-        return { id, dir, workDir, egressDir, containerId: container.id, pid: info.State.Pid, shape: this.shape };
+        const slot: PoolSlot = { id, dir, workDir, egressDir, containerId: container.id, pid: info.State.Pid, control, shape: this.shape };
+        control.on('error', () => undefined);
+        // A forwarder gone before its session (killed, OOM while idle): the slot is dead.
+        control.once('close', () => {
+          const i = this.ready.indexOf(slot);
+          if (i === -1) return;
+          this.ready.splice(i, 1);
+          this.o.logger.warn('a warm container went away while idle; replacing it', { slot: id, container_id: container.id });
+          void this.destroy(slot).catch(() => undefined);
+          this.fill();
+        });
+        return slot;
       } catch (err) {
+        controlServer.close();
         await removeContainer(container).catch(() => undefined);
         throw err;
       }
@@ -292,7 +337,21 @@ export class WarmPool {
     }
   }
 
+  /**
+   * Start the agent in a taken slot: its argv and whole environment go to the
+   * forwarder (one JSON line), which runs it as the container's command would.
+   */
+  launch(slot: PoolSlot, proc: { argv: string[]; env: string[] }): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (slot.control.destroyed) return reject(new Error('the warm container is gone (its forwarder closed the control socket)'));
+      // The directory by name: the worktree was mounted over it after the forwarder started.
+      slot.control.end(`${JSON.stringify({ argv: proc.argv, env: proc.env, dir: CONTAINER_WORKSPACE })}\n`, () => resolve());
+      slot.control.once('error', reject);
+    });
+  }
+
   private async destroy(slot: PoolSlot): Promise<void> {
+    slot.control.destroy();
     await removeContainer(this.o.docker.getContainer(slot.containerId));
     await this.removeSlotDir(slot.dir);
   }

@@ -37,12 +37,12 @@ import { redactString, secretRedactor } from '../util/redact';
 import { createBudgetTracker } from './budget';
 import type { SessionPolicy } from '../sessions/api';
 import { FORBIDDEN_ENV, providerArgv } from './config';
-import { DEFAULT_KILL_GRACE_MS, isGoneOrStopped, killWithGrace, removeContainer } from './docker';
+import { DEFAULT_KILL_GRACE_MS, killWithGrace, removeContainer } from './docker';
 import type { GitOptions } from './git';
 import { createOutputCollector, DEFAULT_MAX_OUTPUT_BYTES, type OutputCollector, type OutputStream } from './output';
 import { type EgressProxy, startEgressProxy } from './egress';
 import { bindMount } from './mounts';
-import { CONTAINER_WORKSPACE, containerOptions, type PolicyContext, parseUser, sessionProcess } from './policy';
+import { containerOptions, type PolicyContext, parseUser, sessionProcess } from './policy';
 import { checkWorkspaceMount, type PoolSlot, type WarmPool } from './pool';
 import { buildPrompt, MAX_PROMPT_PRD_BYTES, PROMPT_PLACEHOLDER } from './providers';
 import {
@@ -302,12 +302,56 @@ function streamDone(stream: NodeJS.ReadableStream): Promise<void> {
   });
 }
 
+/** A container ready to run the session: how to begin it and how to get rid of it. */
+interface PreparedContainer {
+  container: Docker.Container;
+  image: string;
+  pooled: boolean;
+  /** Start the agent (a fresh container: start it; a pooled one: send the launch message). */
+  begin(): Promise<void>;
+  /** Remove the container (and, for a pooled one, its slot). */
+  remove(): Promise<void>;
+}
+
+/** A fresh container for the session, or null with the failure reported. */
+async function createFresh(
+  hooks: SessionHooks,
+  options: RunnerOptions,
+  createOptions: Docker.ContainerCreateOptions,
+): Promise<PreparedContainer | { error: string }> {
+  try {
+    const container = await options.docker!.createContainer(createOptions);
+    return {
+      container,
+      image: String(createOptions.Image),
+      pooled: false,
+      begin: () => container.start(),
+      remove: () => removeContainer(container),
+    };
+  } catch (err) {
+    const error = `container create failed: ${messageOf(err)}`;
+    hooks.onEvent('session_error', { message: error });
+    return { error };
+  }
+}
+
+function pooledContainer(options: RunnerOptions, slot: PoolSlot, image: string, proc: { argv: string[]; env: string[] }): PreparedContainer {
+  const pool = options.pool!;
+  return {
+    container: options.docker!.getContainer(slot.containerId),
+    image,
+    pooled: true,
+    begin: () => pool.launch(slot, proc),
+    remove: () => pool.release(slot),
+  };
+}
+
 async function runInContainer(
   spec: SessionSpec,
   hooks: SessionHooks,
   options: RunnerOptions,
   worktree: Worktree,
-  createOptions: Docker.ContainerCreateOptions,
+  prepare: () => Promise<PreparedContainer | { error: string }>,
 ): Promise<RunSummary & { containerId?: string }> {
   const docker = options.docker!;
   const graceMs = options.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
@@ -315,16 +359,12 @@ async function runInContainer(
     hooks.onEvent('stop_requested', {});
     return { outcome: 'stopped', exitCode: null, spentUsd: 0, outputTruncated: false };
   }
-  let container: Docker.Container;
-  try {
-    container = await docker.createContainer(createOptions);
-  } catch (err) {
-    const error = `container create failed: ${messageOf(err)}`;
-    hooks.onEvent('session_error', { message: error });
-    return { outcome: 'failed', exitCode: null, spentUsd: 0, outputTruncated: false, error };
-  }
+  const prepared = await prepare();
+  if ('error' in prepared) return { outcome: 'failed', exitCode: null, spentUsd: 0, outputTruncated: false, error: prepared.error };
+  const { container, pooled } = prepared;
   const containerId = container.id;
-  hooks.onEvent('container_created', { container_id: containerId, image: createOptions.Image });
+  const flag = pooled ? { pooled: true } : {};
+  hooks.onEvent('container_created', { container_id: containerId, image: prepared.image, ...flag });
   try {
     const summary = await supervise(spec, hooks, options, worktree, async (collector) => {
       const stream = (await container.attach({ stream: true, stdout: true, stderr: true })) as NodeJS.ReadableStream & {
@@ -333,7 +373,7 @@ async function runInContainer(
       const drained = streamDone(stream);
       docker.modem.demuxStream(stream, sink(collector, 'stdout'), sink(collector, 'stderr'));
       try {
-        await container.start();
+        await prepared.begin();
       } catch (err) {
         stream.destroy?.();
         throw new Error(`container start failed: ${messageOf(err)}`);
@@ -344,7 +384,7 @@ async function runInContainer(
       const waited: Promise<{ StatusCode?: number }> = container.wait({ condition: 'not-running' });
       waited.catch(() => undefined);
       let terminated = false;
-      hooks.onEvent('container_started', { container_id: containerId });
+      hooks.onEvent('container_started', { container_id: containerId, ...flag });
       const exited = (async (): Promise<ExitInfo> => {
         const status = await waited;
         await Promise.race([drained, delay(DRAIN_MS)]);
@@ -374,101 +414,7 @@ async function runInContainer(
     return { ...summary, containerId };
   } finally {
     try {
-      await removeContainer(container);
-      hooks.onEvent('container_removed', { container_id: containerId });
-    } catch (err) {
-      hooks.onEvent('session_error', { message: `container remove failed: ${messageOf(err)}`, container_id: containerId });
-    }
-  }
-}
-
-/** How often a pooled session's exec is checked for its end while its output stays open. */
-const EXEC_POLL_MS = 250;
-
-/**
- * Run the agent in a warm-pool container (`docker exec` with the session's argv,
- * environment and user). When the agent exits, the container is killed (whatever it
- * left running goes with it) and inspected for an OOM kill; the pool removes it.
- */
-async function runInPooled(
-  spec: SessionSpec,
-  hooks: SessionHooks,
-  options: RunnerOptions,
-  worktree: Worktree,
-  slot: PoolSlot,
-  proc: { argv: string[]; env: string[] },
-): Promise<RunSummary & { containerId?: string }> {
-  const docker = options.docker!;
-  const pool = options.pool!;
-  const graceMs = options.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
-  const containerId = slot.containerId;
-  const container = docker.getContainer(containerId);
-  hooks.onEvent('container_created', { container_id: containerId, image: spec.policy.image, pooled: true });
-  try {
-    const summary = await supervise(spec, hooks, options, worktree, async (collector) => {
-      const waited: Promise<{ StatusCode?: number }> = container.wait({ condition: 'not-running' });
-      waited.catch(() => undefined);
-      let exec: Docker.Exec;
-      let stream: NodeJS.ReadableStream & { destroy?: () => void };
-      try {
-        exec = await container.exec({
-          Cmd: proc.argv,
-          Env: proc.env,
-          User: spec.policy.user,
-          WorkingDir: CONTAINER_WORKSPACE,
-          AttachStdin: false,
-          AttachStdout: true,
-          AttachStderr: true,
-          Tty: false,
-        });
-        stream = (await exec.start({ hijack: true, stdin: false })) as typeof stream;
-      } catch (err) {
-        throw new Error(`starting the agent in the warm container failed: ${messageOf(err)}`);
-      }
-      const drained = streamDone(stream);
-      docker.modem.demuxStream(stream, sink(collector, 'stdout'), sink(collector, 'stderr'));
-      hooks.onEvent('container_started', { container_id: containerId, pooled: true });
-      let terminated = false;
-      const exited = (async (): Promise<ExitInfo> => {
-        // The exec ends when the agent does; its output can stay open longer (a child
-        // it left behind), so its state is what counts.
-        let state = await exec.inspect();
-        while (state.Running) {
-          await Promise.race([drained, delay(EXEC_POLL_MS), waited.catch(() => undefined)]);
-          state = await exec.inspect();
-          if (state.Running && (await container.inspect()).State.Running !== true) break;
-        }
-        await Promise.race([drained, delay(DRAIN_MS)]);
-        stream.destroy?.();
-        try {
-          await container.kill({ signal: 'SIGKILL' });
-        } catch (err) {
-          if (!isGoneOrStopped(err)) throw err;
-        }
-        await waited.catch(() => undefined);
-        let info = await container.inspect();
-        const killedBy137 = state.ExitCode === 137 && !terminated;
-        // Docker records an OOM kill from an event of its own that can land late.
-        for (let i = 0; i < 5 && killedBy137 && info.State.OOMKilled !== true; i++) {
-          await delay(100);
-          info = await container.inspect();
-        }
-        const exit = { exitCode: typeof state.ExitCode === 'number' ? state.ExitCode : null, oomKilled: info.State.OOMKilled === true };
-        hooks.onEvent('container_exited', { container_id: containerId, exit_code: exit.exitCode, oom_killed: exit.oomKilled });
-        return exit;
-      })();
-      return {
-        exited,
-        terminate: async () => {
-          terminated = true;
-          await killWithGrace(container, waited, graceMs);
-        },
-      };
-    });
-    return { ...summary, containerId };
-  } finally {
-    try {
-      await pool.release(slot);
+      await prepared.remove();
       hooks.onEvent('container_removed', { container_id: containerId });
     } catch (err) {
       hooks.onEvent('session_error', { message: `container remove failed: ${messageOf(err)}`, container_id: containerId });
@@ -833,11 +779,13 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
 
   let summary: RunSummary & { containerId?: string };
   try {
-    summary = slot && pooledProc
-      ? await runInPooled(spec, hooks, options, worktree, slot, pooledProc)
-      : createOptions
-        ? await runInContainer(spec, hooks, options, worktree, createOptions)
-        : await runAsProcess(spec, hooks, options, worktree, argv);
+    if (slot && pooledProc) {
+      const [s, proc] = [slot, pooledProc];
+      summary = await runInContainer(spec, hooks, options, worktree, async () => pooledContainer(options, s, spec.policy.image, proc));
+    } else if (createOptions) {
+      const create = createOptions;
+      summary = await runInContainer(spec, hooks, options, worktree, () => createFresh(hooks, options, create));
+    } else summary = await runAsProcess(spec, hooks, options, worktree, argv);
   } catch (err) {
     summary = { outcome: 'failed', exitCode: null, spentUsd: 0, outputTruncated: false, error: messageOf(err) };
     hooks.onEvent('session_error', { message: summary.error });

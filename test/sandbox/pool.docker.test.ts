@@ -124,7 +124,7 @@ describeDocker('the warm pool', probe, (docker: Docker) => {
       expect(info.Config.User).toBe('1000:1000');
       expect(info.Config.Env).toEqual(expect.arrayContaining(['HOME=/tmp']));
       expect(info.Config.Env!.some((e) => e.startsWith('ANTHROPIC_API_KEY'))).toBe(false);
-      expect(info.Config.Cmd).toEqual(['/opt/loki/loki-forward', '-listen', '127.0.0.1:3128', '-socket', '/run/loki/egress.sock', '-wait']);
+      expect(info.Config.Cmd).toEqual(['/opt/loki/loki-forward', '-listen', '127.0.0.1:3128', '-socket', '/run/loki/egress.sock', '-control', '/run/loki/control.sock']);
       const slot = info.Config.Labels!['loki.session']!;
       const hc = info.HostConfig;
       const expected = expectedHostConfig({ workspace: path.join(home, 'pool', slot, 'work'), memoryBytes: 64 * MiB, nanoCpus: 1e9 });
