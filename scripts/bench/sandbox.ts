@@ -21,15 +21,16 @@
  * 6. Egress: MB/s of a 256 MiB download from a loopback origin through the session
  *    proxy (CONNECT over its Unix socket) and through the in-container forwarder
  *    (loki-forward on a loopback port, piping to the proxy) against a direct loopback
- *    transfer, in one run (target: proxied at least 0.5x direct); --egress-mb N.
+ *    transfer, in one run (target: proxied at least 0.5x direct); --egress-mb N. The
+ *    origin and the client are another process (scripts/bench/egress-peer.ts).
  *
  * Both 1 and 2 include the worktree step (a two-file workspace). Options: --rounds N,
  * --sessions N, --concurrency N, --files N, --wt-rounds N. Prints JSON.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
+import readline from 'node:readline';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Docker from 'dockerode';
@@ -122,56 +123,23 @@ async function worktreeBench(home: string) {
   return { files: repoFiles, rounds: wtRounds, create_ms: stats(create), commit_ms: stats(commit), remove_ms: stats(remove) };
 }
 
-/** Read `bytes` from a socket after `head` (an HTTP answer's header, when proxied), in ms. */
-function download(connect: () => net.Socket, bytes: number, request: string | null): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const sock = connect();
-    let got = 0;
-    let headDone = request === null;
-    let head = '';
-    sock.once('error', reject);
-    sock.once('connect', () => {
-      if (request !== null) sock.write(request);
-    });
-    sock.on('data', (d: Buffer) => {
-      if (!headDone) {
-        head += d.toString('latin1');
-        const end = head.indexOf('\r\n\r\n');
-        if (end === -1) return;
-        if (!/^HTTP\/1\.[01] 200/.test(head)) return reject(new Error(`proxy refused: ${head.split('\r\n')[0]}`));
-        headDone = true;
-        got += Buffer.byteLength(head.slice(end + 4), 'latin1');
-      } else got += d.length;
-      if (got >= bytes) {
-        sock.destroy();
-        resolve(performance.now() - t0);
-      }
-    });
-    sock.once('close', () => {
-      if (got < bytes) reject(new Error(`connection closed after ${got} of ${bytes} bytes`));
-    });
-  });
-}
-
-/** Direct loopback vs through the egress proxy vs through loki-forward → the proxy, in one run. */
+/**
+ * Direct loopback vs through the egress proxy vs through loki-forward → the proxy,
+ * in one run. The origin and the client run in another process (egress-peer.ts): the
+ * proxy here has a core of its own, as the worker's proxy has beside an agent.
+ */
 async function egressBench(home: string) {
-  const bytes = egressMb * 1024 * 1024;
-  const chunk = Buffer.alloc(1024 * 1024, 0x61);
-  const origin = net.createServer((s) => {
-    s.on('error', () => undefined);
-    let sent = 0;
-    const pump = () => {
-      while (sent < bytes) {
-        sent += chunk.length;
-        if (!s.write(chunk)) return void s.once('drain', pump);
-      }
-      s.end();
-    };
-    pump();
+  const peer = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'scripts', 'bench', 'egress-peer.ts'), String(egressMb)], {
+    stdio: ['pipe', 'pipe', 'inherit'],
   });
-  await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
-  const port = (origin.address() as net.AddressInfo).port;
+  const lines = readline.createInterface({ input: peer.stdout! })[Symbol.asyncIterator]();
+  const next = async () => {
+    const r = await lines.next();
+    if (r.done) throw new Error('the egress peer exited');
+    if (r.value.startsWith('error')) throw new Error(`egress peer: ${r.value}`);
+    return r.value;
+  };
+  const port = Number(await next());
   const dest = `127.0.0.1:${port}`;
   let decisions = 0;
   const proxy = await startEgressProxy({
@@ -183,18 +151,23 @@ async function egressBench(home: string) {
     },
   });
   const fwdPort = await freePort();
-  const forwarder = spawn(FORWARDER, ['-listen', `127.0.0.1:${fwdPort}`, '-socket', proxy.socketPath, '-wait'], { stdio: 'ignore' });
-  const connectReq = `CONNECT ${dest} HTTP/1.1\r\nHost: ${dest}\r\n\r\n`;
+  // The forwarder's own mode: it runs a child (here one that waits) and pipes its port to the proxy.
+  const forwarder = spawn(FORWARDER, ['-listen', `127.0.0.1:${fwdPort}`, '-socket', proxy.socketPath, '--', 'sleep', '3600'], { stdio: 'ignore' });
+  const ask = async (cmd: string) => {
+    peer.stdin!.write(`${cmd}\n`);
+    return Number(await next());
+  };
   try {
     await new Promise((r) => setTimeout(r, 300));
     const direct: number[] = [];
     const proxied: number[] = [];
     const forwarded: number[] = [];
     const rounds = 5;
+    await ask('direct');
     for (let i = 0; i < rounds; i++) {
-      direct.push(await download(() => net.connect(port, '127.0.0.1'), bytes, null));
-      proxied.push(await download(() => net.connect(proxy.socketPath), bytes, connectReq));
-      forwarded.push(await download(() => net.connect(fwdPort, '127.0.0.1'), bytes, connectReq));
+      direct.push(await ask('direct'));
+      proxied.push(await ask(`unix ${proxy.socketPath}`));
+      forwarded.push(await ask(`tcp ${fwdPort}`));
     }
     const mbps = (ms: number[]) => stats(ms.map((m) => egressMb / (m / 1000)));
     const d = mbps(direct);
@@ -214,8 +187,8 @@ async function egressBench(home: string) {
     };
   } finally {
     forwarder.kill('SIGTERM');
+    peer.stdin!.end();
     await proxy.close();
-    await new Promise<void>((r) => origin.close(() => r()));
   }
 }
 
