@@ -77,6 +77,12 @@ describe('pruneAudit', () => {
 });
 
 describe('LOKI_AUDIT_RETENTION_DAYS on a real server', () => {
+  it('is off by default, once an hour when on', () => {
+    const d = { home: '/home/u', cwd: '/w' };
+    expect(loadConfig({}, d)).toMatchObject({ auditRetentionDays: null, auditRetentionIntervalMs: 3_600_000 });
+    expect(loadConfig({ LOKI_AUDIT_RETENTION_DAYS: '90' }, d)).toMatchObject({ auditRetentionDays: 90 });
+  });
+
   it('validates its settings (exit 2, one line naming the variable)', async () => {
     for (const [name, value, allowed] of [
       ['LOKI_AUDIT_RETENTION_DAYS', '0', 'an integer from 1 to 36500'],
