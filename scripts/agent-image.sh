@@ -251,6 +251,9 @@ rm -f "$ROOT/etc/hostname"
 phase "rootfs ready ($(du -sh --exclude=./proc "$ROOT" | cut -f1))"
 
 # --- import -----------------------------------------------------------------------
+# With --force the tag moves to the new image; the old one is removed below unless a
+# container still uses it (no dangling 700 MB images left behind by rebuilds).
+OLD_ID=$(docker image inspect "$IMAGE" --format '{{.Id}}' 2>/dev/null || true)
 LABEL_DESC="debian-$SUITE claude-code-${CLAUDE_VERSION%% *} node-$(in_root node --version)${GEMINI_VERSION:+ gemini-cli-$GEMINI_VERSION}"
 tar --numeric-owner --exclude='./proc/*' --exclude='./sys/*' --exclude='./dev/*' -C "$ROOT" -c . |
   docker import \
@@ -264,5 +267,13 @@ tar --numeric-owner --exclude='./proc/*' --exclude='./sys/*' --exclude='./dev/*'
     --change "LABEL org.opencontainers.image.title=loki-agent org.opencontainers.image.description=\"$LABEL_DESC\"" \
     - "$IMAGE" >/dev/null || fail "docker import failed"
 phase "imported"
+NEW_ID=$(docker image inspect "$IMAGE" --format '{{.Id}}')
+if [ -n "$OLD_ID" ] && [ "$OLD_ID" != "$NEW_ID" ]; then
+  if docker image rm "$OLD_ID" >/dev/null 2>&1; then
+    log "removed the previous $IMAGE (${OLD_ID#sha256:})"
+  else
+    log "the previous $IMAGE (${OLD_ID#sha256:}) is still in use; left in place"
+  fi
+fi
 
 log "built $IMAGE in $(($(date +%s) - T0))s: $(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{ printf "%.0f MB", $1 / 1e6 }'); $LABEL_DESC"

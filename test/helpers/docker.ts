@@ -23,7 +23,8 @@ export async function dockerAvailable(opts: { image?: string } = {}): Promise<Do
   try {
     await docker.getImage(image).inspect();
   } catch {
-    return { ok: false, reason: `image ${image} missing; run scripts/sandbox-image.sh` };
+    const script = image === 'loki-agent:local' ? 'scripts/agent-image.sh' : 'scripts/sandbox-image.sh';
+    return { ok: false, reason: `image ${image} missing; run ${script}` };
   }
   // The probe client has a short timeout; tests get one without.
   return { ok: true, docker: new Docker({ socketPath: DOCKER_SOCKET }) };
