@@ -34,6 +34,8 @@ export interface Config {
   auditRetentionDays: number | null;
   /** `LOKI_AUDIT_RETENTION_INTERVAL_S`: how often the server applies the retention. */
   auditRetentionIntervalMs: number;
+  /** `LOKI_AUDIT_ORIGIN`: the transparency log's checkpoint origin line; null = `loki.<host name>/audit`. */
+  auditOrigin: string | null;
   syslog: null | { host: string; port: number; proto: SyslogProto };
   sandboxMode: boolean;
   branchProtection: boolean;
@@ -253,6 +255,7 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     auditReads: oneOf(env, 'LOKI_AUDIT_READS', ['all', 'failures'] as const, 'all'),
     auditRetentionDays: read(env, 'LOKI_AUDIT_RETENTION_DAYS') === undefined ? null : int(env, 'LOKI_AUDIT_RETENTION_DAYS', 0, 1, 36_500),
     auditRetentionIntervalMs: int(env, 'LOKI_AUDIT_RETENTION_INTERVAL_S', 3_600, 1, 86_400) * 1000,
+    auditOrigin: auditOriginFrom(env),
     syslog: syslogHost ? { host: syslogHost, port: syslogPort, proto: syslogProto } : null,
     sandboxMode: bool(env, 'LOKI_SANDBOX_MODE', false),
     branchProtection: bool(env, 'LOKI_BRANCH_PROTECTION', true),
@@ -299,6 +302,16 @@ function dockerSocketFrom(env: Env): string {
 }
 
 const WORKER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+/** A C2SP checkpoint origin that is also a valid note key name: no spaces, no '+'. */
+function auditOriginFrom(env: Env): string | null {
+  const v = read(env, 'LOKI_AUDIT_ORIGIN');
+  if (v === undefined) return null;
+  if (v.length > 255 || /[\s+]/u.test(v) || /[\x00-\x1f\x7f]/.test(v)) {
+    throw new ConfigError('LOKI_AUDIT_ORIGIN', v, 'a log name of 1 to 255 characters without spaces or "+", such as example.com/audit');
+  }
+  return v;
+}
 
 function workerIdFrom(env: Env): string | null {
   const v = read(env, 'LOKI_WORKER_ID');

@@ -75,7 +75,17 @@ export type VerifyReason =
   | 'truncated'
   | 'checkpoint_mismatch'
   | 'bad_checkpoint_signature'
-  | 'prune_checkpoint_missing';
+  | 'prune_checkpoint_missing'
+  /** A stored Merkle tree hash disagrees with the entries (or a full tile with its parent). */
+  | 'tree_mismatch'
+  /** A checkpoint note for a smaller tree signed after one for a larger tree, or no consistency proof between two notes. */
+  | 'checkpoint_inconsistent'
+  /** The log has a note key but no genesis checkpoint: it was emptied or replaced. */
+  | 'genesis_checkpoint_missing'
+  /** `--witness-key`: the checkpoint lacks a cosignature by that witness. */
+  | 'witness_cosignature_missing'
+  /** `--witness-key`: that witness's cosignature on the checkpoint does not verify. */
+  | 'bad_witness_cosignature';
 
 export interface RangeFailure {
   seq: number;
@@ -98,5 +108,7 @@ export interface VerifyResult {
   first_invalid_seq: number | null;
   reason: VerifyReason | string | null;
   last_hash: string;
-  checkpoint: (CheckpointBody & { jws?: string; verified?: boolean }) | null;
+  checkpoint: (CheckpointBody & { jws?: string; verified?: boolean; note?: string | null }) | null;
+  /** The Merkle tree: leaves stored, its base64 root when it was verified in full, and its state against the log. */
+  tree?: { size: number; root: string | null; state: string } | null;
 }

@@ -6,24 +6,46 @@
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { JWK } from 'jose';
+import { TILE_LEVELS, TileTreeCache, treeEdge, treeStatusOf } from '../db/audit-tiles';
 import type { ChainRow, VerifyResult } from './chain';
 import { type CheckpointSigner, sequentialChecker, verifyStorage } from './log';
+import { nodeTreeHasher } from './node-tlog';
 import { checkpointVerifier } from './signer';
 import type { AuditStorage, StoredCheckpoint, Tip } from './storage';
+import { NoteError, noteVerifier } from './tlog/note';
+import { fromBase64 } from './tlog/sha256';
+import type { NoteVerifier } from './tlog/note';
 
 export interface ExportHeader {
   type: 'header';
   format: 'loki-audit-export/1';
   origin: string | null;
   public_jwk: JWK | null;
+  /** The C2SP note verifier key (`name+id+key`) of the checkpoint notes, when the log has one. */
+  note_vkey?: string | null;
   exported_at: string;
+}
+
+/** One stored tile of the Merkle tree. */
+export interface ExportTile {
+  level: number;
+  n: number;
+  data: Uint8Array;
 }
 
 export class ExportFormatError extends Error {}
 
 /** An in-memory, read-only AuditStorage over parsed export lines. */
-export function memoryStorage(rows: ChainRow[], checkpoints: StoredCheckpoint[]): AuditStorage {
+export function memoryStorage(rows: ChainRow[], checkpoints: StoredCheckpoint[], tiles: ExportTile[] = []): AuditStorage {
   const sorted = [...rows].sort((a, b) => a.seq - b.seq);
+  const tileMap = new Map(tiles.map((t) => [`${t.level}/${t.n}`, t.data]));
+  const readTile = async (level: number, n: number) => tileMap.get(`${level}/${n}`) ?? null;
+  const cache = new TileTreeCache(256, nodeTreeHasher);
+  const lastTiles = () => {
+    const last = new Map<number, ExportTile>();
+    for (const t of tiles) if (t.level < TILE_LEVELS && (!last.get(t.level) || last.get(t.level)!.n < t.n)) last.set(t.level, t);
+    return [...last.values()].map((t) => ({ level: t.level, idx: t.n, hashes: t.data }));
+  };
   const readOnly = async (): Promise<never> => {
     throw new Error('export storage is read-only');
   };
@@ -52,17 +74,38 @@ export function memoryStorage(rows: ChainRow[], checkpoints: StoredCheckpoint[])
     async checkpoints() {
       return checkpoints;
     },
+    async latestNote() {
+      const list = checkpoints.filter((c) => c.note).sort((a, b) => a.size - b.size);
+      return list[list.length - 1] ?? null;
+    },
     async lastSeqBefore() {
       return null;
+    },
+    async treeStatus() {
+      const edge = treeEdge(lastTiles());
+      const last = sorted[sorted.length - 1];
+      const cut = checkpoints.filter((c) => c.kind === 'prune').sort((a, b) => a.size - b.size).pop();
+      return treeStatusOf(edge.size, last?.seq ?? cut?.size ?? 0, sorted[0]?.seq ?? null, edge.intact);
+    },
+    readTile,
+    async tileRange(level, fromN, toN) {
+      return tiles.filter((t) => t.level === level && t.n >= fromN && t.n <= toN).sort((a, b) => a.n - b.n);
+    },
+    async readHashes(indexes) {
+      return cache.readHashes(indexes, readTile);
+    },
+    async syncTree() {
+      return this.treeStatus();
     },
   };
 }
 
-export async function readExport(file: string): Promise<{ header: ExportHeader; rows: ChainRow[]; checkpoints: StoredCheckpoint[] }> {
+export async function readExport(file: string): Promise<{ header: ExportHeader; rows: ChainRow[]; checkpoints: StoredCheckpoint[]; tiles: ExportTile[] }> {
   const rl = createInterface({ input: createReadStream(file, { encoding: 'utf8' }), crlfDelay: Number.POSITIVE_INFINITY });
   let header: ExportHeader | null = null;
   const rows: ChainRow[] = [];
   const checkpoints: StoredCheckpoint[] = [];
+  const tiles: ExportTile[] = [];
   let lineNo = 0;
   for await (const line of rl) {
     lineNo++;
@@ -90,18 +133,23 @@ export async function readExport(file: string): Promise<{ header: ExportHeader; 
         headHash: obj.head_hash,
         time: Number(obj.time ?? 0),
         jws: obj.jws,
+        note: typeof obj.note === 'string' ? obj.note : null,
       });
+    } else if (obj.type === 'tile') {
+      const data = typeof obj.hashes === 'string' ? fromBase64(obj.hashes) : null;
+      if (!Number.isSafeInteger(obj.level) || !Number.isSafeInteger(obj.n) || !data) throw new ExportFormatError(`line ${lineNo}: tile is missing level, n or base64 hashes`);
+      tiles.push({ level: obj.level as number, n: obj.n as number, data });
     } else throw new ExportFormatError(`line ${lineNo}: unknown record type ${JSON.stringify(obj.type)}`);
   }
   if (header?.format !== 'loki-audit-export/1') throw new ExportFormatError('not a Loki audit export (no header line)');
-  return { header, rows, checkpoints };
+  return { header, rows, checkpoints, tiles };
 }
 
 export async function verifyExport(
   file: string,
-  opts: { external?: string | null; publicJwk?: JWK | null; sha256: (s: string) => string },
+  opts: { external?: string | null; publicJwk?: JWK | null; noteKey?: string | null; sha256: (s: string) => string },
 ): Promise<VerifyResult> {
-  const { header, rows, checkpoints } = await readExport(file);
+  const { header, rows, checkpoints, tiles } = await readExport(file);
   const jwk = opts.publicJwk ?? header.public_jwk;
   let signer: CheckpointSigner | null = null;
   if (jwk) {
@@ -115,6 +163,24 @@ export async function verifyExport(
       publicJwk: async () => jwk as Record<string, unknown>,
     };
   }
-  const storage = memoryStorage(rows, checkpoints);
-  return verifyStorage(storage, { signer, external: opts.external ?? null, rangeChecker: sequentialChecker(storage, opts.sha256) });
+  const vkey = opts.noteKey ?? header.note_vkey ?? null;
+  let verifier: NoteVerifier | null = null;
+  if (vkey) {
+    try {
+      verifier = await noteVerifier(vkey);
+    } catch (err) {
+      if (err instanceof NoteError) throw new ExportFormatError(`the note verifier key is not valid (${err.message})`);
+      throw err;
+    }
+  }
+  const storage = memoryStorage(rows, checkpoints, tiles);
+  return verifyStorage(storage, {
+    signer,
+    tlog: verifier ? { verifier } : null,
+    // An export made before notes existed has no genesis checkpoint to require.
+    requireGenesis: Boolean(verifier) && checkpoints.some((c) => c.note),
+    external: opts.external ?? null,
+    hasher: nodeTreeHasher,
+    rangeChecker: sequentialChecker(storage, opts.sha256, nodeTreeHasher),
+  });
 }

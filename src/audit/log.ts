@@ -1,22 +1,19 @@
 /**
- * The audit log service: group commit over an AuditStorage, signed checkpoints,
- * forwarding of committed entries, and verification. Runtime-free; storage,
- * signer, forwarder and the parallel row checker are passed in.
+ * The audit log service: group commit over an AuditStorage, signed checkpoints
+ * (a JWS, and a C2SP signed note of the Merkle tree), forwarding of committed
+ * entries, and verification. Runtime-free; storage, signers, forwarder and the
+ * parallel row checker are passed in.
  *
  * Fail closed: `append` resolves only after the entry's transaction committed;
  * when the storage fails it rejects, and the HTTP layer answers 503.
  */
-import {
-  type AuditEntry,
-  type AuditInput,
-  type CheckpointBody,
-  type ChainRow,
-  checkRun,
-  GENESIS_HASH,
-  type RangeFailure,
-  type VerifyResult,
-} from './chain';
+import type { AuditEntry, AuditInput, CheckpointBody, ChainRow, RangeFailure, VerifyResult } from './chain';
 import type { AuditQuery, AuditStorage, StoredCheckpoint, Tip } from './storage';
+import { defaultHasher, type TreeHasher } from './tlog/merkle';
+import { formatCheckpoint, type NoteSigner, type NoteVerifier, signNote } from './tlog/note';
+import { type ExternalCheckpoint, sequentialChecker, treeRootAt, verifyStorage } from './verify';
+
+export { sequentialChecker, verifyStorage } from './verify';
 
 export interface CheckpointSigner {
   origin: string;
@@ -26,31 +23,55 @@ export interface CheckpointSigner {
   publicJwk(): Promise<Record<string, unknown>>;
 }
 
+/** The C2SP side of checkpoints: the log's origin line and its Ed25519 note key. */
+export interface TlogSigner {
+  origin: string;
+  signer: NoteSigner;
+  verifier: NoteVerifier;
+  /** The verifier key string (`name+id+key`) auditors save. */
+  vkey: string;
+}
+
+/** What is announced for each checkpoint (syslog): the JWS body and the note text. */
+export type CheckpointEvent = CheckpointBody & { note: string | null };
+
+export type CheckpointKind = 'periodic' | 'shutdown' | 'manual' | 'prune' | 'genesis';
+
 export interface CommittedEntry {
   seq: number;
   hash: string;
   input: AuditInput;
 }
 
-/** Scans rows [from, to] and returns the first failure (rows check links inside the range only). */
+/**
+ * Scans rows [from, to] and returns the first failure (rows check links inside
+ * the range only). With `tree`, also each row's leaf against the stored tiles
+ * (for seq ≤ tree.size) and each full level-0 tile starting in the range
+ * against its parent (tree_mismatch).
+ */
 export type RangeChecker = (
   from: number,
   to: number,
   expectedPrev: string,
+  tree?: { size: number },
 ) => Promise<{ failure: RangeFailure | null; count: number; lastHash: string | null }>;
 
 export interface AuditLogOptions {
   storage: AuditStorage;
   enabled: boolean;
   signer?: CheckpointSigner | null;
+  /** The note key: with it every checkpoint is also stored (and announced) as a C2SP signed note. */
+  tlog?: TlogSigner | null;
   onCommitted?: (entries: CommittedEntry[]) => void;
-  onCheckpoint?: (cp: CheckpointBody) => void;
+  onCheckpoint?: (cp: CheckpointEvent) => void;
   onError?: (err: unknown) => void;
   checkpointEvery?: number;
   maxBatch?: number;
   now?: () => number;
   /** Verification: a parallel/async `rangeChecker`, or a synchronous `sha256` for the sequential one. */
   verification: { rangeChecker: RangeChecker } | { sha256: (s: string) => string };
+  /** Tree hashing (Node injects node:crypto; default: the plain TypeScript SHA-256). */
+  hasher?: TreeHasher;
 }
 
 interface Pending {
@@ -85,6 +106,14 @@ export class AuditLog {
 
   get signer(): CheckpointSigner | null {
     return this.opts.signer ?? null;
+  }
+
+  get tlog(): TlogSigner | null {
+    return this.opts.tlog ?? null;
+  }
+
+  get hasher(): TreeHasher {
+    return this.opts.hasher ?? defaultHasher;
   }
 
   stats() {
@@ -148,19 +177,38 @@ export class AuditLog {
     while (this.flushing) await this.flushing;
   }
 
-  /** Sign and store a checkpoint of the current tip (skipped when nothing is new). */
-  async checkpoint(kind: 'periodic' | 'shutdown' | 'manual' | 'prune', at?: Tip): Promise<StoredCheckpoint | null> {
+  /**
+   * The C2SP checkpoint note of the tree at `size` (origin, size, base64 root),
+   * signed with the note key; null without a note key or when the stored tree
+   * does not cover `size` (not yet backfilled, or pruned before it existed).
+   */
+  async signNoteAt(size: number): Promise<string | null> {
+    const tlog = this.opts.tlog;
+    if (!tlog) return null;
+    const tree = await this.opts.storage.treeStatus();
+    if (tree.state === 'damaged' || tree.size < size) return null;
+    const rootHash = await treeRootAt(this.opts.storage, size, this.hasher);
+    return signNote(formatCheckpoint({ origin: tlog.origin, size, rootHash }), [tlog.signer]);
+  }
+
+  /**
+   * Sign and store a checkpoint of the current tip (skipped when nothing is
+   * new): the JWS and, with a note key, the C2SP note, in one row.
+   */
+  async checkpoint(kind: CheckpointKind, at?: Tip): Promise<StoredCheckpoint | null> {
     const signer = this.opts.signer;
     if (!signer) return null;
     const tip = at ?? (await this.opts.storage.tip());
     const latest = await this.opts.storage.latestCheckpoint();
-    if (kind !== 'prune' && kind !== 'manual' && latest && latest.size >= tip.seq) return latest;
-    if (tip.seq === 0 && kind !== 'manual') return null;
+    const forced = kind === 'prune' || kind === 'manual' || kind === 'genesis';
+    if (!forced && latest && latest.size >= tip.seq) return latest;
+    if (tip.seq === 0 && kind !== 'manual' && kind !== 'genesis') return null;
     const body: CheckpointBody = { origin: signer.origin, size: tip.seq, head_hash: tip.hash, time: this.now(), kind };
     const jws = await signer.sign(body);
-    const cp = { kind, size: body.size, headHash: body.head_hash, time: body.time, jws };
+    const note = await this.signNoteAt(tip.seq);
+    const cp = { kind, size: body.size, headHash: body.head_hash, time: body.time, jws, note };
     await this.opts.storage.insertCheckpoint(cp);
-    this.opts.onCheckpoint?.(body);
+    this.opts.onCheckpoint?.({ ...body, note });
     return { id: 0, ...cp };
   }
 
@@ -176,15 +224,31 @@ export class AuditLog {
   }
 
   /**
-   * verifyLogIntegrity: walk the chain and check every link, the signed
-   * checkpoints, truncation against the latest checkpoint and, when given, a
-   * checkpoint the auditor saved earlier.
+   * verifyLogIntegrity: walk the chain and the Merkle tree, check every signed
+   * checkpoint (JWS and note) against them and against each other and, when
+   * given, a checkpoint the auditor saved and witness cosignatures (verify.ts).
    */
-  async verify(opts: { external?: string | null } = {}): Promise<VerifyResult> {
+  async verify(
+    opts: {
+      external?: string | ExternalCheckpoint | null;
+      witnesses?: NoteVerifier[];
+      cosignedNote?: (cp: StoredCheckpoint) => Promise<string | null>;
+      /** The note verifier to trust instead of this log's own key (an auditor's saved key); null: do not check notes. */
+      noteVerifier?: NoteVerifier | null;
+    } = {},
+  ): Promise<VerifyResult> {
+    const verifier = opts.noteVerifier !== undefined ? opts.noteVerifier : (this.opts.tlog?.verifier ?? null);
     return verifyStorage(this.opts.storage, {
       signer: this.opts.signer ?? null,
+      tlog: verifier ? { verifier } : null,
       external: opts.external ?? null,
-      rangeChecker: 'rangeChecker' in this.opts.verification ? this.opts.verification.rangeChecker : sequentialChecker(this.opts.storage, this.opts.verification.sha256),
+      witnesses: opts.witnesses,
+      cosignedNote: opts.cosignedNote,
+      hasher: this.hasher,
+      rangeChecker:
+        'rangeChecker' in this.opts.verification
+          ? this.opts.verification.rangeChecker
+          : sequentialChecker(this.opts.storage, this.opts.verification.sha256, this.hasher),
     });
   }
 }
@@ -192,104 +256,4 @@ export class AuditLog {
 export function entryFromRow(row: ChainRow): AuditEntry & { hash: string; prev_hash: string } {
   const e = JSON.parse(row.entry) as AuditEntry;
   return { ...e, hash: row.hash, prev_hash: row.prevHash };
-}
-
-const CHUNK = 5000;
-
-/** A sequential checker over storage.range; Node swaps in a parallel one. */
-export function sequentialChecker(storage: AuditStorage, sha256: (s: string) => string): RangeChecker {
-  return async (from, to, expectedPrev) => {
-    let prev = expectedPrev;
-    let count = 0;
-    for (let start = from; start <= to; start += CHUNK) {
-      const end = Math.min(to, start + CHUNK - 1);
-      const rows = await storage.range(start, end);
-      const r = checkRun(rows, start, prev, sha256);
-      count += r.count;
-      if (r.failure) return { failure: r.failure, count, lastHash: r.lastHash };
-      if (r.lastSeq !== end) return { failure: { seq: r.lastSeq + 1, reason: 'missing_entry' }, count, lastHash: r.lastHash };
-      prev = r.lastHash ?? prev;
-    }
-    return { failure: null, count, lastHash: prev };
-  };
-}
-
-export async function verifyStorage(
-  storage: AuditStorage,
-  opts: { signer: CheckpointSigner | null; external: string | null; rangeChecker: RangeChecker },
-): Promise<VerifyResult> {
-  const bounds = await storage.bounds();
-  const checkpoints = await storage.checkpoints();
-  const fail = (seq: number | null, reason: string, checked: number, lastHash: string, cp: VerifyResult['checkpoint'] = null): VerifyResult => ({
-    valid: false,
-    entries_checked: checked,
-    first_invalid_seq: seq,
-    reason,
-    last_hash: lastHash,
-    checkpoint: cp,
-  });
-
-  // 1. Where the chain starts: genesis, or the prune checkpoint at the cut (its
-  //    signature is checked with the others below).
-  const first = bounds.first;
-  const last = bounds.last ?? 0;
-  let startPrev = GENESIS_HASH;
-  let startSeq = 1;
-  if (first !== null && first > 1) {
-    const cut = checkpoints.filter((c) => c.kind === 'prune' && c.size === first - 1).pop();
-    if (!cut) return fail(first, 'prune_checkpoint_missing', 0, '');
-    startPrev = cut.headHash;
-    startSeq = first;
-  } else if (first === null) {
-    const cut = checkpoints.filter((c) => c.kind === 'prune').pop();
-    if (cut) {
-      startPrev = cut.headHash;
-      startSeq = cut.size + 1;
-    }
-  }
-
-  // 2. Every link (on worker threads where the runtime has them) while 3. every
-  //    stored checkpoint's signature is checked here.
-  const scan = first !== null ? opts.rangeChecker(startSeq, last, startPrev) : Promise.resolve({ failure: null, count: 0, lastHash: startPrev });
-  const signatures = (async () => {
-    const verified: (StoredCheckpoint & { body: CheckpointBody })[] = [];
-    for (const cp of checkpoints) {
-      const body = opts.signer ? await opts.signer.verify(cp.jws) : null;
-      if (opts.signer && (!body || body.size !== cp.size || body.head_hash !== cp.headHash)) return { kind: 'bad' as const, at: cp.size };
-      verified.push({ ...cp, body: body ?? { origin: '', size: cp.size, head_hash: cp.headHash, time: cp.time, kind: cp.kind } });
-    }
-    let external: (CheckpointBody & { jws: string; verified: boolean }) | null = null;
-    if (opts.external) {
-      const body = opts.signer ? await opts.signer.verify(opts.external) : null;
-      if (!body) return { kind: 'bad' as const, at: null };
-      external = { ...body, jws: opts.external, verified: true };
-    }
-    return { kind: 'ok' as const, verified, external };
-  })();
-  const [r, sig] = await Promise.all([scan, signatures]);
-  if (sig.kind === 'bad') return fail(sig.at, 'bad_checkpoint_signature', 0, '');
-  const { verified, external } = sig;
-  const checked = r.count;
-  if (r.failure) return fail(r.failure.seq, r.failure.reason, checked, r.lastHash ?? '');
-  const lastHash = r.lastHash ?? startPrev;
-  const tipSeq = first === null ? startSeq - 1 : last;
-
-  // 4. Checkpoints against the rows: truncation and rewritten history.
-  const latest = verified.reduce<(typeof verified)[number] | null>((a, c) => (!a || c.size > a.size ? c : a), null);
-  const cpView = (c: typeof latest) => (c ? { ...c.body, jws: c.jws, verified: Boolean(opts.signer) } : null);
-  const toCheck = [...verified.map((c) => ({ size: c.size, head: c.headHash, ext: false })), ...(external ? [{ size: external.size, head: external.head_hash, ext: true }] : [])];
-  for (const c of toCheck.sort((a, b) => a.size - b.size)) {
-    if (c.size > tipSeq) return fail(tipSeq + 1, 'truncated', checked, lastHash, external && c.ext ? external : cpView(latest));
-    if (c.size < startSeq) continue; // pruned away: covered by the prune checkpoint's signature
-    const row = (await storage.range(c.size, c.size))[0];
-    if (!row || row.hash !== c.head) return fail(c.size, 'checkpoint_mismatch', checked, lastHash, external && c.ext ? external : cpView(latest));
-  }
-  return {
-    valid: true,
-    entries_checked: checked,
-    first_invalid_seq: null,
-    reason: null,
-    last_hash: lastHash,
-    checkpoint: external ?? cpView(latest),
-  };
 }

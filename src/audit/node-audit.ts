@@ -1,15 +1,17 @@
 /**
  * The audit log as every Node process builds it (server, CLI, benchmarks): SQLite
- * storage with group commit, the Ed25519 checkpoint signer, the parallel
- * verifier, and syslog forwarding of every committed entry and checkpoint.
+ * storage with group commit and the Merkle tree, the Ed25519 checkpoint signer
+ * (JWS) and note key (C2SP checkpoints), the parallel verifier, and syslog
+ * forwarding of every committed entry and checkpoint.
  */
-import path from 'node:path';
+import { existsSync } from 'node:fs';
 import { createSqliteAuditStorage } from '../db/sqlite-audit';
 import type { SqliteDb } from '../db/sqlite';
 import type { Config } from '../env';
 import type { Logger } from '../http/context';
-import type { CheckpointBody } from './chain';
-import { AuditLog, type CommittedEntry } from './log';
+import { AuditLog, type CheckpointEvent, type CommittedEntry, type TlogSigner } from './log';
+import { keyPaths, loadNoteKey } from './note-key';
+import { nodeTreeHasher } from './node-tlog';
 import { createParallelChecker } from './parallel-verify';
 import { createFileSigner } from './signer';
 import { createSyslogForwarder, type SyslogForwarder, syslogSeverityFor } from './syslog';
@@ -18,6 +20,13 @@ export interface NodeAudit {
   audit: AuditLog;
   syslog: SyslogForwarder | null;
   close(): Promise<void>;
+}
+
+/** A key verification needs is missing: verification never creates one. */
+export class AuditKeyMissingError extends Error {
+  constructor(readonly file: string) {
+    super(`the audit signing key ${file} does not exist (verification never creates a key: restore the file, or verify an export with --file)`);
+  }
 }
 
 /** Structured data for syslog: the chain position and the who/what, never details (they may be large). */
@@ -42,7 +51,35 @@ export function syslogMessageFor(e: CommittedEntry) {
   };
 }
 
-export async function createNodeAudit(config: Config, db: SqliteDb, opts: { logger?: Logger; signer?: boolean } = {}): Promise<NodeAudit> {
+/**
+ * A checkpoint for syslog: the full C2SP note text as the message (so a syslog
+ * archive holds signed tree heads a verifier can use), else the JWS summary.
+ */
+export function syslogCheckpointMessage(cp: CheckpointEvent) {
+  return {
+    severity: 'info' as const,
+    msgid: 'audit.checkpoint',
+    message: cp.note ?? `signed checkpoint ${cp.kind ?? ''} size ${cp.size} head ${cp.head_hash}`,
+    structured: { origin: cp.origin, size: cp.size, head_hash: cp.head_hash, time: cp.time, kind: cp.kind ?? null },
+  };
+}
+
+export interface NodeAuditOptions {
+  logger?: Logger;
+  /** false: no signing at all (tail). */
+  signer?: boolean;
+  /**
+   * Create missing keys (default true: the server and the CLI's writing
+   * commands). false (verification): a missing JWS key is an AuditKeyMissingError,
+   * a missing note key leaves notes unchecked (the caller decides whether that is an error).
+   */
+  createKeys?: boolean;
+  /** Backfill the Merkle tree for entries made before it existed (default true; verification does not write). */
+  syncTree?: boolean;
+}
+
+export async function createNodeAudit(config: Config, db: SqliteDb, opts: NodeAuditOptions = {}): Promise<NodeAudit> {
+  const createKeys = opts.createKeys ?? true;
   const syslog = config.syslog
     ? createSyslogForwarder({
         host: config.syslog.host,
@@ -51,12 +88,27 @@ export async function createNodeAudit(config: Config, db: SqliteDb, opts: { logg
         onError: (err) => opts.logger?.warn('syslog forwarding failed; queueing', { err: err.message }),
       })
     : null;
-  const signer =
-    config.auditEnabled && opts.signer !== false ? await createFileSigner(path.join(path.dirname(config.dbPath), 'audit-signing-key')) : null;
+  const keys = keyPaths(config.dbPath);
+  const signing = config.auditEnabled && opts.signer !== false;
+  if (signing && !createKeys && !existsSync(keys.signing)) throw new AuditKeyMissingError(keys.signing);
+  const signer = signing ? await createFileSigner(keys.signing) : null;
+  const noteKey = signing ? await loadNoteKey(keys.note, config.auditOrigin, { create: createKeys }) : null;
+  const tlog: TlogSigner | null = noteKey?.tlog ?? null;
+  const storage = createSqliteAuditStorage(db);
+  if (config.auditEnabled && opts.syncTree !== false) {
+    const tree = await storage.syncTree();
+    if (tree.state === 'unavailable') {
+      opts.logger?.warn('the audit log was pruned before its Merkle tree existed: no tree and no checkpoint notes for it', { tree_size: tree.size, log_size: tree.logSize });
+    } else if (tree.state === 'ahead' || tree.state === 'damaged') {
+      opts.logger?.error('the audit Merkle tree does not match the log (run loki enterprise audit verify)', { state: tree.state, tree_size: tree.size, log_size: tree.logSize });
+    }
+  }
   const audit = new AuditLog({
-    storage: createSqliteAuditStorage(db),
+    storage,
     enabled: config.auditEnabled,
     signer,
+    tlog,
+    hasher: nodeTreeHasher,
     verification: { rangeChecker: createParallelChecker(config.dbPath) },
     onError: (err) => opts.logger?.error('audit write failed', { err: String(err) }),
     onCommitted: syslog
@@ -64,16 +116,12 @@ export async function createNodeAudit(config: Config, db: SqliteDb, opts: { logg
           for (const e of entries) syslog.send(syslogMessageFor(e));
         }
       : undefined,
-    onCheckpoint: syslog
-      ? (cp: CheckpointBody) =>
-          syslog.send({
-            severity: 'info',
-            msgid: 'audit.checkpoint',
-            message: `signed checkpoint ${cp.kind ?? ''} size ${cp.size} head ${cp.head_hash}`,
-            structured: { origin: cp.origin, size: cp.size, head_hash: cp.head_hash, time: cp.time, kind: cp.kind ?? null },
-          })
-      : undefined,
+    onCheckpoint: syslog ? (cp) => syslog.send(syslogCheckpointMessage(cp)) : undefined,
   });
+  // A new note key starts its log with a signed genesis checkpoint (of the log as
+  // it is now: empty, or the entries made before notes existed). A note key with
+  // no genesis checkpoint means the log was emptied or replaced: verify says so.
+  if (noteKey?.created) await audit.checkpoint('genesis');
   return {
     audit,
     syslog,

@@ -1,7 +1,8 @@
 /**
  * Parallel verification for SQLite: each stored hash can be checked against its
  * own stored prev_hash independently, so seq ranges are verified on separate
- * threads and only the boundaries between ranges are linked here.
+ * threads and only the boundaries between ranges are linked here. The same
+ * threads check the Merkle tree's leaves and level-0 tiles of their range.
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -16,9 +17,9 @@ interface RunResult {
   firstPrev: string | null;
 }
 
-function runRange(dbPath: string, from: number, to: number, expectedPrev: string | null): Promise<RunResult> {
+function runRange(dbPath: string, from: number, to: number, expectedPrev: string | null, tree: { size: number } | undefined): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(new URL('./verify-worker.js', import.meta.url), { workerData: { dbPath, from, to, expectedPrev } });
+    const w = new Worker(new URL('./verify-worker.js', import.meta.url), { workerData: { dbPath, from, to, expectedPrev, tree: tree ?? null } });
     w.once('message', (m: RunResult) => resolve(m));
     w.once('error', reject);
     w.once('exit', (code) => {
@@ -30,13 +31,13 @@ function runRange(dbPath: string, from: number, to: number, expectedPrev: string
 export function createParallelChecker(dbPath: string, opts: { threads?: number; minPerThread?: number } = {}): RangeChecker {
   const threads = Math.max(1, opts.threads ?? availableParallelism());
   const minPer = opts.minPerThread ?? 50_000;
-  return async (from, to, expectedPrev) => {
+  return async (from, to, expectedPrev, tree) => {
     const total = to - from + 1;
     const n = Math.max(1, Math.min(threads, Math.floor(total / minPer)));
     const size = Math.ceil(total / n);
     const ranges: [number, number][] = [];
     for (let s = from; s <= to; s += size) ranges.push([s, Math.min(to, s + size - 1)]);
-    const results = await Promise.all(ranges.map(([a, b], i) => runRange(dbPath, a, b, i === 0 ? expectedPrev : null)));
+    const results = await Promise.all(ranges.map(([a, b], i) => runRange(dbPath, a, b, i === 0 ? expectedPrev : null, tree)));
     let count = 0;
     let prevHash: string | null = expectedPrev;
     for (let i = 0; i < results.length; i++) {

@@ -1,32 +1,64 @@
-import { openSync, readFileSync, writeSync, closeSync, existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import type { VerifyResult } from '../audit/chain';
 import { ExportFormatError, verifyExport } from '../audit/export';
-import { entryFromRow } from '../audit/log';
 import { importLegacyAudit, verifyLegacyDirCli } from '../audit/legacy-cli';
+import { entryFromRow } from '../audit/log';
+import { keyPaths } from '../audit/note-key';
 import { pruneAudit } from '../audit/retention';
+import { proveRecord } from '../audit/tlog/merkle';
+import { NoteError, type NoteVerifier, noteVerifier } from '../audit/tlog/note';
+import { formatTlogProof, ProofFormatError, ProofVerifyError, parseTlogProof, verifyTlogProof } from '../audit/tlog/proof-file';
+import { utf8 } from '../audit/tlog/sha256';
+import { type ExternalCheckpoint, looksLikeNote } from '../audit/verify';
 import { sha256Hex } from '../db/sqlite-audit';
+import { configOrExit } from '../node';
 import { cliActor, fail, openLocal, recordCli } from './common';
 
-function readCheckpointFile(file: string): string {
-  let text: string;
+/** A saved checkpoint: a JWS, a C2SP note (kept byte for byte), or the JSON `checkpoint` prints (jws and/or note). */
+function readCheckpointFile(file: string): ExternalCheckpoint {
+  let raw: string;
   try {
-    text = readFileSync(file, 'utf8').trim();
+    raw = readFileSync(file, 'utf8');
   } catch (err) {
     fail(`cannot read checkpoint file ${file}: ${(err as Error).message}`);
   }
+  const text = raw.trim();
   if (text.startsWith('{')) {
     try {
-      const obj = JSON.parse(text) as { jws?: unknown; checkpoint?: { jws?: unknown } };
+      const obj = JSON.parse(text) as { jws?: unknown; note?: unknown; checkpoint?: { jws?: unknown; note?: unknown } };
       const jws = obj.jws ?? obj.checkpoint?.jws;
-      if (typeof jws === 'string') return jws;
+      const note = obj.note ?? obj.checkpoint?.note;
+      if (typeof jws === 'string' || typeof note === 'string') {
+        return { jws: typeof jws === 'string' ? jws : null, note: typeof note === 'string' ? note : null };
+      }
     } catch {
       // fall through
     }
-    fail(`checkpoint file ${file} holds no "jws"`);
+    fail(`checkpoint file ${file} holds no "jws" or "note"`);
   }
-  return text;
+  // A note's text ends in a newline that is part of what is signed.
+  if (looksLikeNote(raw)) return { note: raw.endsWith('\n') ? raw : `${raw}\n` };
+  return { jws: text };
+}
+
+/** A note verifier key given on the command line: the `name+id+key` string, or a file holding it. */
+async function readVerifierKey(value: string, option: string): Promise<NoteVerifier> {
+  let vkey = value.trim();
+  if (!/^[^+\s]+\+[0-9a-fA-F]{8}\+/.test(vkey) && existsSync(vkey)) {
+    try {
+      vkey = readFileSync(vkey, 'utf8').trim();
+    } catch (err) {
+      fail(`cannot read ${option} file ${value}: ${(err as Error).message}`);
+    }
+  }
+  try {
+    return await noteVerifier(vkey);
+  } catch (err) {
+    if (err instanceof NoteError) fail(`${option} is not a note verifier key such as name+1a2b3c4d+AbC… (${err.message})`);
+    throw err;
+  }
 }
 
 function printVerify(result: VerifyResult, json: boolean | undefined): void {
@@ -54,18 +86,48 @@ function parseDate(v: string): number {
   return ms;
 }
 
+function parseSeq(v: string): number {
+  if (!/^[1-9]\d{0,14}$/.test(v)) fail(`SEQ must be an entry's sequence number, a whole number from 1 (got "${v}")`);
+  return Number(v);
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+/** Create `file` (mode 0600, never overwriting) and write `text`. */
+function writeNew(file: string, text: string): void {
+  let fd: number;
+  try {
+    fd = openSync(file, 'wx', 0o600);
+  } catch (err) {
+    fail(`cannot create ${file}: ${(err as NodeJS.ErrnoException).code === 'EEXIST' ? 'file exists' : (err as Error).message}`);
+  }
+  try {
+    writeSync(fd, text);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 export function auditCommands(enterprise: Command): void {
   const audit = enterprise.command('audit').description('the tamper-evident audit log');
 
   audit
     .command('verify')
-    .description('verify the chain and checkpoints (exit 0 valid, 1 tampered, 2 error)')
+    .description('verify the chain, the Merkle tree and every checkpoint (exit 0 valid, 1 tampered, 2 error)')
     .option('--json', 'print the result as JSON')
-    .option('--checkpoint <file>', 'a checkpoint (JWS) saved earlier: detects a rewritten log')
+    .option('--checkpoint <file>', 'a checkpoint saved earlier (JWS, C2SP note, or `checkpoint` JSON): detects a rolled-back or rewritten log')
     .option('--file <export.jsonl>', 'verify an exported file offline instead of the database')
-    .option('--pubkey <jwk.json>', 'with --file: the public key to trust (default: the export header\'s)')
-    .action(async (o: { json?: boolean; checkpoint?: string; file?: string; pubkey?: string }) => {
+    .option('--pubkey <jwk.json>', "with --file: the public key to trust (default: the export header's)")
+    .option('--key <verifier>', "the log's note verifier key to trust (name+id+key, or a file holding it) instead of its own key file")
+    .option('--witness-key <verifier>', 'require a valid cosignature by this witness (name+id+key of type 0x04) on the checkpoint; repeatable', collect, [])
+    .action(async (o: { json?: boolean; checkpoint?: string; file?: string; pubkey?: string; key?: string; witnessKey: string[] }) => {
       const external = o.checkpoint ? readCheckpointFile(o.checkpoint) : null;
+      const pinned = o.key ? await readVerifierKey(o.key, '--key') : null;
+      const witnesses: NoteVerifier[] = [];
+      for (const w of o.witnessKey) witnesses.push(await readVerifierKey(w, '--witness-key'));
+      if (witnesses.some((w) => w.type !== 0x04)) fail('--witness-key must be a cosignature verifier key (signature type 0x04)');
       let result: VerifyResult;
       if (o.file) {
         if (!existsSync(o.file)) fail(`no such export file: ${o.file}`);
@@ -77,8 +139,9 @@ export function auditCommands(enterprise: Command): void {
             fail(`cannot read public key ${o.pubkey}: ${(err as Error).message}`);
           }
         }
+        if (witnesses.length > 0) fail('--witness-key works on the database; for an export, verify its checkpoint note with --checkpoint');
         try {
-          result = await verifyExport(o.file, { external, publicJwk: jwk, sha256: sha256Hex });
+          result = await verifyExport(o.file, { external: external?.jws ?? external?.note ?? null, publicJwk: jwk, noteKey: pinned?.vkey ?? null, sha256: sha256Hex });
         } catch (err) {
           if (err instanceof ExportFormatError) {
             const r: VerifyResult = { valid: false, entries_checked: 0, first_invalid_seq: null, reason: `malformed_export: ${err.message}`, last_hash: '', checkpoint: null };
@@ -88,9 +151,20 @@ export function auditCommands(enterprise: Command): void {
           fail(`cannot verify ${o.file}: ${(err as Error).message}`);
         }
       } else {
-        const ctx = await openLocal();
+        // Verification never creates a key: a missing one is an error naming the file.
+        const config = configOrExit();
+        const keys = keyPaths(config.dbPath);
+        if (config.auditEnabled && !existsSync(keys.signing)) {
+          fail(`the audit signing key ${keys.signing} does not exist; verify never creates a key (restore the file, or verify an export with --file and --pubkey)`);
+        }
+        const ctx = await openLocal({ createKeys: false, syncTree: false });
         try {
-          result = await ctx.audit.verify({ external });
+          const hasNotes = (await ctx.audit.storage.latestNote()) !== null;
+          const verifier = pinned ?? ctx.audit.tlog?.verifier ?? null;
+          if (config.auditEnabled && !verifier && hasNotes) {
+            fail(`the audit note key ${keys.note} does not exist but the log has checkpoint notes; verify never creates a key (restore the file, or pass the saved verifier key with --key)`);
+          }
+          result = await ctx.audit.verify({ external, witnesses, noteVerifier: verifier });
           if (!result.valid) {
             await recordCli(ctx, 'audit.verify_failed', {
               success: false,
@@ -107,12 +181,96 @@ export function auditCommands(enterprise: Command): void {
     });
 
   audit
+    .command('prove')
+    .description('write a C2SP tlog-proof that entry SEQ is in the log (its inclusion proof, the entry and a signed checkpoint)')
+    .argument('<seq>', "the entry's sequence number")
+    .requiredOption('--out <file.tlog-proof>', 'output file (must not exist)')
+    .action(async (seqArg: string, o: { out: string }) => {
+      const seq = parseSeq(seqArg);
+      if (existsSync(o.out)) fail(`cannot create ${o.out}: file exists`);
+      const ctx = await openLocal();
+      try {
+        await ctx.audit.drain();
+        const storage = ctx.audit.storage;
+        const tip = await storage.tip();
+        if (seq > tip.seq) fail(`there is no entry ${seq}: the log has ${tip.seq} entries`);
+        const row = (await storage.range(seq, seq))[0];
+        if (!row) fail(`entry ${seq} was pruned: a proof needs the entry itself`);
+        const tree = await storage.treeStatus();
+        if (tree.size < seq || tree.state === 'damaged') fail(`the Merkle tree does not cover entry ${seq} (${tree.state}, ${tree.size} leaves); run loki enterprise audit verify`);
+        let cp = await storage.latestNote();
+        if (!cp || cp.size < seq) cp = await ctx.audit.checkpoint('manual');
+        if (!cp?.note) fail('no checkpoint note could be signed (audit disabled, or no note key)');
+        const proof = await proveRecord(cp.size, seq - 1, (idx) => storage.readHashes(idx), ctx.audit.hasher);
+        writeNew(o.out, formatTlogProof({ extra: utf8(row.entry), index: seq - 1, proof, checkpoint: cp.note }));
+        await recordCli(ctx, 'audit.prove', { details: { seq, tree_size: cp.size, file: path.resolve(o.out) } });
+        process.stdout.write(`wrote the proof that entry ${seq} is in the tree of size ${cp.size} to ${o.out}\n`);
+      } finally {
+        await ctx.close();
+      }
+    });
+
+  audit
+    .command('verify-proof')
+    .description('check a .tlog-proof offline, without the database (exit 0 valid, 1 invalid, 2 error)')
+    .argument('<file>', 'a C2SP tlog-proof file')
+    .requiredOption('--key <verifier>', "the log's note verifier key (name+id+key, or a file holding it)")
+    .option('--entry <file>', 'the entry to check, as its canonical text (default: the entry carried in the proof)')
+    .option('--json', 'print the result as JSON')
+    .action(async (file: string, o: { key: string; entry?: string; json?: boolean }) => {
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch (err) {
+        fail(`cannot read ${file}: ${(err as Error).message}`);
+      }
+      let proof: ReturnType<typeof parseTlogProof>;
+      try {
+        proof = parseTlogProof(text);
+      } catch (err) {
+        if (err instanceof ProofFormatError) fail(`${file} is not a c2sp.org/tlog-proof@v1 file (${err.message})`);
+        throw err;
+      }
+      const verifier = await readVerifierKey(o.key, '--key');
+      let entry: Uint8Array | null = null;
+      if (o.entry) {
+        try {
+          // An entry saved to a file may have gained a final newline; entries never end in one.
+          entry = utf8(readFileSync(o.entry, 'utf8').replace(/\n$/, ''));
+        } catch (err) {
+          fail(`cannot read --entry file ${o.entry}: ${(err as Error).message}`);
+        }
+      }
+      const out = (r: Record<string, unknown>, human: string, code: number): never => {
+        process.stdout.write(o.json ? `${JSON.stringify(r, null, 2)}\n` : `${human}\n`);
+        process.exit(code);
+      };
+      try {
+        const v = await verifyTlogProof(proof, { verifiers: [verifier], entry });
+        const entryText = new TextDecoder().decode(v.entry);
+        const seq = v.index + 1;
+        const base = { origin: v.checkpoint.origin, tree_size: v.checkpoint.size, index: v.index, seq };
+        if (!entryText.startsWith(`{"seq":${seq},`)) {
+          out({ valid: false, reason: 'entry_seq_mismatch', ...base }, `proof INVALID: entry_seq_mismatch: the entry at index ${v.index} does not say seq ${seq}`, 1);
+        }
+        out(
+          { valid: true, reason: null, ...base, entry: JSON.parse(entryText) },
+          `proof valid: entry ${seq} is in ${v.checkpoint.origin} at tree size ${v.checkpoint.size} (checkpoint signed by ${verifier.name})`,
+          0,
+        );
+      } catch (err) {
+        if (err instanceof ProofVerifyError) out({ valid: false, reason: err.reason, message: err.message, index: proof.index, seq: proof.index + 1 }, `proof INVALID: ${err.reason}: ${err.message}`, 1);
+        throw err;
+      }
+    });
+
+  audit
     .command('tail')
     .description('print the latest entries; -f follows new entries as they commit')
     .option('-n, --lines <n>', 'how many entries', parseCount, 20)
     .option('-f, --follow', 'keep printing entries as they are committed')
     .action(async (o: { lines: number; follow?: boolean }) => {
-      const ctx = await openLocal({ signer: false });
+      const ctx = await openLocal({ signer: false, syncTree: false });
       const rows = (await ctx.audit.query({ afterSeq: 0, limit: o.lines, order: 'desc' })).reverse();
       let last = 0;
       for (const r of rows) {
@@ -141,7 +299,7 @@ export function auditCommands(enterprise: Command): void {
 
   audit
     .command('export')
-    .description('write the log with its checkpoints as JSONL (mode 0600), verifiable offline')
+    .description('write the log with its checkpoints and Merkle tree as JSONL (mode 0600), verifiable offline')
     .requiredOption('--out <file>', 'output file (must not exist)')
     .action(async (o: { out: string }) => {
       const ctx = await openLocal();
@@ -160,6 +318,7 @@ export function auditCommands(enterprise: Command): void {
           format: 'loki-audit-export/1',
           origin: signer?.origin ?? null,
           public_jwk: signer ? await signer.publicJwk() : null,
+          note_vkey: ctx.audit.tlog?.vkey ?? null,
           exported_at: new Date().toISOString(),
         };
         writeSync(fd, `${JSON.stringify(header)}\n`);
@@ -175,7 +334,15 @@ export function auditCommands(enterprise: Command): void {
           n += rows.length;
         }
         for (const cp of await ctx.audit.storage.checkpoints()) {
-          writeSync(fd, `${JSON.stringify({ type: 'checkpoint', kind: cp.kind, size: cp.size, head_hash: cp.headHash, time: cp.time, jws: cp.jws })}\n`);
+          writeSync(fd, `${JSON.stringify({ type: 'checkpoint', kind: cp.kind, size: cp.size, head_hash: cp.headHash, time: cp.time, jws: cp.jws, note: cp.note })}\n`);
+        }
+        // The Merkle tree's tiles: they carry the tree over entries a prune removed.
+        for (let level = 0; level < 8; level++) {
+          const tiles = await ctx.audit.storage.tileRange(level, 0, Number.MAX_SAFE_INTEGER);
+          if (tiles.length === 0) break;
+          let chunk = '';
+          for (const t of tiles) chunk += `${JSON.stringify({ type: 'tile', level, n: t.n, hashes: Buffer.from(t.data).toString('base64') })}\n`;
+          writeSync(fd, chunk);
         }
         closeSync(fd);
         await recordCli(ctx, 'audit.export', { details: { file: path.resolve(o.out), entries: n } });
@@ -187,15 +354,22 @@ export function auditCommands(enterprise: Command): void {
 
   audit
     .command('checkpoint')
-    .description('print the latest signed checkpoint (save it: verify --checkpoint detects a rewrite)')
+    .description('print the latest signed checkpoint (save it: verify --checkpoint detects a rollback or rewrite)')
     .option('--new', 'sign a fresh checkpoint of the current head first')
-    .action(async (o: { new?: boolean }) => {
-      const ctx = await openLocal();
+    .option('--note', 'print only the C2SP checkpoint note (the signed tree head)')
+    .action(async (o: { new?: boolean; note?: boolean }) => {
+      const ctx = await openLocal(o.new ? {} : { signer: false, syncTree: false });
       try {
         if (o.new) await ctx.audit.checkpoint('manual');
+        if (o.note) {
+          const cp = await ctx.audit.storage.latestNote();
+          if (!cp?.note) fail('no checkpoint note yet (the server signs one at start and every 1,000 entries; or use --new)', 1);
+          process.stdout.write(cp.note);
+          return;
+        }
         const cp = await ctx.audit.storage.latestCheckpoint();
         if (!cp) fail('no checkpoint yet (the log has no entries)', 1);
-        process.stdout.write(`${JSON.stringify({ kind: cp.kind, size: cp.size, head_hash: cp.headHash, time: cp.time, jws: cp.jws })}\n`);
+        process.stdout.write(`${JSON.stringify({ kind: cp.kind, size: cp.size, head_hash: cp.headHash, time: cp.time, jws: cp.jws, note: cp.note })}\n`);
       } finally {
         await ctx.close();
       }
@@ -203,12 +377,18 @@ export function auditCommands(enterprise: Command): void {
 
   audit
     .command('pubkey')
-    .description('print the public key (JWK) that verifies checkpoints')
-    .action(async () => {
+    .description('print the public key (JWK) that verifies checkpoints; --note: the C2SP note verifier key')
+    .option('--note', 'print the note verifier key (name+id+key) that tlog clients and verify-proof use')
+    .action(async (o: { note?: boolean }) => {
       const ctx = await openLocal();
       try {
         const signer = ctx.audit.signer;
         if (!signer) fail('audit is disabled (LOKI_AUDIT_DISABLED)');
+        if (o.note) {
+          if (!ctx.audit.tlog) fail('no note key');
+          process.stdout.write(`${ctx.audit.tlog.vkey}\n`);
+          return;
+        }
         process.stdout.write(`${JSON.stringify(await signer.publicJwk())}\n`);
       } finally {
         await ctx.close();

@@ -20,8 +20,12 @@ export interface LocalContext {
   close(): Promise<void>;
 }
 
-/** Open the database directly (no server needed), migrated, with the audit log. */
-export async function openLocal(opts: { signer?: boolean } = {}): Promise<LocalContext> {
+/**
+ * Open the database directly (no server needed), migrated, with the audit log.
+ * `createKeys: false` (verification) never creates a signing key; `syncTree:
+ * false` leaves the audit Merkle tree as it is (no backfill write).
+ */
+export async function openLocal(opts: { signer?: boolean; createKeys?: boolean; syncTree?: boolean } = {}): Promise<LocalContext> {
   const config = configOrExit();
   process.umask(0o077);
   let db: SqliteDb;
@@ -33,7 +37,7 @@ export async function openLocal(opts: { signer?: boolean } = {}): Promise<LocalC
     fail(`cannot open the database ${config.dbPath}: ${(err as Error).message}`);
   }
   const store = createSqliteStore(db);
-  const nodeAudit = await createNodeAudit(config, db, { signer: opts.signer });
+  const nodeAudit = await createNodeAudit(config, db, { signer: opts.signer, createKeys: opts.createKeys, syncTree: opts.syncTree });
   const audit = nodeAudit.audit;
   return {
     config,

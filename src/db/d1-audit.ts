@@ -14,8 +14,12 @@
 import { canonicalEntry, type ChainRow, GENESIS_HASH } from '../audit/chain';
 import { type RangeChecker, sequentialChecker } from '../audit/log';
 import type { AuditStorage, StoredCheckpoint, Tip } from '../audit/storage';
+import { defaultHasher, type Hash } from '../audit/tlog/merkle';
+import { utf8 } from '../audit/tlog/sha256';
+import { appendLeaves } from '../audit/tlog/tiles';
 import { sha256Hex } from '../auth/tokens';
 import { auditQuerySql } from './audit-sql';
+import { blobBytes, type EdgeRow, READ_TILE_SQL, TIP_AND_EDGE_SQL, TILE_RANGE_SQL, TileTreeCache, treeEdge, treeStatusOf, UPSERT_TILE_SQL } from './audit-tiles';
 import type { D1Database } from './d1';
 
 export interface D1AuditOptions {
@@ -34,7 +38,9 @@ interface RowShape {
   hash: string;
 }
 
-const CHECKPOINT_COLUMNS = 'id, kind, size, head_hash AS headHash, time, jws';
+const CHECKPOINT_COLUMNS = 'id, kind, size, head_hash AS headHash, time, jws, note';
+/** Entries an append adds to a lagging tree (after an upgrade the tree catches up this much per append). */
+const CATCH_UP = 2_000;
 const toRow = (r: RowShape): ChainRow => ({ seq: r.seq, entry: r.entry, prevHash: r.prev_hash, hash: r.hash });
 const defaultBackoff = (attempt: number) => Math.random() * Math.min(100, 2 * 2 ** attempt);
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -87,6 +93,27 @@ export function createD1AuditStorage(db: D1Database, opts: D1AuditOptions = {}):
     return cp ? { seq: cp.size, hash: cp.headHash } : { seq: 0, hash: GENESIS_HASH };
   };
 
+  /** Tip and tree edge from one statement: one consistent snapshot. */
+  const readState = async () => {
+    const { results } = await db.prepare(TIP_AND_EDGE_SQL).all<EdgeRow>();
+    const tipRow = results.find((r) => r.level === -1);
+    const tip = tipRow ? { seq: tipRow.idx, hash: String(tipRow.hashes) } : await currentTip();
+    return { tip, tree: treeEdge(results) };
+  };
+
+  const leafHashes = async (from: number, to: number): Promise<Hash[] | null> => {
+    if (to < from) return [];
+    const { results } = await db.prepare('SELECT seq, entry FROM audit_log WHERE seq BETWEEN ? AND ? ORDER BY seq').bind(from, to).all<{ seq: number; entry: string }>();
+    if (results.length !== to - from + 1 || results[0]!.seq !== from) return null;
+    return results.map((r) => defaultHasher.recordHash(utf8(r.entry)));
+  };
+
+  const readTile = async (level: number, n: number): Promise<Uint8Array | null> => {
+    const r = await db.prepare(READ_TILE_SQL).bind(level, n).first<{ hashes: unknown }>();
+    return r ? blobBytes(r.hashes) : null;
+  };
+  const cache = new TileTreeCache(128);
+
   return {
     async appendBatch(inputs) {
       if (inputs.length === 0) return [];
@@ -94,7 +121,12 @@ export function createD1AuditStorage(db: D1Database, opts: D1AuditOptions = {}):
       for (let attempt = 1; ; attempt++) {
         const release = await takeTurn(deadline);
         try {
-          let tip = await currentTip();
+          const { tip: start, tree } = await readState();
+          let tip = start;
+          // The tree is written in the same batch as the entries, so the `seq`
+          // primary key that orders the entries orders the tree's writes too.
+          let leaves: Hash[] | null = null;
+          if (tree.intact && tree.size <= tip.seq && tip.seq - tree.size <= CATCH_UP) leaves = await leafHashes(tree.size + 1, tip.seq);
           const out: Tip[] = [];
           const statements = [];
           for (const input of inputs) {
@@ -102,8 +134,12 @@ export function createD1AuditStorage(db: D1Database, opts: D1AuditOptions = {}):
             const entry = canonicalEntry(seq, input);
             const hash = await sha256Hex(tip.hash + entry);
             statements.push(db.prepare('INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES (?, ?, ?, ?)').bind(seq, entry, tip.hash, hash));
+            leaves?.push(defaultHasher.recordHash(utf8(entry)));
             tip = { seq, hash };
             out.push(tip);
+          }
+          if (leaves) {
+            for (const row of appendLeaves(tree.size, tree.edge, leaves).rows) statements.push(db.prepare(UPSERT_TILE_SQL).bind(row.level, row.n, row.data));
           }
           await db.batch(statements);
           return out;
@@ -140,11 +176,14 @@ export function createD1AuditStorage(db: D1Database, opts: D1AuditOptions = {}):
     },
     async insertCheckpoint(cp) {
       await db
-        .prepare('INSERT INTO audit_checkpoints (kind, size, head_hash, time, jws) VALUES (?, ?, ?, ?, ?)')
-        .bind(cp.kind, cp.size, cp.headHash, cp.time, cp.jws)
+        .prepare('INSERT INTO audit_checkpoints (kind, size, head_hash, time, jws, note) VALUES (?, ?, ?, ?, ?, ?)')
+        .bind(cp.kind, cp.size, cp.headHash, cp.time, cp.jws, cp.note ?? null)
         .run();
     },
     latestCheckpoint,
+    async latestNote() {
+      return db.prepare(`SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE note IS NOT NULL ORDER BY size DESC, id DESC LIMIT 1`).first<StoredCheckpoint>();
+    },
     async checkpoints() {
       const { results } = await db.prepare(`SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY id`).all<StoredCheckpoint>();
       return results;
@@ -156,6 +195,24 @@ export function createD1AuditStorage(db: D1Database, opts: D1AuditOptions = {}):
     async lastSeqBefore(ts) {
       return db.prepare('SELECT seq, hash FROM audit_log WHERE ts < ? ORDER BY seq DESC LIMIT 1').bind(ts).first<Tip>();
     },
+    async treeStatus() {
+      const { tip, tree } = await readState();
+      const first = await db.prepare('SELECT min(seq) AS first FROM audit_log').first<{ first: number | null }>();
+      return treeStatusOf(tree.size, tip.seq, first?.first ?? null, tree.intact);
+    },
+    readTile,
+    async tileRange(level, fromN, toN) {
+      const { results } = await db.prepare(TILE_RANGE_SQL).bind(level, fromN, toN).all<{ idx: number; hashes: unknown }>();
+      return results.map((r) => ({ n: r.idx, data: blobBytes(r.hashes) }));
+    },
+    async readHashes(indexes) {
+      return cache.readHashes(indexes, readTile);
+    },
+    async syncTree() {
+      // D1 has no interactive transaction to guard a tree-only write with, so a
+      // lagging tree catches up inside appends (which the seq key orders).
+      return this.treeStatus();
+    },
   };
 }
 
@@ -166,7 +223,7 @@ export function createD1AuditStorage(db: D1Database, opts: D1AuditOptions = {}):
  * Works over any AuditStorage; on Workers it replaces AuditLog's `sha256`.
  */
 export function webCryptoRangeChecker(storage: AuditStorage): RangeChecker {
-  return (from, to, expectedPrev) => {
+  return (from, to, expectedPrev, tree) => {
     // Per call: concurrent verifications must not share digests.
     let digests = new Map<string, string>();
     const prehashed: AuditStorage = {
@@ -189,6 +246,6 @@ export function webCryptoRangeChecker(storage: AuditStorage): RangeChecker {
       if (d === undefined) throw new Error('webCryptoRangeChecker: digest requested for a row that was not read');
       return d;
     };
-    return sequentialChecker(prehashed, lookup)(from, to, expectedPrev);
+    return sequentialChecker(prehashed, lookup)(from, to, expectedPrev, tree);
   };
 }

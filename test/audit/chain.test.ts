@@ -79,6 +79,12 @@ describe('the audit chain', () => {
       const prev = row(t.db, 799).hash;
       const entry = canonicalEntry(800, { ...sampleEntry(800), action: 'forged.entry' });
       t.db.prepare('INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES (800, ?, ?, ?)').run(entry, prev, sha256Hex(prev + entry));
+      // The Merkle tree still holds the original leaf 800: caught at the forged row itself.
+      expect(await bothVerify(t)).toMatchObject({ valid: false, first_invalid_seq: 800, reason: 'tree_mismatch', entries_checked: 799 });
+      // With the tree rebuilt as well, the chain still breaks right after it.
+      t.db.prepare('DELETE FROM audit_tiles').run();
+      t.db.prepare('UPDATE audit_log SET prev_hash = prev_hash WHERE seq = 1').run();
+      await t.audit.storage.syncTree();
       expect(await bothVerify(t)).toMatchObject({ valid: false, first_invalid_seq: 801, reason: 'chain_broken', entries_checked: 800 });
     });
 
@@ -148,7 +154,12 @@ describe('the audit chain', () => {
         }
         t!.db.prepare('DELETE FROM audit_checkpoints').run();
       })();
-      expect((await bothVerify(t)).valid).toBe(true); // self-consistent without outside proof
+      // The Merkle tree still holds the old leaves: caught where the history changed.
+      expect(await bothVerify(t)).toMatchObject({ valid: false, first_invalid_seq: 5, reason: 'tree_mismatch' });
+      // An attacker who rebuilds the tree too leaves a self-consistent log (without outside proof).
+      t.db.prepare('DELETE FROM audit_tiles').run();
+      await t.audit.storage.syncTree();
+      expect((await bothVerify(t)).valid).toBe(true);
       expect(await bothVerify(t, saved)).toMatchObject({ valid: false, first_invalid_seq: 2000, reason: 'checkpoint_mismatch' });
     });
 

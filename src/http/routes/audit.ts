@@ -1,8 +1,28 @@
 import { z } from 'zod';
 import { entryFromRow } from '../../audit/log';
+import { proveRecord, proveTree } from '../../audit/tlog/merkle';
+import { toBase64, utf8 } from '../../audit/tlog/sha256';
+import { ENTRIES_LEVEL, EntryBundleError, formatEntryBundle, parseTilePath, TILE_WIDTH, type Tile, TilePathError } from '../../audit/tlog/tiles';
+import { treeRootAt } from '../../audit/verify';
 import type { AppDeps } from '../context';
 import type { DefineRoute } from '../define-route';
+import { ApiError, ErrorCode } from '../errors';
 import { validate } from '../validate';
+
+const TLOG = '/api/enterprise/audit/tlog';
+const IMMUTABLE = 'public, max-age=31536000, immutable';
+
+const count = (what: string) => z.string().regex(/^(0|[1-9]\d{0,14})$/, `must be ${what}`).transform(Number);
+const inclusionQuery = z.object({ index: count('a leaf index (0 or more)'), size: count('a tree size (1 or more)') });
+const consistencyQuery = z.object({ old: count('a tree size (1 or more)'), new: count('a tree size (1 or more)') });
+
+/** Hashes the tree of `size` leaves has stored at tile (level, n): 256 below the edge, the edge's width there, else 0. */
+function storedWidth(size: number, level: number, n: number): number {
+  const at = Math.floor(size / TILE_WIDTH ** level);
+  const full = Math.floor(at / TILE_WIDTH);
+  if (n < full) return TILE_WIDTH;
+  return n === full ? at % TILE_WIDTH : 0;
+}
 
 const sinceSchema = z.string().transform((s, ctx) => {
   const ms = /^\d+$/.test(s) ? Number(s) : Date.parse(s);
@@ -59,9 +79,79 @@ export function auditRoutes(route: DefineRoute, deps: AppDeps): void {
     return c.json(result);
   });
 
+  // --- C2SP tlog-tiles: the signed tree head, hash tiles and entry bundles; proofs as JSON.
+
+  route('GET', `${TLOG}/checkpoint`, async (c) => {
+    c.set('auditAction', 'audit.tlog_read');
+    const cp = await deps.audit.storage.latestNote();
+    if (!cp?.note) throw new ApiError(404, ErrorCode.notFound, 'no checkpoint note yet');
+    return c.body(cp.note, 200, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-cache' });
+  });
+
+  route('GET', `${TLOG}/tile/*`, async (c) => {
+    c.set('auditAction', 'audit.tlog_read');
+    const rel = c.req.path.slice(TLOG.length + 1);
+    let tile: Tile;
+    try {
+      tile = parseTilePath(rel);
+    } catch (err) {
+      if (err instanceof TilePathError) throw new ApiError(400, ErrorCode.badRequest, `${rel} is not a tile path: tile/<L>/<N>[.p/<W>] or tile/entries/<N>[.p/<W>], N as x001/x234/067`);
+      throw err;
+    }
+    const storage = deps.audit.storage;
+    const tree = await storage.treeStatus();
+    const level = tile.L === ENTRIES_LEVEL ? 0 : tile.L;
+    if (tree.state === 'damaged' || tile.W > storedWidth(tree.size, level, tile.N)) throw new ApiError(404, ErrorCode.notFound, `${rel} is not in the tree of size ${tree.size}`);
+    const headers = { 'Content-Type': 'application/octet-stream', 'Cache-Control': tile.W === TILE_WIDTH ? IMMUTABLE : 'no-cache' };
+    c.set('auditDetails', { tile: rel });
+    if (tile.L === ENTRIES_LEVEL) {
+      const first = tile.N * TILE_WIDTH + 1;
+      const rows = await storage.range(first, first + tile.W - 1);
+      if (rows.length !== tile.W) throw new ApiError(404, ErrorCode.notFound, `${rel}: entries of this bundle were pruned`);
+      try {
+        return c.body(formatEntryBundle(rows.map((r) => utf8(r.entry))) as Uint8Array<ArrayBuffer>, 200, headers);
+      } catch (err) {
+        if (err instanceof EntryBundleError) throw new ApiError(501, ErrorCode.notImplemented, `${rel}: ${err.message}`);
+        throw err;
+      }
+    }
+    const data = await storage.readTile(tile.L, tile.N);
+    if (!data || data.length < tile.W * 32) throw new ApiError(404, ErrorCode.notFound, `${rel} is not stored`);
+    return c.body(data.slice(0, tile.W * 32) as Uint8Array<ArrayBuffer>, 200, headers);
+  });
+
+  route('GET', `${TLOG}/proof/inclusion`, validate('query', inclusionQuery), async (c) => {
+    const q = c.req.valid('query' as never) as z.infer<typeof inclusionQuery>;
+    c.set('auditAction', 'audit.tlog_read');
+    c.set('auditDetails', { proof: 'inclusion', index: q.index, size: q.size });
+    const tree = await deps.audit.storage.treeStatus();
+    if (q.size < 1 || q.size > tree.size) throw new ApiError(400, ErrorCode.validation, `size: must be a tree size from 1 to ${tree.size}`);
+    if (q.index >= q.size) throw new ApiError(400, ErrorCode.validation, `index: must be below size (${q.size})`);
+    const read = (idx: number[]) => deps.audit.storage.readHashes(idx);
+    const [proof, root] = await Promise.all([proveRecord(q.size, q.index, read, deps.audit.hasher), treeRootAt(deps.audit.storage, q.size, deps.audit.hasher)]);
+    return c.json({ index: q.index, size: q.size, root: toBase64(root), proof: proof.map(toBase64) });
+  });
+
+  route('GET', `${TLOG}/proof/consistency`, validate('query', consistencyQuery), async (c) => {
+    const q = c.req.valid('query' as never) as z.infer<typeof consistencyQuery>;
+    c.set('auditAction', 'audit.tlog_read');
+    c.set('auditDetails', { proof: 'consistency', old: q.old, new: q.new });
+    const tree = await deps.audit.storage.treeStatus();
+    if (q.new < 1 || q.new > tree.size) throw new ApiError(400, ErrorCode.validation, `new: must be a tree size from 1 to ${tree.size}`);
+    if (q.old < 1 || q.old > q.new) throw new ApiError(400, ErrorCode.validation, `old: must be a tree size from 1 to new (${q.new})`);
+    const read = (idx: number[]) => deps.audit.storage.readHashes(idx);
+    const h = deps.audit.hasher;
+    const [proof, oldRoot, newRoot] = await Promise.all([
+      proveTree(q.new, q.old, read, h),
+      treeRootAt(deps.audit.storage, q.old, h),
+      treeRootAt(deps.audit.storage, q.new, h),
+    ]);
+    return c.json({ old: q.old, new: q.new, old_root: toBase64(oldRoot), new_root: toBase64(newRoot), proof: proof.map(toBase64) });
+  });
+
   route('GET', '/api/enterprise/audit/checkpoint', async (c) => {
     c.set('auditAction', 'audit.checkpoint_read');
     const cp = await deps.audit.storage.latestCheckpoint();
-    return c.json({ checkpoint: cp ? { kind: cp.kind, size: cp.size, head_hash: cp.headHash, time: cp.time, jws: cp.jws } : null });
+    return c.json({ checkpoint: cp ? { kind: cp.kind, size: cp.size, head_hash: cp.headHash, time: cp.time, jws: cp.jws, note: cp.note } : null });
   });
 }

@@ -1,0 +1,139 @@
+/**
+ * The audit Merkle tree's storage, shared by the SQLite and D1 audit storages:
+ * the `audit_tiles` table (tlog-tiles of height 8, one row per tile, the
+ * rightmost tile of each level rewritten as it grows), the statements that read
+ * the tree's edge together with the log's tip, and a cached hash reader for
+ * proofs. Runtime-free.
+ */
+import type { TreeStatus } from '../audit/storage';
+import { defaultHasher, HASH_SIZE, type Hash, type TreeHasher } from '../audit/tlog/merkle';
+import { TILE_HEIGHT, TILE_WIDTH, tileExtent, tileForIndex } from '../audit/tlog/tiles';
+
+/** Levels read at the edge: 256^6 = 2^48 leaves. */
+export const TILE_LEVELS = 6;
+
+/** Upsert one tile row (full tiles are written once; the edge tile of a level is rewritten as it widens). */
+export const UPSERT_TILE_SQL =
+  'INSERT INTO audit_tiles (level, idx, hashes) VALUES (?, ?, ?) ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes';
+export const READ_TILE_SQL = 'SELECT hashes FROM audit_tiles WHERE level = ? AND idx = ?';
+export const TILE_RANGE_SQL = 'SELECT idx, hashes FROM audit_tiles WHERE level = ? AND idx BETWEEN ? AND ? ORDER BY idx';
+
+/**
+ * One statement, so one consistent snapshot (D1 runs each statement atomically):
+ * the tip (level -1: idx = seq, hashes = hash) and the last tile of every level.
+ */
+export const TIP_AND_EDGE_SQL = [
+  'SELECT -1 AS level, seq AS idx, hash AS hashes FROM (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1)',
+  ...Array.from({ length: TILE_LEVELS }, (_, l) => `SELECT * FROM (SELECT level, idx, hashes FROM audit_tiles WHERE level = ${l} ORDER BY idx DESC LIMIT 1)`),
+].join(' UNION ALL ');
+
+export interface EdgeRow {
+  level: number;
+  idx: number;
+  hashes: unknown;
+}
+
+/** Blob values as bytes, whatever the driver returns (Buffer, ArrayBuffer, number array). */
+export function blobBytes(v: unknown): Uint8Array {
+  if (v instanceof Uint8Array) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  if (v instanceof ArrayBuffer) return new Uint8Array(v);
+  if (Array.isArray(v)) return Uint8Array.from(v as number[]);
+  throw new Error('audit_tiles.hashes is not a blob');
+}
+
+export interface TreeEdge {
+  /** Leaves in the stored tree. */
+  size: number;
+  /** The partial tile of each level at `size` (what appendLeaves continues). */
+  edge: Map<number, Uint8Array>;
+  /** False when the stored edge does not fit the size (a damaged or edited tile store): the tree is left alone. */
+  intact: boolean;
+}
+
+/** The tree's size and edge from the last tile of each level (rows with level ≥ 0 from TIP_AND_EDGE_SQL). */
+export function treeEdge(rows: EdgeRow[]): TreeEdge {
+  const last = new Map<number, { idx: number; data: Uint8Array }>();
+  for (const r of rows) if (r.level >= 0) last.set(r.level, { idx: r.idx, data: blobBytes(r.hashes) });
+  const l0 = last.get(0);
+  const size = l0 ? l0.idx * TILE_WIDTH + l0.data.length / HASH_SIZE : 0;
+  const edge = new Map<number, Uint8Array>();
+  let intact = !l0 || (l0.data.length % HASH_SIZE === 0 && l0.data.length > 0);
+  for (let level = 0; level < TILE_LEVELS; level++) {
+    const { full, partial } = tileExtent(size, level);
+    const t = last.get(level);
+    if (partial > 0) {
+      if (!t || t.idx !== full || t.data.length !== partial * HASH_SIZE) intact = false;
+      else edge.set(level, t.data);
+    } else if (full > 0) {
+      // No partial tile at this level: the last stored one is the full one before the edge.
+      if (!t || t.idx !== full - 1 || t.data.length !== TILE_WIDTH * HASH_SIZE) intact = false;
+    } else if (t) intact = false; // a tile above the tree's height
+  }
+  return { size, edge, intact };
+}
+
+/** Where the tree stands: see TreeStatus. `firstSeq`: the oldest entry still stored (null: none). */
+export function treeStatusOf(size: number, logSize: number, firstSeq: number | null, intact = true): TreeStatus {
+  let state: TreeStatus['state'];
+  if (!intact) state = 'damaged';
+  else if (size === logSize) state = 'complete';
+  else if (size > logSize) state = 'ahead';
+  else state = firstSeq !== null && firstSeq <= size + 1 ? 'behind' : 'unavailable';
+  return { size, logSize, state };
+}
+
+/**
+ * Computed subtree hashes of tiles, by (level, n, width): a tile's data at a
+ * given width never changes (tiles only grow), so proofs reuse them. Bounded LRU.
+ */
+export class TileTreeCache {
+  private readonly map = new Map<string, Hash[][]>();
+  constructor(
+    private readonly max = 512,
+    private readonly hasher: TreeHasher = defaultHasher,
+  ) {}
+
+  /** All complete subtree hashes of the tile: levels[k][i] = hash of its 2^k hashes from i·2^k. */
+  levels(level: number, n: number, data: Uint8Array): Hash[][] {
+    const key = `${level}/${n}/${data.length}`;
+    const hit = this.map.get(key);
+    if (hit) {
+      this.map.delete(key);
+      this.map.set(key, hit);
+      return hit;
+    }
+    const w = data.length / HASH_SIZE;
+    const levels: Hash[][] = [Array.from({ length: w }, (_, i) => data.slice(i * HASH_SIZE, (i + 1) * HASH_SIZE))];
+    for (let k = 1; k <= TILE_HEIGHT; k++) {
+      const below = levels[k - 1]!;
+      const row: Hash[] = [];
+      for (let i = 0; i + 1 < below.length; i += 2) row.push(this.hasher.nodeHash(below[i]!, below[i + 1]!));
+      if (row.length === 0) break;
+      levels.push(row);
+    }
+    this.map.set(key, levels);
+    if (this.map.size > this.max) this.map.delete(this.map.keys().next().value as string);
+    return levels;
+  }
+
+  /** Hashes by stored-hash index, given a way to read tiles (fetched up front, so D1 works too). */
+  async readHashes(indexes: number[], readTile: (level: number, n: number) => Promise<Uint8Array | null>): Promise<Hash[]> {
+    const tiles = new Map<string, Uint8Array | null>();
+    const spots = indexes.map((x) => tileForIndex(TILE_HEIGHT, x));
+    await Promise.all(
+      spots.map(async ({ tile }) => {
+        const k = `${tile.L}/${tile.N}`;
+        if (tiles.has(k)) return;
+        tiles.set(k, null);
+        tiles.set(k, await readTile(tile.L, tile.N));
+      }),
+    );
+    return spots.map(({ tile, start, end }, i) => {
+      const data = tiles.get(`${tile.L}/${tile.N}`);
+      if (!data || data.length < end) throw new Error(`tlog: the hash at stored index ${indexes[i]} is not in the stored tiles`);
+      const span = (end - start) / HASH_SIZE;
+      const k = Math.log2(span);
+      return this.levels(tile.L, tile.N, data)[k]![start / HASH_SIZE / span]!;
+    });
+  }
+}
