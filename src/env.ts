@@ -5,6 +5,8 @@
  * allowed (see `ConfigError`).
  */
 import { z } from 'zod';
+import { ALG_COSIGNATURE_V1, isValidKeyName, keyHash } from './audit/tlog/note';
+import { fromBase64 } from './audit/tlog/sha256';
 
 export type Role = 'admin' | 'operator' | 'viewer' | 'auditor' | 'worker';
 export type SyslogProto = 'udp' | 'tcp' | 'tls';
@@ -37,6 +39,8 @@ export interface Config {
   /** `LOKI_AUDIT_ORIGIN`: the transparency log's checkpoint origin line; null = `loki.<host name>/audit`. */
   auditOrigin: string | null;
   syslog: null | { host: string; port: number; proto: SyslogProto };
+  /** `LOKI_AUDIT_WITNESSES`: C2SP tlog-witnesses (submission URL prefix + cosigner verifier key) the server pushes checkpoints to. */
+  auditWitnesses: AuditWitnessConfig[];
   sandboxMode: boolean;
   branchProtection: boolean;
   /** `LOKI_POLICY_FILE`: the operator's sandbox policy (default `$LOKI_HOME/policy.yaml`). */
@@ -73,6 +77,13 @@ export interface Config {
   /** `LOKI_EVENTS_PRUNE_INTERVAL_S`: how often the Node server prunes the events table. */
   eventsPruneIntervalMs: number;
   bodyLimitBytes: number;
+}
+
+export interface AuditWitnessConfig {
+  /** The witness's submission prefix (`<url>/add-checkpoint` is posted to), no trailing slash. */
+  url: string;
+  /** Its verifier key, `name+keyid+base64(0x04 ‖ Ed25519 public key)`. */
+  vkey: string;
 }
 
 export class ConfigError extends Error {
@@ -257,6 +268,7 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     auditRetentionIntervalMs: int(env, 'LOKI_AUDIT_RETENTION_INTERVAL_S', 3_600, 1, 86_400) * 1000,
     auditOrigin: auditOriginFrom(env),
     syslog: syslogHost ? { host: syslogHost, port: syslogPort, proto: syslogProto } : null,
+    auditWitnesses: auditWitnessesFrom(env),
     sandboxMode: bool(env, 'LOKI_SANDBOX_MODE', false),
     branchProtection: bool(env, 'LOKI_BRANCH_PROTECTION', true),
     policyFile: absPath(env, 'LOKI_POLICY_FILE') ?? `${home}/policy.yaml`,
@@ -299,6 +311,42 @@ function dockerSocketFrom(env: Env): string {
   if (m) return m[1]!;
   if (/^(?:tcp|ssh|http|https|npipe):\/\//.test(v)) return '/var/run/docker.sock';
   throw new ConfigError('DOCKER_HOST', v, 'unix:///path/to/docker.sock or tcp://host:port');
+}
+
+const WITNESSES_ALLOWED =
+  'URL=VERIFIERKEY entries separated by spaces or commas: an http(s) URL without "=" and the witness\'s cosignature verifier key (NAME+KEYID+BASE64, type 0x04; `loki audit witness pubkey` prints it)';
+
+/** A cosignature verifier key's syntax and key id (type 0x04, 32-byte Ed25519 key), checked without Web Crypto. */
+export function isCosignatureVerifierKey(vkey: string): boolean {
+  const m = /^([^+]+)\+([0-9a-fA-F]{8})\+([A-Za-z0-9+/=]+)$/.exec(vkey);
+  if (!m || !isValidKeyName(m[1]!)) return false;
+  const key = fromBase64(m[3]!);
+  if (key?.length !== 33 || key[0] !== ALG_COSIGNATURE_V1) return false;
+  return keyHash(m[1]!, key) === Number.parseInt(m[2]!, 16) >>> 0;
+}
+
+/** `LOKI_AUDIT_WITNESSES`: `URL=VKEY[ ,]URL=VKEY…`. */
+function auditWitnessesFrom(env: Env): AuditWitnessConfig[] {
+  const v = read(env, 'LOKI_AUDIT_WITNESSES');
+  if (v === undefined) return [];
+  const out: AuditWitnessConfig[] = [];
+  for (const part of v.split(/[\s,]+/).filter(Boolean)) {
+    const i = part.indexOf('=');
+    const rawUrl = i < 0 ? '' : part.slice(0, i);
+    const vkey = i < 0 ? '' : part.slice(i + 1);
+    let u: URL | null = null;
+    try {
+      u = new URL(rawUrl);
+    } catch {
+      u = null;
+    }
+    if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:') || u.username || u.password || u.search || u.hash || !isCosignatureVerifierKey(vkey)) {
+      throw new ConfigError('LOKI_AUDIT_WITNESSES', part, WITNESSES_ALLOWED);
+    }
+    if (out.some((w) => w.vkey === vkey)) throw new ConfigError('LOKI_AUDIT_WITNESSES', part, `${WITNESSES_ALLOWED}, each witness key once`);
+    out.push({ url: rawUrl.replace(/\/+$/, ''), vkey });
+  }
+  return out;
 }
 
 const WORKER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;

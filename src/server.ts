@@ -18,8 +18,11 @@ import type { AuditLog } from './audit/log';
 import { createNodeAudit } from './audit/node-audit';
 import { type PruneOutcome, pruneAudit, retentionCutoff } from './audit/retention';
 import { AuditVolumeGuard } from './audit/suppress';
+import { proveTree } from './audit/tlog/merkle';
+import { createWitnessPusher, type WitnessPusher } from './audit/witness-client';
 import { sha256Hex } from './db/sqlite-audit';
 import { openSqlite, migrate, createSqliteStore, tightenDbFiles, type SqliteDb } from './db/sqlite';
+import { createSqliteCosignatureStore, watchCheckpointNotes } from './db/sqlite-witness';
 import type { Config } from './env';
 import { EventHub } from './events/hub';
 import { loadOperatorPolicy, type OperatorPolicy } from './sandbox/session-policy';
@@ -88,6 +91,8 @@ export interface NodeRuntime {
   auditVolume: AuditVolumeGuard;
   /** `LOKI_AUDIT_RETENTION_DAYS`: one retention pass now (null when retention is off). */
   auditRetention: null | { run(): Promise<PruneOutcome | null> };
+  /** `LOKI_AUDIT_WITNESSES`: the background pusher of checkpoint notes to the witnesses (null when none is configured). */
+  witnessPusher: WitnessPusher | null;
   events: EventHub;
   shutdown: AbortController;
   applied: string[];
@@ -161,6 +166,32 @@ function auditRetention(config: Config, audit: AuditLog, logger: Logger, now: ()
   };
 }
 
+/**
+ * `LOKI_AUDIT_WITNESSES`: every new checkpoint note stored in the database (by
+ * this server or a CLI process) goes to each witness in the background, with
+ * the consistency proof from the size that witness last acknowledged; the
+ * cosignatures land in audit_witness_cosignatures.
+ */
+function auditWitnessPush(config: Config, db: SqliteDb, audit: AuditLog, logger: Logger) {
+  if (config.auditWitnesses.length === 0 || !audit.enabled) return null;
+  const pusher = createWitnessPusher({
+    witnesses: config.auditWitnesses,
+    proof: (oldSize, newSize) => proveTree(newSize, oldSize, (idx) => audit.storage.readHashes(idx), audit.hasher),
+    store: createSqliteCosignatureStore(db),
+    logger,
+  });
+  const watcher = watchCheckpointNotes(db, (note) => pusher.onCheckpoint(note), {
+    onError: (err) => logger.error('reading checkpoint notes for the witnesses failed', { err: String(err) }),
+  });
+  return {
+    pusher,
+    async stop() {
+      watcher.stop();
+      await pusher.close();
+    },
+  };
+}
+
 /** Open the database, migrate, and build the app with its Node deps. */
 export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions = {}): Promise<NodeRuntime> {
   const logger = opts.logger ?? createLogger();
@@ -185,6 +216,7 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
   });
   auditVolume.start(1_000);
   const retention = auditRetention(config, audit, logger, now);
+  const witnessPush = auditWitnessPush(config, db, audit, logger);
   const events = new EventHub(store.events);
   events.startPolling(250);
   const pruneEvents = () =>
@@ -227,6 +259,7 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
     statusExtras: () => ({
       syslog: nodeAudit.syslog ? nodeAudit.syslog.stats() : null,
       audit_volume: auditVolume.stats(),
+      witnesses: witnessPush ? witnessPush.pusher.status() : [],
       policy: { source: operatorPolicy.source, host_sessions: operatorPolicy.hostSessions },
     }),
   };
@@ -245,6 +278,7 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
     audit,
     auditVolume,
     auditRetention: retention ? { run: retention.run } : null,
+    witnessPusher: witnessPush?.pusher ?? null,
     events,
     shutdown,
     applied,
@@ -254,6 +288,7 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
       clearInterval(sweepTimer);
       events.stop();
       await retention?.stop();
+      await witnessPush?.stop();
       // The open minute's summaries go in before the shutdown checkpoint.
       await auditVolume.close();
       await nodeAudit.close();

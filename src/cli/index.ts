@@ -8,6 +8,7 @@ import { dbCommands } from './db';
 import { securityCommands } from './security';
 import { sessionCommands } from './session';
 import { tokenCommands } from './token';
+import { witnessCommands } from './witness';
 
 export function buildProgram(): Command {
   const program = new Command('loki')
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   tokenCommands(enterprise);
   auditCommands(enterprise);
   securityCommands(program);
+  witnessCommands(program);
   return program;
 }
 

@@ -76,6 +76,31 @@ export const auditTiles = sqliteTable(
   (t) => [primaryKey({ columns: [t.level, t.idx] })],
 );
 
+/**
+ * Witness cosignatures (c2sp.org/tlog-cosignature/v1) on the audit log's C2SP
+ * checkpoint notes, as returned by each witness in LOKI_AUDIT_WITNESSES
+ * (src/audit/witness-client.ts). One row per witness key, origin and tree size;
+ * `signature` is the note signature line to add to that checkpoint's note.
+ */
+export const auditWitnessCosignatures = sqliteTable(
+  'audit_witness_cosignatures',
+  {
+    /** The witness's verifier key (`name+keyid+base64`, type 0x04). */
+    witnessKey: text('witness_key').notNull(),
+    origin: text('origin').notNull(),
+    size: integer('size').notNull(),
+    /** base64 root hash of the cosigned tree. */
+    rootHash: text('root_hash').notNull(),
+    /** The cosignature's own timestamp (POSIX seconds). */
+    timestamp: integer('timestamp').notNull(),
+    /** `— <name> <base64>` (no newline). */
+    signature: text('signature').notNull(),
+    /** When the server received it (ms). */
+    receivedAt: integer('received_at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.witnessKey, t.origin, t.size] })],
+);
+
 export const sessions = sqliteTable(
   'sessions',
   {

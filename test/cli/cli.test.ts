@@ -34,7 +34,9 @@ describe('loki CLI skeleton', () => {
     const home = tempHome();
     const first = await runCli(['db', 'migrate'], { LOKI_HOME: home });
     expect(first.code).toBe(0);
-    expect(first.stdout).toBe(`applied 2 migration(s) to ${home}/dashboard/loki.db: 0000_init, 0001_sessions_policy_worker_binding\n`);
+    expect(first.stdout).toBe(
+      `applied 4 migration(s) to ${home}/dashboard/loki.db: 0000_init, 0001_sessions_policy_worker_binding, 0002_audit_tlog, 0003_audit_witness_cosignatures\n`,
+    );
     const again = await runCli(['db', 'migrate'], { LOKI_HOME: home });
     expect(again.stdout).toBe(`database ${home}/dashboard/loki.db is up to date\n`);
     expect(statSync(`${home}/dashboard`).mode & 0o777).toBe(0o700);

@@ -60,7 +60,7 @@ describe('0000 → 0001 (session policies, worker-bound tokens)', () => {
   });
 
   it('the server applies the migrations after 0000 only', () => {
-    expect(s.runtime.applied).toEqual(['0001_sessions_policy_worker_binding', '0002_audit_tlog']);
+    expect(s.runtime.applied).toEqual(['0001_sessions_policy_worker_binding', '0002_audit_tlog', '0003_audit_witness_cosignatures']);
   });
 
   it('an old worker token is unbound (worker_id null) and refused by the protocol with a clear message', async () => {
