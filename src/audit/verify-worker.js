@@ -31,13 +31,16 @@ try {
     return level[0];
   };
 
+  // A tile row that is not a blob (text written into the column) is compared as its bytes: it fails.
+  const asBlob = ([idx, v]) => [idx, Buffer.isBuffer(v) ? v : Buffer.from(String(v))];
+
   /** Leaves of `rows` and the full tiles starting in [start, end] against the stored tiles; the first bad seq or null. */
   const checkTree = (rows, start, end) => {
     const last = Math.min(end, tree.size);
     if (last < start) return null;
     const t0 = Math.floor((start - 1) / WIDTH);
     const t1 = Math.floor((last - 1) / WIDTH);
-    const tiles = new Map(tileStmt.all(0, t0, t1));
+    const tiles = new Map(tileStmt.all(0, t0, t1).map(asBlob));
     for (const r of rows) {
       if (r.seq > last) break;
       const i = r.seq - 1;
@@ -49,7 +52,7 @@ try {
     const firstFull = Math.ceil((start - 1) / WIDTH);
     const lastFull = Math.min(Math.floor((last - 1) / WIDTH), Math.floor(tree.size / WIDTH) - 1);
     if (lastFull < firstFull) return null;
-    const parents = new Map(tileStmt.all(1, Math.floor(firstFull / WIDTH), Math.floor(lastFull / WIDTH)));
+    const parents = new Map(tileStmt.all(1, Math.floor(firstFull / WIDTH), Math.floor(lastFull / WIDTH)).map(asBlob));
     for (let n = firstFull; n <= lastFull; n++) {
       const data = tiles.get(n);
       const parent = parents.get(Math.floor(n / WIDTH));
