@@ -185,8 +185,10 @@ export class AuditLog {
   async signNoteAt(size: number): Promise<string | null> {
     const tlog = this.opts.tlog;
     if (!tlog) return null;
+    // Only a tree that is the log's (or a prefix of it, while a backfill runs):
+    // never one with leaves the log no longer has.
     const tree = await this.opts.storage.treeStatus();
-    if (tree.state === 'damaged' || tree.size < size) return null;
+    if ((tree.state !== 'complete' && tree.state !== 'behind') || tree.size < size) return null;
     const rootHash = await treeRootAt(this.opts.storage, size, this.hasher);
     return signNote(formatCheckpoint({ origin: tlog.origin, size, rootHash }), [tlog.signer]);
   }
