@@ -1,4 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { checkRecord, checkTree, defaultHasher } from '../../src/audit/tlog/merkle';
+import { noteVerifier, openCheckpoint } from '../../src/audit/tlog/note';
+import { fromBase64, toBase64, utf8 } from '../../src/audit/tlog/sha256';
+import { parseEntryBundle } from '../../src/audit/tlog/tiles';
+import { treeRootAt } from '../../src/audit/verify';
+import { sampleEntry } from '../helpers/audit';
 import { startTestServer, type TestServer } from '../helpers/server';
 import { makeToken } from '../helpers/tokens';
 
@@ -163,5 +169,116 @@ describe('fail closed', () => {
     } finally {
       await s.stop();
     }
+  });
+});
+
+describe('the audit log as C2SP tlog-tiles (real server, auth on)', () => {
+  let s: TestServer;
+  let auditor: string;
+  let viewer: string;
+  beforeAll(async () => {
+    s = await startTestServer({ LOKI_ENTERPRISE_AUTH: 'true' });
+    auditor = (await makeToken(s, 'aud', 'auditor')).token;
+    viewer = (await makeToken(s, 'view', 'viewer')).token;
+    await Promise.all(Array.from({ length: 1500 }, (_, i) => s.runtime.audit.append(sampleEntry(i))));
+    await s.runtime.audit.drain();
+  });
+  afterAll(async () => {
+    await s.stop();
+  });
+
+  const bytes = async (r: Response) => new Uint8Array(await r.arrayBuffer());
+
+  it('GET …/tlog/checkpoint: the latest signed note, text/plain, not cached; scope audit', async () => {
+    const r = await s.req('/api/enterprise/audit/tlog/checkpoint', { token: auditor });
+    expect(r.status).toBe(200);
+    expect(r.headers.get('content-type')).toBe('text/plain; charset=utf-8');
+    expect(r.headers.get('cache-control')).toBe('no-cache');
+    const text = await r.text();
+    const tlog = s.runtime.audit.tlog!;
+    const { checkpoint } = await openCheckpoint(text, [await noteVerifier(tlog.vkey)], tlog.origin);
+    expect(checkpoint.size).toBeGreaterThanOrEqual(1000);
+    expect(toBase64(checkpoint.rootHash)).toBe(toBase64(await treeRootAt(s.runtime.audit.storage, checkpoint.size)));
+    const denied = await s.req('/api/enterprise/audit/tlog/checkpoint', { token: viewer });
+    expect(denied.status).toBe(403);
+    expect(denied.headers.get('www-authenticate')).toBe('Bearer realm="loki", error="insufficient_scope", scope="audit"');
+    expect((await s.req('/api/enterprise/audit/tlog/tile/0/000')).status).toBe(401);
+  });
+
+  it('hash tiles: full ones immutable (8,192 bytes), partial ones as any prefix the tree has, not cached', async () => {
+    const full = await s.req('/api/enterprise/audit/tlog/tile/0/000', { token: auditor });
+    expect(full.status).toBe(200);
+    expect(full.headers.get('content-type')).toBe('application/octet-stream');
+    expect(full.headers.get('cache-control')).toBe('public, max-age=31536000, immutable');
+    const data = await bytes(full);
+    expect(data.length).toBe(8192);
+    expect(toBase64(data)).toBe(toBase64((await s.runtime.audit.storage.readTile(0, 0))!));
+    const part = await s.req('/api/enterprise/audit/tlog/tile/0/001.p/17', { token: auditor });
+    expect(part.status).toBe(200);
+    expect(part.headers.get('cache-control')).toBe('no-cache');
+    expect(toBase64(await bytes(part))).toBe(toBase64((await s.runtime.audit.storage.readTile(0, 1))!.subarray(0, 17 * 32)));
+    const l1 = await s.req('/api/enterprise/audit/tlog/tile/1/000.p/5', { token: auditor });
+    expect(l1.status).toBe(200);
+    expect((await bytes(l1)).length).toBe(5 * 32);
+  });
+
+  it('entry bundles: the stored entries, big-endian uint16 length-prefixed', async () => {
+    const r = await s.req('/api/enterprise/audit/tlog/tile/entries/000', { token: auditor });
+    expect(r.status).toBe(200);
+    expect(r.headers.get('cache-control')).toBe('public, max-age=31536000, immutable');
+    const entries = parseEntryBundle(await bytes(r)).map((e) => new TextDecoder().decode(e));
+    const rows = await s.runtime.audit.storage.range(1, 256);
+    expect(entries).toEqual(rows.map((x) => x.entry));
+    const p = await s.req('/api/enterprise/audit/tlog/tile/entries/002.p/3', { token: auditor });
+    expect(parseEntryBundle(await bytes(p)).map((e) => new TextDecoder().decode(e))).toEqual((await s.runtime.audit.storage.range(513, 515)).map((x) => x.entry));
+  });
+
+  it.each([
+    ['tile/0/0', 400, 'bad_request'],
+    ['tile/0/000.p/256', 400, 'bad_request'],
+    ['tile/00/000', 400, 'bad_request'],
+    ['tile/8/0/000', 400, 'bad_request'],
+    ['tile/data/000', 400, 'bad_request'],
+    ['tile/0/x001/000', 404, 'not_found'],
+    ['tile/3/000.p/1', 404, 'not_found'],
+    ['tile/1/001', 404, 'not_found'],
+    ['tile/entries/999', 404, 'not_found'],
+  ])('GET …/tlog/%s → %i %s', async (p, status, code) => {
+    const r = await s.req(`/api/enterprise/audit/tlog/${p}`, { token: auditor });
+    expect(r.status).toBe(status);
+    const body = await r.json();
+    expect(body.error).toMatchObject({ code, request_id: expect.any(String) });
+    expect(body.error.message).toMatch(status === 400 ? /is not a tile path/ : /is not in the tree of size \d+|not stored/);
+  });
+
+  it('inclusion and consistency proofs as JSON (base64), checked with the RFC 6962 verifier', async () => {
+    const r = await s.req('/api/enterprise/audit/tlog/proof/inclusion?index=700&size=1000', { token: auditor });
+    expect(r.status).toBe(200);
+    const j = await r.json();
+    expect(j).toMatchObject({ index: 700, size: 1000, root: toBase64(await treeRootAt(s.runtime.audit.storage, 1000)) });
+    const entry = (await s.runtime.audit.storage.range(701, 701))[0]!.entry;
+    checkRecord(j.proof.map(fromBase64), 1000, fromBase64(j.root)!, 700, defaultHasher.recordHash(utf8(entry)));
+    const c = await (await s.req('/api/enterprise/audit/tlog/proof/consistency?old=1000&new=1400', { token: auditor })).json();
+    expect(c).toMatchObject({ old: 1000, new: 1400 });
+    checkTree(c.proof.map(fromBase64), 1400, fromBase64(c.new_root)!, 1000, fromBase64(c.old_root)!);
+  });
+
+  it.each([
+    ['inclusion?index=abc&size=10', 'index: must be a leaf index (0 or more)'],
+    ['inclusion?index=-1&size=10', 'index: must be a leaf index (0 or more)'],
+    ['inclusion?index=10&size=10', 'index: must be below size (10)'],
+    ['inclusion?index=0&size=0', /^size: must be a tree size from 1 to \d+$/],
+    ['inclusion?index=0&size=99999999', /^size: must be a tree size from 1 to \d+$/],
+    ['inclusion?size=10', /^index: /],
+    ['consistency?old=5&new=4', 'old: must be a tree size from 1 to new (4)'],
+    ['consistency?old=0&new=4', 'old: must be a tree size from 1 to new (4)'],
+    ['consistency?old=1&new=1e3', 'new: must be a tree size (1 or more)'],
+  ])('GET …/tlog/proof/%s → 400', async (q, message) => {
+    const r = await s.req(`/api/enterprise/audit/tlog/proof/${q}`, { token: auditor });
+    expect(r.status).toBe(400);
+    const e = (await r.json()).error;
+    expect(e.code).toBe('validation_error');
+    if (typeof message === 'string') expect(e.message).toBe(message);
+    else expect(e.message).toMatch(message);
   });
 });
