@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { cpSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeAuditLog, sampleEntry } from '../helpers/audit';
@@ -124,6 +124,98 @@ describe('loki enterprise audit (CLI on the database)', () => {
     const bad = await runCli(['enterprise', 'audit', 'prune', '--before', 'last tuesday'], { LOKI_HOME: t.dir });
     expect(bad.code).toBe(2);
     expect(bad.stderr).toBe('loki: --before must be an ISO 8601 date such as 2026-01-31 (got "last tuesday")\n');
+  });
+});
+
+describe('loki enterprise audit prove / verify-proof / pubkey --note (C2SP)', () => {
+  let home: string;
+  let vkey: string;
+  let proofFile: string;
+  let entry321: string;
+  beforeAll(async () => {
+    const t = await makeAuditLog({ entries: 600 });
+    home = t.dir;
+    entry321 = (t.db.prepare('SELECT entry FROM audit_log WHERE seq = 321').pluck().get() as string);
+    t.close();
+    const pk = await runCli(['enterprise', 'audit', 'pubkey', '--note'], { LOKI_HOME: home });
+    expect(pk.code).toBe(0);
+    vkey = pk.stdout.trim();
+    proofFile = path.join(tempHome(), 'e321.tlog-proof');
+  });
+
+  it('pubkey --note prints the note verifier key; checkpoint --note the latest signed note', async () => {
+    expect(vkey).toMatch(/^loki\.[a-z0-9.-]+\/audit\+[0-9a-f]{8}\+A[A-Za-z0-9+/]{43}$/);
+    const cp = await runCli(['enterprise', 'audit', 'checkpoint', '--note'], { LOKI_HOME: home });
+    expect(cp.code).toBe(0);
+    const origin = vkey.split('+')[0]!;
+    expect(cp.stdout).toMatch(new RegExp(`^${origin.replace(/\./g, '\\.')}\\n\\d+\\n[A-Za-z0-9+/]{43}=\\n\\n— ${origin.replace(/\./g, '\\.')} [A-Za-z0-9+/]+=*\\n$`));
+    expect(JSON.parse((await runCli(['enterprise', 'audit', 'checkpoint'], { LOKI_HOME: home })).stdout)).toMatchObject({ note: expect.stringContaining(origin) });
+  });
+
+  it('prove writes a tlog-proof (0600) that verify-proof checks offline with only the verifier key', async () => {
+    const p = await runCli(['enterprise', 'audit', 'prove', '321', '--out', proofFile], { LOKI_HOME: home });
+    expect(p.stderr).toBe('');
+    expect(p.code).toBe(0);
+    expect(p.stdout).toMatch(new RegExp(`^wrote the proof that entry 321 is in the tree of size \\d+ to ${proofFile.replace(/[/.]/g, '\\$&')}\\n$`));
+    expect(statSync(proofFile).mode & 0o777).toBe(0o600);
+    const text = readFileSync(proofFile, 'utf8');
+    expect(text.startsWith(`c2sp.org/tlog-proof@v1\nextra ${Buffer.from(entry321).toString('base64')}\nindex 320\n`)).toBe(true);
+    const nowhere = tempHome();
+    const v = await runCli(['enterprise', 'audit', 'verify-proof', proofFile, '--key', vkey], { LOKI_HOME: nowhere });
+    expect(v.stderr).toBe('');
+    expect(v.code).toBe(0);
+    expect(v.stdout).toMatch(new RegExp(`^proof valid: entry 321 is in ${vkey.split('+')[0]!.replace(/\./g, '\\.')} at tree size \\d+ \\(checkpoint signed by `));
+    expect(existsSync(path.join(nowhere, 'dashboard'))).toBe(false); // no database touched
+    const j = await runCli(['enterprise', 'audit', 'verify-proof', proofFile, '--key', vkey, '--json'], { LOKI_HOME: nowhere });
+    expect(JSON.parse(j.stdout)).toMatchObject({ valid: true, reason: null, index: 320, seq: 321, entry: { seq: 321, action: 'http.request' } });
+    const entryFile = path.join(nowhere, 'entry.json');
+    writeFileSync(entryFile, `${entry321}\n`);
+    expect((await runCli(['enterprise', 'audit', 'verify-proof', proofFile, '--key', vkey, '--entry', entryFile], { LOKI_HOME: nowhere })).code).toBe(0);
+  });
+
+  it('verify-proof refuses a changed entry, a changed proof, another key (exit 1) and bad input (exit 2)', async () => {
+    const nowhere = tempHome();
+    const other = path.join(nowhere, 'other.json');
+    writeFileSync(other, entry321.replace('"user-1"', '"user-2"'));
+    const e = await runCli(['enterprise', 'audit', 'verify-proof', proofFile, '--key', vkey, '--entry', other], { LOKI_HOME: nowhere });
+    expect(e.code).toBe(1);
+    expect(e.stdout).toMatch(/^proof INVALID: inclusion_failed: the entry is not at index 320 of the tree of size \d+ \(the given entry differs from the one in the proof\)\n$/);
+    const lines = readFileSync(proofFile, 'utf8').split('\n');
+    lines[3] = Buffer.alloc(32, 7).toString('base64');
+    const bad = path.join(nowhere, 'bad.tlog-proof');
+    writeFileSync(bad, lines.join('\n'));
+    const b = await runCli(['enterprise', 'audit', 'verify-proof', bad, '--key', vkey], { LOKI_HOME: nowhere });
+    expect(b.code).toBe(1);
+    expect(b.stdout).toMatch(/^proof INVALID: inclusion_failed: the entry is not at index 320 of the tree of size \d+\n$/);
+    const otherKey = 'loki.example/audit+ba0e4c3d+AXbsFqMNI+HFiOK7EdpROrdMiWsQ7fI3ZuIJ9JfCl9RY';
+    const k = await runCli(['enterprise', 'audit', 'verify-proof', proofFile, '--key', otherKey], { LOKI_HOME: nowhere });
+    expect(k.code).toBe(2);
+    expect(k.stderr).toBe('loki: --key is not a note verifier key such as name+1a2b3c4d+AbC… (invalid verifier hash)\n');
+    const t = await (await import('../../src/audit/tlog/note')).generateNoteKey(vkey.split('+')[0]!);
+    const w = await runCli(['enterprise', 'audit', 'verify-proof', proofFile, '--key', t.vkey], { LOKI_HOME: nowhere });
+    expect(w.code).toBe(1);
+    expect(w.stdout).toBe('proof INVALID: bad_checkpoint: checkpoint: note has no verifiable signatures\n');
+    writeFileSync(bad, 'c2sp.org/tlog-proof@v1\nindex 01\n');
+    const m = await runCli(['enterprise', 'audit', 'verify-proof', bad, '--key', vkey], { LOKI_HOME: nowhere });
+    expect(m.code).toBe(2);
+    expect(m.stderr).toBe(`loki: ${bad} is not a c2sp.org/tlog-proof@v1 file (line 2: expected "index N" (a decimal without leading zeroes))\n`);
+    const n = await runCli(['enterprise', 'audit', 'verify-proof', '/nonexistent.tlog-proof', '--key', vkey], { LOKI_HOME: nowhere });
+    expect(n.code).toBe(2);
+    expect(n.stderr).toBe("loki: cannot read /nonexistent.tlog-proof: ENOENT: no such file or directory, open '/nonexistent.tlog-proof'\n");
+    expect(n.stderr).not.toContain('    at ');
+  });
+
+  it('prove: bad SEQ, an entry beyond the log, an existing file → exit 2 with one line', async () => {
+    const a = await runCli(['enterprise', 'audit', 'prove', 'abc', '--out', path.join(tempHome(), 'x')], { LOKI_HOME: home });
+    expect(a).toMatchObject({ code: 2, stderr: 'loki: SEQ must be an entry\'s sequence number, a whole number from 1 (got "abc")\n' });
+    const b = await runCli(['enterprise', 'audit', 'prove', '999999', '--out', path.join(tempHome(), 'x')], { LOKI_HOME: home });
+    expect(b.code).toBe(2);
+    expect(b.stderr).toMatch(/^loki: there is no entry 999999: the log has \d+ entries\n$/);
+    const c = await runCli(['enterprise', 'audit', 'prove', '5', '--out', proofFile], { LOKI_HOME: home });
+    expect(c).toMatchObject({ code: 2, stderr: `loki: cannot create ${proofFile}: file exists\n` });
+    const h = await runCli(['enterprise', 'audit', 'prove', '--help'], { LOKI_HOME: home });
+    expect(h.code).toBe(0);
+    expect(h.stdout).toContain('Usage: loki enterprise audit prove [options] <seq>');
   });
 });
 
