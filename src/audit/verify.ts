@@ -297,21 +297,31 @@ export async function verifyStorage(storage: AuditStorage, opts: VerifyOptions):
     return fail(null, 'genesis_checkpoint_missing', checked, lastHash, cpView(latest));
   }
 
-  // 8. Witness cosignatures, on the saved note or else on the latest stored note.
+  // 8. Witness cosignatures: on the saved note when one is given, else on the
+  //    newest stored note every witness cosigned (cosignatures arrive in the
+  //    background, so the very latest note may not carry them yet). The result's
+  //    checkpoint is that note: compare its size with the witness's own latest.
+  let witnessed: NoteCp | null = null;
   if (opts.witnesses && opts.witnesses.length > 0) {
-    const latestNote = [...notes].filter((n) => !n.external).sort((a, b) => a.size - b.size || (a.id ?? 0) - (b.id ?? 0)).pop() ?? null;
-    const target = extNote ?? latestNote;
-    let text: string | null = target?.note ?? null;
-    if (target && !target.external && opts.cosignedNote) {
-      const cp = checkpoints.find((c) => c.id === target.id);
-      if (cp) text = (await opts.cosignedNote(cp)) ?? text;
+    const candidates = extNote ? [extNote] : notes.filter((n) => !n.external).sort((a, b) => b.size - a.size || (b.id ?? 0) - (a.id ?? 0));
+    for (const n of candidates) {
+      let text: string | null = n.note;
+      if (!n.external && opts.cosignedNote) {
+        const cp = checkpoints.find((c) => c.id === n.id);
+        if (cp) text = (await opts.cosignedNote(cp)) ?? text;
+      }
+      const w = await checkCosignatures(text, opts.witnesses);
+      if (w === 'bad_witness_cosignature') return fail(n.size, w, checked, lastHash, n.external ? extView(n.size, n.note) : cpView(verified.find((v) => v.id === n.id) ?? null));
+      if (w === null) {
+        witnessed = { ...n, note: text };
+        break;
+      }
     }
-    const view = target ? (target.external ? extView(target.size, target.note) : cpView(verified.find((v) => v.id === target.id) ?? null)) : null;
-    if (!text) return fail(null, 'witness_cosignature_missing', checked, lastHash, view);
-    const w = await checkCosignatures(text, opts.witnesses);
-    if (w) return fail(target!.size, w, checked, lastHash, view);
+    if (!witnessed) return fail(null, 'witness_cosignature_missing', checked, lastHash, extNote ? extView(extNote.size, extNote.note) : cpView(latest));
   }
 
+  const witnessedCp = witnessed && !witnessed.external ? cpView(verified.find((v) => v.id === witnessed!.id) ?? null) : null;
+  if (witnessedCp) witnessedCp.note = witnessed!.note;
   const extCp = externalBody ?? (extNote ? extView(extNote.size, extNote.note) : null);
   return {
     valid: true,
@@ -319,7 +329,7 @@ export async function verifyStorage(storage: AuditStorage, opts: VerifyOptions):
     first_invalid_seq: null,
     reason: null,
     last_hash: lastHash,
-    checkpoint: extCp ?? cpView(latest),
+    checkpoint: extCp ?? witnessedCp ?? cpView(latest),
     tree: treeView,
   };
 }

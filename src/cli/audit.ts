@@ -13,6 +13,7 @@ import { formatTlogProof, ProofFormatError, ProofVerifyError, parseTlogProof, ve
 import { utf8 } from '../audit/tlog/sha256';
 import { type ExternalCheckpoint, looksLikeNote } from '../audit/verify';
 import { sha256Hex } from '../db/sqlite-audit';
+import { cosignedNoteReader } from '../db/sqlite-witness';
 import { configOrExit } from '../node';
 import { cliActor, fail, openLocal, recordCli } from './common';
 
@@ -164,7 +165,9 @@ export function auditCommands(enterprise: Command): void {
           if (config.auditEnabled && !verifier && hasNotes) {
             fail(`the audit note key ${keys.note} does not exist but the log has checkpoint notes; verify never creates a key (restore the file, or pass the saved verifier key with --key)`);
           }
-          result = await ctx.audit.verify({ external, witnesses, noteVerifier: verifier });
+          // Cosignatures the server received from its witnesses are stored beside the notes.
+          const cosignedNote = witnesses.length > 0 ? cosignedNoteReader(ctx.db) : undefined;
+          result = await ctx.audit.verify({ external, witnesses, noteVerifier: verifier, cosignedNote });
           if (!result.valid) {
             await recordCli(ctx, 'audit.verify_failed', {
               success: false,
