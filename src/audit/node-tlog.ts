@@ -18,7 +18,9 @@ const digest = (data: string | Uint8Array): Uint8Array => {
 
 export const nodeSha256: Sha256 = (...parts) => digest(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
 
-const ONE = Buffer.from([0x01]);
+// One scratch buffer for 0x01 ‖ left ‖ right: hashing is synchronous, so it is never shared.
+const NODE = Buffer.alloc(65);
+NODE[0] = 0x01;
 
 export interface NodeTreeHasher extends TreeHasher {
   /** The leaf hash of an entry given as text: SHA-256(0x00 ‖ UTF-8(text)). */
@@ -27,7 +29,11 @@ export interface NodeTreeHasher extends TreeHasher {
 
 export const nodeTreeHasher: NodeTreeHasher = {
   recordHash: (data) => digest(Buffer.concat([Buffer.from([0x00]), data])),
-  nodeHash: (left, right) => digest(Buffer.concat([ONE, left, right])),
+  nodeHash: (left, right) => {
+    NODE.set(left, 1);
+    NODE.set(right, 33);
+    return digest(NODE);
+  },
   // U+0000 is the single byte 0x00 in UTF-8, so the prefix can be part of the string.
   leafOfText: (text) => digest(`\u0000${text}`),
 };

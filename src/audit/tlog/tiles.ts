@@ -60,12 +60,18 @@ export function tileForIndex(h: number, index: number): { tile: Tile; start: num
   return { tile: { H: h, L, N, W }, start: n * pow2(level) * HASH_SIZE, end: (n + 1) * pow2(level) * HASH_SIZE };
 }
 
-/** The subtree hash of the 2^k hashes in data. */
+/** The subtree hash of the 2^k hashes in data (Go's tileHash; bottom-up, one pair at a time). */
 export function tileHash(data: Uint8Array, hasher: TreeHasher = defaultHasher): Hash {
-  if (data.length === 0) throw new Error('bad math in tileHash');
-  if (data.length === HASH_SIZE) return data.slice(0, HASH_SIZE);
-  const n = data.length / 2;
-  return hasher.nodeHash(tileHash(data.subarray(0, n), hasher), tileHash(data.subarray(n), hasher));
+  const count = data.length / HASH_SIZE;
+  if (count < 1 || !Number.isInteger(Math.log2(count))) throw new Error('bad math in tileHash');
+  let level: Hash[] = [];
+  for (let i = 0; i < count; i++) level.push(data.subarray(i * HASH_SIZE, (i + 1) * HASH_SIZE));
+  while (level.length > 1) {
+    const up: Hash[] = [];
+    for (let i = 0; i < level.length; i += 2) up.push(hasher.nodeHash(level[i]!, level[i + 1]!));
+    level = up;
+  }
+  return level[0]!.slice();
 }
 
 /** The hash at a stored hash index, from the data of the tile holding it (or a wider one). */
