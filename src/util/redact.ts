@@ -35,13 +35,26 @@ export function redactString(input: string): string {
 /** Values shorter than this are not redacted by value (a short value would blank ordinary text). */
 export const MIN_SECRET_VALUE_CHARS = 6;
 
+/** The value as it appears inside a JSON string (agents print tool results as JSON lines). */
+const jsonEscaped = (v: string) => JSON.stringify(v).slice(1, -1);
+
+/**
+ * How a value can appear in one line of output: as is, JSON-escaped, and, for a value
+ * of several lines (a PEM key, a JSON credential), each of its lines (output is
+ * redacted line by line, so the whole value never appears in one).
+ */
+function spellings(v: string): string[] {
+  const lines = v.split(/\r\n|\r|\n/);
+  return [v, jsonEscaped(v), ...(lines.length > 1 ? lines.flatMap((l) => [l, jsonEscaped(l)]) : [])];
+}
+
 /**
  * A redactor that also knows these exact values (the credentials a session was
  * handed through its env allowlist): every occurrence becomes [REDACTED], then the
  * patterns run.
  */
 export function secretRedactor(values: readonly string[]): (input: string) => string {
-  const known = [...new Set(values.filter((v) => v.length >= MIN_SECRET_VALUE_CHARS))].sort((a, b) => b.length - a.length);
+  const known = [...new Set(values.flatMap(spellings).filter((v) => v.length >= MIN_SECRET_VALUE_CHARS))].sort((a, b) => b.length - a.length);
   if (known.length === 0) return redactString;
   return (input) => {
     let out = input;

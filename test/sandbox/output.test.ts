@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createOutputCollector, type OutputStream, truncationMarker } from '../../src/sandbox/output';
+import { REDACTED, secretRedactor } from '../../src/util/redact';
 
 function collect(opts: { maxBytes?: number; maxLineChars?: number } = {}) {
   const lines: [OutputStream, string][] = [];
@@ -78,5 +79,27 @@ describe('createOutputCollector', () => {
     ]);
     c.end();
     expect(lines.at(-1)).toEqual(['stdout', 'ij']);
+  });
+});
+
+describe('value redaction of the credentials a session was handed', () => {
+  // A multi-line credential (a PEM key) and one with characters JSON escapes: printed
+  // raw (one output line per line of the value) and inside a JSON line, as an agent
+  // with --output-format stream-json prints a tool result that echoed them.
+  const pem = ['-----BEGIN PRIVATE KEY-----', 'MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7', 'q8w0BAQEFAASCBKcwggSjAgEAAoIBAQC7MIIEvQIBADANBgkq', '-----END PRIVATE KEY-----'].join('\n');
+  const password = 'pa"ss\\word-123';
+
+  it('redacts a multi-line value printed raw and both values inside a JSON-escaped line', () => {
+    const lines: string[] = [];
+    const c = createOutputCollector({ onLine: (_s, l) => lines.push(l), redact: secretRedactor([pem, password]) });
+    c.write('stdout', `${pem}\n`);
+    c.write('stdout', `${JSON.stringify({ type: 'tool_result', content: `DB_PASSWORD=${password}\nKEY=${pem}` })}\n`);
+    c.write('stdout', `raw ${password}\n`);
+    c.end();
+    const all = lines.join('\n');
+    for (const part of [...pem.split('\n').slice(1, 3), password, JSON.stringify(password).slice(1, -1)]) expect(all).not.toContain(part);
+    expect(lines.slice(0, 4)).toEqual([REDACTED, REDACTED, REDACTED, REDACTED]);
+    expect(lines[4]).toBe(`{"type":"tool_result","content":"DB_PASSWORD=${REDACTED}\\nKEY=${REDACTED}"}`);
+    expect(lines[5]).toBe(`raw ${REDACTED}`);
   });
 });
