@@ -19,7 +19,7 @@
  * the background. `close` removes every idle one (0 left).
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type Docker from 'dockerode';
@@ -27,7 +27,7 @@ import type { SessionPolicy } from '../sessions/api';
 import { redactString } from '../util/redact';
 import { removeContainer } from './docker';
 import { bindMount, mountCommand, mountsUnder, unmount } from './mounts';
-import { CONTAINER_WORKSPACE, containerOptions, LABEL_SESSION, LABEL_WORKER, type PolicyContext, parseUser } from './policy';
+import { CONTAINER_WORKSPACE, containerOptions, LABEL_SESSION, LABEL_WORKER, type PolicyContext } from './policy';
 
 /** Set on pooled containers (with `loki.session` = the slot id, `pool-…`). */
 export const LABEL_POOL = 'loki.pool';
@@ -160,18 +160,7 @@ export class WarmPool {
    * mounts and directories). Its containers are removed by the orphan sweep.
    */
   async cleanStale(): Promise<void> {
-    let names: string[] = [];
-    try {
-      names = readdirSync(this.o.root);
-    } catch {
-      return;
-    }
-    for (const name of names) {
-      if (!name.startsWith(POOL_ID_PREFIX) || this.has(name)) continue;
-      await this.removeSlotDir(path.join(this.o.root, name)).catch((err) =>
-        this.o.logger.warn('a stale pool slot could not be removed', { slot: name, err: messageOf(err) }),
-      );
-    }
+    await removeStaleSlots(this.o.root, this.o.logger, (name) => this.has(name));
   }
 
   /** Start filling the pool (returns at once; `whenFilled` waits). */
@@ -268,14 +257,21 @@ export class WarmPool {
       mkdirSync(dir, { mode: 0o700 });
       // The slot is a shared mount of its own: what is mounted under it later (the
       // session's worktree) propagates into the container's slave bind.
+      // Private first: a bind of a directory on a shared mount (`/` under systemd) would
+      // join that mount's peer group, and the worktree mounted on work/ would be copied
+      // onto the parent too. Then shared, in a peer group of its own.
       await bindMount(dir, dir);
+      await mountCommand('mount', ['--make-private', dir]);
       await mountCommand('mount', ['--make-shared', dir]);
       const workDir = path.join(dir, 'work');
       const egressDir = path.join(dir, 'egress');
-      mkdirSync(workDir, { mode: 0o755 });
+      // Root's and read-only: the container's init and forwarder start in this directory
+      // and keep it as their working directory under the worktree mounted later, so the
+      // agent can reach it through /proc/1/cwd. Writable, it would be host disk outside
+      // the session's disk limit.
+      mkdirSync(workDir, { mode: 0o555 });
+      chmodSync(workDir, 0o555);
       mkdirSync(egressDir, { mode: 0o755 });
-      const owner = parseUser(this.o.template.user);
-      chownSync(workDir, owner.uid, owner.gid);
       // The control socket: the forwarder in the container dials it and waits for the launch message.
       const controlServer = net.createServer();
       const connected = new Promise<net.Socket>((resolve, reject) => {
@@ -356,16 +352,46 @@ export class WarmPool {
     await this.removeSlotDir(slot.dir);
   }
 
-  private async removeSlotDir(dir: string): Promise<void> {
-    for (const mp of mountsUnder(dir) ?? []) await unmount(mp);
-    const left = mountsUnder(dir);
-    if (left && left.length > 0) throw new Error(`still mounted: ${left.join(', ')}`);
-    try {
-      lstatSync(dir);
-    } catch {
-      return;
-    }
-    rmSync(dir, { recursive: true, force: true });
+  private removeSlotDir(dir: string): Promise<void> {
+    return removeSlotDir(dir);
+  }
+}
+
+/**
+ * Unmount everything at or below a slot directory, then delete it. The mount table is
+ * read again after each unmount: one unmount can take others with it (propagation).
+ */
+async function removeSlotDir(dir: string): Promise<void> {
+  for (let i = 0; i < 64; i++) {
+    const next = mountsUnder(dir)?.[0];
+    if (next === undefined) break;
+    await unmount(next);
+  }
+  const left = mountsUnder(dir);
+  if (left && left.length > 0) throw new Error(`still mounted: ${left.join(', ')}`);
+  try {
+    lstatSync(dir);
+  } catch {
+    return;
+  }
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * Remove the slot directories (and their mounts: a slot, the worktree bound on its
+ * work/) that a previous run of this worker left under `root`, except those `keep`
+ * names. Their containers are removed by the orphan sweep. Needs root (unmount).
+ */
+export async function removeStaleSlots(root: string, logger: PoolLogger, keep: (name: string) => boolean = () => false): Promise<void> {
+  let names: string[] = [];
+  try {
+    names = readdirSync(root);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (!name.startsWith(POOL_ID_PREFIX) || keep(name)) continue;
+    await removeSlotDir(path.join(root, name)).catch((err) => logger.warn('a stale pool slot could not be removed', { slot: name, err: messageOf(err) }));
   }
 }
 

@@ -178,6 +178,46 @@ describeDocker('the warm pool', probe, (docker: Docker) => {
     await pool.whenFilled();
   });
 
+  it('gives the agent no writable host directory under its worktree (the slot\'s work/ seen through /proc/1/cwd)', async () => {
+    // The container's init and forwarder started in the slot's work/ before the worktree
+    // was mounted over it, and keep it as their working directory.
+    const r = await run(['/bin/sh', '-c', 'ls -d /proc/1/cwd/ >/dev/null && (echo x > /proc/1/cwd/escaped && echo wrote || echo refused); (mkdir /proc/1/cwd/d && echo made || echo refused)']);
+    expect(r.result).toMatchObject({ outcome: 'succeeded', pooled: true });
+    expect(r.out).toEqual(['refused', 'refused']);
+    await pool.whenFilled();
+  });
+
+  it('leaves nothing mounted when the pool root lies on a shared mount (as / does under systemd)', async () => {
+    const shared = mkdtempSync(path.join(os.tmpdir(), 'loki-pool-shared-'));
+    const mount = (...args: string[]) => {
+      const m = spawnSync('mount', args, { encoding: 'utf8' });
+      if (m.status !== 0) throw new Error(`mount ${args.join(' ')}: ${m.stderr}`);
+    };
+    mount('--bind', shared, shared);
+    mount('--make-shared', shared);
+    const sharedPool = new WarmPool({ docker, size: 1, template: policy(['true']), workerId: WORKER, root: path.join(shared, 'pool'), forwarderPath: FORWARDER, context: { home }, logger });
+    try {
+      sharedPool.fill();
+      await sharedPool.whenFilled();
+      const errors: unknown[] = [];
+      const result = await runSession(
+        { sessionId: `ps-${process.pid}`, workerId: WORKER, workspace: repo, prdRelative: 'prd.md', policy: policy(['/bin/sh', '-c', 'echo shared > shared.txt']), budgetUsd: null, env: {} },
+        { onOutput: () => undefined, onEvent: (type, data) => (type === 'session_error' ? errors.push(data) : undefined) },
+        { docker, home, killGraceMs: 1_000, worktreeRoot: path.join(shared, 'worktrees'), forwarderPath: FORWARDER, pool: sharedPool },
+      );
+      expect(result).toMatchObject({ outcome: 'succeeded', pooled: true });
+      expect(errors).toEqual([]);
+      await sharedPool.close();
+      // Only the bind made above is left: no slot, no copy of the worktree on the parent.
+      expect(mountsUnder(shared)).toEqual([shared]);
+      expect(readdirSync(path.join(shared, 'pool'))).toEqual([]);
+    } finally {
+      await sharedPool.close().catch(() => undefined);
+      for (const mp of mountsUnder(shared) ?? []) spawnSync('umount', ['-l', mp]);
+      rmSync(shared, { recursive: true, force: true });
+    }
+  });
+
   it('reports a memory hog in a pooled container as oom_killed', async () => {
     const r = await run(['/bin/tail', '/dev/zero']);
     expect(r.result).toMatchObject({ outcome: 'oom_killed', exitCode: 137, pooled: true });
