@@ -30,7 +30,7 @@ import { removeContainer } from './docker';
 import { JobReporter } from './reporter';
 import { HOST_BASE_ENV, recoverWorktrees, removeOrphans, runSession, type SessionResult, type SetupStep } from './runner';
 import { defaultWorkspaceConfig } from './config';
-import { DEFAULT_WARM, MAX_WARM, parseWarm, WarmPool } from './pool';
+import { DEFAULT_WARM, MAX_WARM, parseWarm, removeStaleSlots, WarmPool } from './pool';
 import { effectiveSessionPolicy, type OperatorPolicy, PolicyViolation, policySha256, recheckSessionPolicy } from './session-policy';
 
 /** The largest patch (JSON-encoded) posted to the server; a larger one stays on the worker. */
@@ -129,8 +129,12 @@ export class SandboxWorker {
   private async startPool(): Promise<void> {
     const size = this.o.warm ?? DEFAULT_WARM;
     const docker = this.o.docker;
-    if (size === 0 || !docker) return;
     const log = this.o.logger;
+    const root = this.o.poolRoot ?? path.join(this.o.lokiHome, 'pool', this.o.workerId.replace(/[^A-Za-z0-9_.-]/g, '_'));
+    // What a previous run left (killed with pooled sessions running: their worktrees
+    // still bound on the slots) goes whether or not this run has a pool.
+    if (process.getuid?.() === 0) await removeStaleSlots(root, log);
+    if (size === 0 || !docker) return;
     const why = !this.o.forwarderPath || !existsSync(this.o.forwarderPath)
       ? `no egress forwarder${this.o.forwarderPath ? ` at ${this.o.forwarderPath}` : ''} (build it with scripts/forwarder/build.sh)`
       : process.getuid?.() !== 0
@@ -154,12 +158,11 @@ export class SandboxWorker {
         size,
         template,
         workerId: this.o.workerId,
-        root: this.o.poolRoot ?? path.join(this.o.lokiHome, 'pool', this.o.workerId.replace(/[^A-Za-z0-9_.-]/g, '_')),
+        root,
         forwarderPath: this.o.forwarderPath!,
         context,
         logger: log,
       });
-      await this.pool.cleanStale();
       log.info('warm pool', { size, image: template.image, runtime: template.runtime });
     } catch (err) {
       this.pool = null;
