@@ -117,16 +117,34 @@ export class TileTreeCache {
     return levels;
   }
 
+  /** The widest data seen for a tile: a tile's first W hashes never change, so any prefix read earlier stays right. */
+  private readonly seen = new Map<string, Uint8Array>();
+
   /** Hashes by stored-hash index, given a way to read tiles (fetched up front, so D1 works too). */
   async readHashes(indexes: number[], readTile: (level: number, n: number) => Promise<Uint8Array | null>): Promise<Hash[]> {
     const tiles = new Map<string, Uint8Array | null>();
     const spots = indexes.map((x) => tileForIndex(TILE_HEIGHT, x));
+    // What is needed of each tile, and whether a copy seen before already holds it.
+    const need = new Map<string, number>();
+    for (const { tile, end } of spots) {
+      const k = `${tile.L}/${tile.N}`;
+      need.set(k, Math.max(need.get(k) ?? 0, end));
+    }
     await Promise.all(
-      spots.map(async ({ tile }) => {
-        const k = `${tile.L}/${tile.N}`;
-        if (tiles.has(k)) return;
-        tiles.set(k, null);
-        tiles.set(k, await readTile(tile.L, tile.N));
+      [...need].map(async ([k, end]) => {
+        const have = this.seen.get(k);
+        if (have && have.length >= end) {
+          tiles.set(k, have);
+          return;
+        }
+        const [level, n] = k.split('/').map(Number) as [number, number];
+        const data = await readTile(level, n);
+        tiles.set(k, data);
+        if (data) {
+          this.seen.delete(k);
+          this.seen.set(k, data);
+          if (this.seen.size > this.max) this.seen.delete(this.seen.keys().next().value as string);
+        }
       }),
     );
     return spots.map(({ tile, start, end }, i) => {

@@ -122,6 +122,14 @@ describe('RFC 6962 tree (port of sumdb/tlog)', () => {
     expect(maxpow2(5)).toEqual([4, 2]);
     expect(maxpow2(8)).toEqual([4, 2]);
     expect(maxpow2(9)).toEqual([8, 3]);
+    // The clz32 fast path against Go's loop, including around 2^32.
+    const goMaxpow2 = (n: number): [number, number] => {
+      let l = 0;
+      while (2 ** (l + 1) < n) l++;
+      return [2 ** l, l];
+    };
+    for (const n of [1, 2, 3, 4, 7, 65, 255, 256, 257, 2 ** 31, 2 ** 31 + 1, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, 2 ** 40 + 3]) expect(maxpow2(n)).toEqual(goMaxpow2(n));
+    for (let n = 1; n < 5000; n++) expect(maxpow2(n)).toEqual(goMaxpow2(n));
     // Beyond 32 bits (no 32-bit bitwise operators anywhere).
     const big = 2 ** 40 + 12345;
     expect(splitStoredHashIndex(storedHashIndex(3, big))).toEqual([3, big]);

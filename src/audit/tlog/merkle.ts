@@ -57,13 +57,20 @@ export class TlogError extends Error {
 
 const proofFailed = () => new TlogError('proof_failed', 'invalid transparency proof');
 
-const pow2 = (l: number) => 2 ** l;
-const shr = (n: number, k: number) => Math.floor(n / 2 ** k);
+// Powers of two by table: `2 ** l` with a variable exponent is slow in V8.
+const POW2 = Array.from({ length: 64 }, (_, i) => 2 ** i);
+const pow2 = (l: number) => POW2[l]!;
+const shr = (n: number, k: number) => Math.floor(n / POW2[k]!);
 
 /** k, the largest power of 2 smaller than n, and l = log₂ k (Go's maxpow2). */
 export function maxpow2(n: number): [k: number, l: number] {
-  let l = 0;
-  while (pow2(l + 1) < n) l++;
+  if (n <= 2) return [1, 0];
+  let l: number;
+  if (n <= 0x100000000) l = 31 - Math.clz32(n - 1);
+  else {
+    l = 32;
+    while (pow2(l + 1) < n) l++;
+  }
   return [pow2(l), l];
 }
 

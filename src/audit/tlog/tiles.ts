@@ -45,8 +45,9 @@ export class TilePathError extends Error {
   }
 }
 
-const pow2 = (l: number) => 2 ** l;
-const shr = (n: number, k: number) => Math.floor(n / 2 ** k);
+const POW2 = Array.from({ length: 64 }, (_, i) => 2 ** i);
+const pow2 = (l: number) => POW2[l]!;
+const shr = (n: number, k: number) => Math.floor(n / POW2[k]!);
 
 /** The tile of height h and least width storing the given hash index, and that hash's byte range in it. */
 export function tileForIndex(h: number, index: number): { tile: Tile; start: number; end: number } {
