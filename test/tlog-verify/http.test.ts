@@ -9,7 +9,8 @@
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { generateNoteKey } from '../../src/audit/tlog/note';
+import { formatCheckpoint, generateNoteKey, signNote } from '../../src/audit/tlog/note';
+import { sha256, utf8 } from '../../src/audit/tlog/sha256';
 import { sampleEntry } from '../helpers/audit';
 import { runCli, startTestServer, type TestServer, tempHome } from '../helpers/server';
 import { makeToken } from '../helpers/tokens';
@@ -90,5 +91,25 @@ describeGo('the Go verifier against a running server', probe, (bin) => {
     const ok = await runVerifier(bin, ['proof', proofFile, vkey]);
     expect(ok.code).toBe(0);
     expect(JSON.parse(ok.stdout)).toMatchObject({ ok: true, index: 6 });
+  });
+
+  it('first run without a saved checkpoint, then saving one; a log behind or beside what was saved is refused', async () => {
+    const base = `${s.url}/api/enterprise/audit/tlog`;
+    const first = await runVerifier(bin, ['http', base, vkey, '-', '5', '3'], { env: { TLOG_TOKEN: token } });
+    expect(first.code).toBe(0);
+    expect(JSON.parse(first.stdout)).toMatchObject({ size: 2000, records_checked: 5, consistent_from: null, server_proofs: 'ok' });
+    const saved = await runVerifier(bin, ['checkpoint', base, vkey], { env: { TLOG_TOKEN: token } });
+    expect(saved.code).toBe(0);
+    expect(saved.stdout).toBe(await checkpointNote());
+    // What the auditor saw before, signed by the log's key: a larger tree, or another tree of the same size.
+    const tlog = s.runtime.audit.tlog!;
+    for (const [size, why] of [
+      [5000, 'tlog-verify: the log\'s checkpoint (size 2000) is older than the saved one (size 5000): the log was rolled back\n'],
+      [2000, 'tlog-verify: the log\'s checkpoint and the saved one have the same size 2000 and different roots: the log was forked\n'],
+    ] as const) {
+      const f = path.join(dir, `seen-${size}.note`);
+      writeFileSync(f, await signNote(formatCheckpoint({ origin: tlog.origin, size, rootHash: sha256(utf8('another tree')) }), [tlog.signer]));
+      expect(await runVerifier(bin, ['http', base, vkey, f, '2', '1'], { env: { TLOG_TOKEN: token } })).toMatchObject({ code: 2, stderr: why });
+    }
   });
 });

@@ -17,10 +17,13 @@
 //	tlog-verify tree N
 //	    RFC 6962 hashes of records "record <i>\n" for i < N: tree hashes,
 //	    inclusion and consistency proofs, tiles (vectors for the other side)
-//	tlog-verify http BASE_URL VKEY OLD_CHECKPOINT_FILE SAMPLES SEED [PROOF_FILE]
+//	tlog-verify checkpoint BASE_URL VKEY
+//	    fetch the checkpoint (bearer token in $TLOG_TOKEN), verify it, print it
+//	tlog-verify http BASE_URL VKEY OLD_CHECKPOINT_FILE|- SAMPLES SEED [PROOF_FILE]
 //	    read the checkpoint, tiles and entry bundles over HTTP (bearer token in
 //	    $TLOG_TOKEN), verify the note, tlog.CheckRecord SAMPLES random entries,
-//	    tlog.CheckTree from the old checkpoint, and the server's proof endpoints
+//	    tlog.CheckTree from the checkpoint saved earlier (refusing a smaller or
+//	    forked one), and the server's proof endpoints
 //	tlog-verify proof FILE.tlog-proof VKEY [ENTRY_FILE]
 //	    verify a C2SP tlog-proof offline
 package main
@@ -593,16 +596,25 @@ func cmdHTTP(base, vkey, oldFile string, samples int, seed int64, proofFile stri
 	}
 	out["origin"] = cur.Origin
 	out["size"] = cur.Tree.N
-	oldRaw, err := os.ReadFile(oldFile)
-	if err != nil {
-		die("%v", err)
-	}
-	old, _, _, err := openCheckpoint(oldRaw, []string{vkey})
-	if err != nil {
-		die("old checkpoint: %v", err)
-	}
-	if old.Origin != cur.Origin {
-		die("origin changed: %q -> %q", old.Origin, cur.Origin)
+	// The checkpoint saved last time ("-": none yet): the log must have grown from it.
+	old := checkpoint{}
+	if oldFile != "-" {
+		oldRaw, err := os.ReadFile(oldFile)
+		if err != nil {
+			die("%v", err)
+		}
+		if old, _, _, err = openCheckpoint(oldRaw, []string{vkey}); err != nil {
+			die("old checkpoint: %v", err)
+		}
+		if old.Origin != cur.Origin {
+			die("origin changed: %q -> %q", old.Origin, cur.Origin)
+		}
+		if old.Tree.N > cur.Tree.N {
+			die("the log's checkpoint (size %d) is older than the saved one (size %d): the log was rolled back", cur.Tree.N, old.Tree.N)
+		}
+		if old.Tree.N == cur.Tree.N && old.Tree.Hash != cur.Tree.Hash {
+			die("the log's checkpoint and the saved one have the same size %d and different roots: the log was forked", cur.Tree.N)
+		}
 	}
 	tr := &mapTiles{tiles: map[string][]byte{}, fetch: func(p string) ([]byte, error) {
 		b, _, err := httpGet(base, p)
@@ -642,18 +654,20 @@ func cmdHTTP(base, vkey, oldFile string, samples int, seed int64, proofFile stri
 	if err := tlog.CheckRecord(hashes(incl.Proof), cur.Tree.N, cur.Tree.Hash, i, tlog.RecordHash(data)); err != nil {
 		die("server inclusion proof for %d: %v", i, err)
 	}
-	var cons struct {
-		Proof []string `json:"proof"`
-	}
-	b, _, err = httpGet(base, fmt.Sprintf("proof/consistency?old=%d&new=%d", old.Tree.N, cur.Tree.N))
-	if err != nil {
-		die("%v", err)
-	}
-	if err := json.Unmarshal(b, &cons); err != nil {
-		die("consistency proof JSON: %v", err)
-	}
-	if err := tlog.CheckTree(hashes(cons.Proof), cur.Tree.N, cur.Tree.Hash, old.Tree.N, old.Tree.Hash); err != nil {
-		die("server consistency proof: %v", err)
+	if old.Tree.N > 0 {
+		var cons struct {
+			Proof []string `json:"proof"`
+		}
+		b, _, err = httpGet(base, fmt.Sprintf("proof/consistency?old=%d&new=%d", old.Tree.N, cur.Tree.N))
+		if err != nil {
+			die("%v", err)
+		}
+		if err := json.Unmarshal(b, &cons); err != nil {
+			die("consistency proof JSON: %v", err)
+		}
+		if err := tlog.CheckTree(hashes(cons.Proof), cur.Tree.N, cur.Tree.Hash, old.Tree.N, old.Tree.Hash); err != nil {
+			die("server consistency proof: %v", err)
+		}
 	}
 	out["server_proofs"] = "ok"
 	if proofFile != "" {
@@ -668,6 +682,19 @@ func cmdHTTP(base, vkey, oldFile string, samples int, seed int64, proofFile stri
 		out["proof_file"] = pr
 	}
 	json.NewEncoder(os.Stdout).Encode(out)
+}
+
+// cmdCheckpoint fetches the log's checkpoint, verifies it with the key and
+// prints it (save it: the next `http` run checks the log grew from it).
+func cmdCheckpoint(base, vkey string) {
+	b, _, err := httpGet(base, "checkpoint")
+	if err != nil {
+		die("%v", err)
+	}
+	if _, _, _, err := openCheckpoint(b, []string{vkey}); err != nil {
+		die("checkpoint: %v", err)
+	}
+	os.Stdout.Write(b)
 }
 
 func cmdProof(file, vkey, entryFile string) {
@@ -691,7 +718,7 @@ func cmdProof(file, vkey, entryFile string) {
 
 func main() {
 	if len(os.Args) < 2 {
-		die("usage: tlog-verify ops|gen-note|tree|http|proof …")
+		die("usage: tlog-verify ops|gen-note|tree|checkpoint|http|proof …")
 	}
 	a := os.Args[2:]
 	switch os.Args[1] {
@@ -725,6 +752,11 @@ func main() {
 			pf = a[5]
 		}
 		cmdHTTP(a[0], a[1], a[2], samples, seed, pf)
+	case "checkpoint":
+		if len(a) != 2 {
+			die("usage: tlog-verify checkpoint BASE_URL VKEY")
+		}
+		cmdCheckpoint(a[0], a[1])
 	case "proof":
 		if len(a) < 2 || len(a) > 3 {
 			die("usage: tlog-verify proof FILE.tlog-proof VKEY [ENTRY_FILE]")
