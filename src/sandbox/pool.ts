@@ -221,8 +221,9 @@ export class WarmPool {
     return slot;
   }
 
-  /** After the session: remove its container and slot (never reused). */
+  /** After the session: remove its container and slot (never reused). Once per slot: later calls do nothing. */
   async release(slot: PoolSlot): Promise<void> {
+    if (this.inUse.get(slot.id) !== slot) return;
     try {
       await this.destroy(slot);
     } finally {

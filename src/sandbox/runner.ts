@@ -790,6 +790,9 @@ export async function runSession(spec: SessionSpec, hooks: SessionHooks, options
     summary = { outcome: 'failed', exitCode: null, spentUsd: 0, outputTruncated: false, error: messageOf(err) };
     hooks.onEvent('session_error', { message: summary.error });
   } finally {
+    // A pooled container the agent was never launched in (the session was stopped while
+    // its slot was being prepared) is removed too; after a run this does nothing.
+    if (slot) await options.pool!.release(slot).catch((err) => hooks.onEvent('session_error', { message: `container remove failed: ${messageOf(err)}` }));
     // The container is gone: end the proxy (open tunnels are reported at close).
     await egress?.close().catch((err) => hooks.onEvent('session_error', { message: `egress proxy close failed: ${messageOf(err)}` }));
   }

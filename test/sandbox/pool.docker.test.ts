@@ -218,6 +218,30 @@ describeDocker('the warm pool', probe, (docker: Docker) => {
     }
   });
 
+  it('removes a taken container the agent never started in (stopped while its slot was being prepared)', async () => {
+    const ac = new AbortController();
+    const take = pool.take.bind(pool);
+    let taken: string | null = null;
+    pool.take = (p: SessionPolicy) => {
+      const slot = take(p);
+      taken = slot?.containerId ?? null;
+      ac.abort('shutdown');
+      return slot;
+    };
+    try {
+      const r = await run(['/bin/sh', '-c', 'echo never'], {}, ac.signal);
+      expect(r.result.outcome).toBe('stopped');
+    } finally {
+      pool.take = take;
+    }
+    expect(taken).not.toBeNull();
+    await expect(docker.getContainer(taken!).inspect()).rejects.toMatchObject({ statusCode: 404 });
+    expect(pool.stats().in_use).toBe(0);
+    await pool.whenFilled();
+    expect(mountsUnder(path.join(home, 'pool'))!.filter((m) => m.endsWith('/work'))).toEqual([]);
+    expect(await poolContainers()).toHaveLength(2);
+  });
+
   it('reports a memory hog in a pooled container as oom_killed', async () => {
     const r = await run(['/bin/tail', '/dev/zero']);
     expect(r.result).toMatchObject({ outcome: 'oom_killed', exitCode: 137, pooled: true });
