@@ -15,6 +15,7 @@ import type { AuditStorage, StoredCheckpoint, Tip } from './storage';
 import { NoteError, noteVerifier } from './tlog/note';
 import { fromBase64 } from './tlog/sha256';
 import type { NoteVerifier } from './tlog/note';
+import type { ExternalCheckpoint } from './verify';
 
 export interface ExportHeader {
   type: 'header';
@@ -147,7 +148,7 @@ export async function readExport(file: string): Promise<{ header: ExportHeader; 
 
 export async function verifyExport(
   file: string,
-  opts: { external?: string | null; publicJwk?: JWK | null; noteKey?: string | null; sha256: (s: string) => string },
+  opts: { external?: string | ExternalCheckpoint | null; publicJwk?: JWK | null; noteKey?: string | null; sha256: (s: string) => string },
 ): Promise<VerifyResult> {
   const { header, rows, checkpoints, tiles } = await readExport(file);
   const jwk = opts.publicJwk ?? header.public_jwk;

@@ -2,10 +2,11 @@
  * The transparency log's note key (Node): an Ed25519 signed-note key in
  * `$LOKI_HOME/dashboard/audit-note-key` (mode 0600), next to the JWS signing key,
  * holding the signer key string `PRIVATE+KEY+<origin>+<key id>+<base64>`. The
- * server creates it on first use (`wx`: never overwriting one another process
- * just made); verification never creates it.
+ * server creates it on first use (exclusively: never overwriting one another
+ * process just made); verification never creates it.
  */
-import { closeSync, existsSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, fsyncSync, linkSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TlogSigner } from './log';
@@ -38,13 +39,24 @@ export async function loadNoteKey(file: string, origin: string | null, opts: { c
   if (!existsSync(file)) {
     if (!opts.create) return null;
     const { skey } = await generateNoteKey(origin ?? defaultOrigin());
+    // Written whole to a private temporary file, then linked into place: link()
+    // never replaces a key another process just made, and no process ever reads
+    // a half-written one.
+    const tmp = `${file}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+    const fd = openSync(tmp, 'wx', 0o600);
     try {
-      const fd = openSync(file, 'wx', 0o600); // never overwrite a key another process just made
       writeSync(fd, `${skey}\n`);
+      fsyncSync(fd);
+    } finally {
       closeSync(fd);
+    }
+    try {
+      linkSync(tmp, file);
       created = true;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    } finally {
+      unlinkSync(tmp);
     }
   }
   const skey = readFileSync(file, 'utf8').trim();

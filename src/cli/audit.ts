@@ -142,7 +142,7 @@ export function auditCommands(enterprise: Command): void {
         }
         if (witnesses.length > 0) fail('--witness-key works on the database; for an export, verify its checkpoint note with --checkpoint');
         try {
-          result = await verifyExport(o.file, { external: external?.jws ?? external?.note ?? null, publicJwk: jwk, noteKey: pinned?.vkey ?? null, sha256: sha256Hex });
+          result = await verifyExport(o.file, { external, publicJwk: jwk, noteKey: pinned?.vkey ?? null, sha256: sha256Hex });
         } catch (err) {
           if (err instanceof ExportFormatError) {
             const r: VerifyResult = { valid: false, entries_checked: 0, first_invalid_seq: null, reason: `malformed_export: ${err.message}`, last_hash: '', checkpoint: null };

@@ -7,7 +7,7 @@
  */
 import type { TreeStatus } from '../audit/storage';
 import { defaultHasher, HASH_SIZE, type Hash, type TreeHasher } from '../audit/tlog/merkle';
-import { TILE_HEIGHT, TILE_WIDTH, tileExtent, tileForIndex } from '../audit/tlog/tiles';
+import { TILE_HEIGHT, TILE_WIDTH, tileExtent, tileForIndex, tileHash } from '../audit/tlog/tiles';
 
 /** Levels read at the edge: 256^6 = 2^48 leaves. */
 export const TILE_LEVELS = 6;
@@ -83,38 +83,64 @@ export function treeStatusOf(size: number, logSize: number, firstSeq: number | n
   return { size, logSize, state };
 }
 
+/** Intra-tile levels below this are hashed from the tile's data when asked (at most 2^4 - 1 hashes); those at and above it are cached. */
+const CACHED_FROM = 4;
+/** Tile data kept to save re-reads (8 KB each). */
+const SEEN_MAX = 512;
+
 /**
- * Computed subtree hashes of tiles, by (level, n, width): a tile's data at a
- * given width never changes (tiles only grow), so proofs reuse them. Bounded LRU.
+ * Subtree hashes inside tiles, for proofs. A tile's data at a given width never
+ * changes (tiles only grow), so for each (level, n, width) the hashes of its
+ * subtrees of 16 or more leaves are kept (31 hashes, ~1 KB, for a full tile) in a
+ * bounded LRU; smaller subtrees are hashed from the data on demand. A random
+ * proof then costs a few hashes per tile once the tile has been seen.
  */
 export class TileTreeCache {
-  private readonly map = new Map<string, Hash[][]>();
+  /** Per (level, n, width): the subtree hashes of 2^CACHED_FROM.. leaves, level by level, in one buffer. */
+  private readonly upper = new Map<string, { buf: Uint8Array; offsets: number[] }>();
   constructor(
-    private readonly max = 512,
+    private readonly max = 4096,
     private readonly hasher: TreeHasher = defaultHasher,
   ) {}
 
-  /** All complete subtree hashes of the tile: levels[k][i] = hash of its 2^k hashes from i·2^k. */
-  levels(level: number, n: number, data: Uint8Array): Hash[][] {
+  private upperLevels(level: number, n: number, data: Uint8Array): { buf: Uint8Array; offsets: number[] } {
     const key = `${level}/${n}/${data.length}`;
-    const hit = this.map.get(key);
+    const hit = this.upper.get(key);
     if (hit) {
-      this.map.delete(key);
-      this.map.set(key, hit);
+      this.upper.delete(key);
+      this.upper.set(key, hit);
       return hit;
     }
-    const w = data.length / HASH_SIZE;
-    const levels: Hash[][] = [Array.from({ length: w }, (_, i) => data.slice(i * HASH_SIZE, (i + 1) * HASH_SIZE))];
-    for (let k = 1; k <= TILE_HEIGHT; k++) {
-      const below = levels[k - 1]!;
-      const row: Hash[] = [];
-      for (let i = 0; i + 1 < below.length; i += 2) row.push(this.hasher.nodeHash(below[i]!, below[i + 1]!));
-      if (row.length === 0) break;
-      levels.push(row);
+    const span = 2 ** CACHED_FROM;
+    let row: Hash[] = [];
+    for (let i = 0; (i + 1) * span * HASH_SIZE <= data.length; i++) row.push(tileHash(data.subarray(i * span * HASH_SIZE, (i + 1) * span * HASH_SIZE), this.hasher));
+    const rows: Hash[][] = [];
+    while (row.length > 0) {
+      rows.push(row);
+      const up: Hash[] = [];
+      for (let i = 0; i + 1 < row.length; i += 2) up.push(this.hasher.nodeHash(row[i]!, row[i + 1]!));
+      row = up;
     }
-    this.map.set(key, levels);
-    if (this.map.size > this.max) this.map.delete(this.map.keys().next().value as string);
-    return levels;
+    const offsets: number[] = [];
+    let total = 0;
+    for (const r of rows) {
+      offsets.push(total);
+      total += r.length;
+    }
+    const buf = new Uint8Array(total * HASH_SIZE);
+    for (const [k, r] of rows.entries()) for (const [i, h] of r.entries()) buf.set(h, (offsets[k]! + i) * HASH_SIZE);
+    const entry = { buf, offsets };
+    this.upper.set(key, entry);
+    if (this.upper.size > this.max) this.upper.delete(this.upper.keys().next().value as string);
+    return entry;
+  }
+
+  /** The hash of the tile's 2^k hashes starting at hash index `first` (a multiple of 2^k). */
+  subtree(level: number, n: number, data: Uint8Array, k: number, first: number): Hash {
+    if (k < CACHED_FROM) return tileHash(data.subarray(first * HASH_SIZE, (first + 2 ** k) * HASH_SIZE), this.hasher);
+    const { buf, offsets } = this.upperLevels(level, n, data);
+    const at = (offsets[k - CACHED_FROM]! + first / 2 ** k) * HASH_SIZE;
+    return buf.slice(at, at + HASH_SIZE);
   }
 
   /** The widest data seen for a tile: a tile's first W hashes never change, so any prefix read earlier stays right. */
@@ -143,7 +169,7 @@ export class TileTreeCache {
         if (data) {
           this.seen.delete(k);
           this.seen.set(k, data);
-          if (this.seen.size > this.max) this.seen.delete(this.seen.keys().next().value as string);
+          if (this.seen.size > SEEN_MAX) this.seen.delete(this.seen.keys().next().value as string);
         }
       }),
     );
@@ -151,8 +177,7 @@ export class TileTreeCache {
       const data = tiles.get(`${tile.L}/${tile.N}`);
       if (!data || data.length < end) throw new Error(`tlog: the hash at stored index ${indexes[i]} is not in the stored tiles`);
       const span = (end - start) / HASH_SIZE;
-      const k = Math.log2(span);
-      return this.levels(tile.L, tile.N, data)[k]![start / HASH_SIZE / span]!;
+      return this.subtree(tile.L, tile.N, data, Math.log2(span), start / HASH_SIZE);
     });
   }
 }

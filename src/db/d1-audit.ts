@@ -112,7 +112,7 @@ export function createD1AuditStorage(db: D1Database, opts: D1AuditOptions = {}):
     const r = await db.prepare(READ_TILE_SQL).bind(level, n).first<{ hashes: unknown }>();
     return r ? blobBytes(r.hashes) : null;
   };
-  const cache = new TileTreeCache(128);
+  const cache = new TileTreeCache(1024);
 
   return {
     async appendBatch(inputs) {

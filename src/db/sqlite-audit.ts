@@ -50,7 +50,7 @@ export function createSqliteAuditStorage(db: SqliteDb): AuditStorage {
   const upsertTile = db.prepare(UPSERT_TILE_SQL);
   const readTileStmt = db.prepare(READ_TILE_SQL).pluck();
   const tileRangeStmt = db.prepare(TILE_RANGE_SQL);
-  const cache = new TileTreeCache(512, nodeTreeHasher);
+  const cache = new TileTreeCache(8192, nodeTreeHasher);
 
   const currentTip = (): Tip => {
     const r = tipStmt.get() as { seq: number; hash: string } | undefined;
