@@ -78,7 +78,7 @@ export type VerifyReason =
   | 'prune_checkpoint_missing'
   /** A stored Merkle tree hash disagrees with the entries (or a full tile with its parent). */
   | 'tree_mismatch'
-  /** A checkpoint note for a smaller tree signed after one for a larger tree, or no consistency proof between two notes. */
+  /** No consistency proof between two checkpoint notes of consecutive sizes (the stored tree is damaged). */
   | 'checkpoint_inconsistent'
   /** The log has a note key but no genesis checkpoint: it was emptied or replaced. */
   | 'genesis_checkpoint_missing'

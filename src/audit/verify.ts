@@ -11,8 +11,8 @@
  *  3. every stored checkpoint: the JWS and the C2SP note signature
  *     (bad_checkpoint_signature), its size against the log (truncated), its head
  *     hash against the row and its root against the tree (checkpoint_mismatch),
- *     and each note against the one before it (checkpoint_inconsistent: a
- *     smaller tree after a larger one, or no consistency proof between them);
+ *     and each note against the next larger one (checkpoint_inconsistent: no
+ *     consistency proof between them);
  *  4. a log with a note key but no genesis checkpoint (genesis_checkpoint_missing);
  *  5. a checkpoint the auditor saved (JWS or note), and witness cosignatures on
  *     it or on the latest note (witness_cosignature_missing, bad_witness_cosignature).
@@ -276,18 +276,19 @@ export async function verifyStorage(storage: AuditStorage, opts: VerifyOptions):
     }
     if (!bytesEqual(await rootAt(n.size), n.root)) return fail(Math.max(1, n.size), 'checkpoint_mismatch', checked, lastHash, view);
   }
-  const ordered = notes.filter((n) => !n.external && n.kind !== 'prune');
-  for (let i = 1; i < ordered.length; i++) {
-    const a = ordered[i - 1]!;
-    const b = ordered[i]!;
-    const view = cpView(verified.find((v) => v.id === b.id) ?? null);
-    if (b.size < a.size) return fail(b.size + 1, 'checkpoint_inconsistent', checked, lastHash, view);
-    if (a.size === 0 || b.size > tree.size) continue;
+  // Each note against the one before it (by tree size): a consistency proof from
+  // the stored tree. (Notes are not required to be stored in size order: a
+  // periodic checkpoint and one from another process may land in either order.)
+  const bySize = notes.filter((n) => !n.external && n.size > 0 && n.size <= tree.size).sort((a, b) => a.size - b.size);
+  for (let i = 1; i < bySize.length; i++) {
+    const a = bySize[i - 1]!;
+    const b = bySize[i]!;
+    if (a.size === b.size) continue;
     try {
       const proof = await proveTree(b.size, a.size, (idx) => storage.readHashes(idx), hasher);
       checkTree(proof, b.size, b.root, a.size, a.root, hasher);
     } catch (err) {
-      if (err instanceof TlogError) return fail(a.size, 'checkpoint_inconsistent', checked, lastHash, view);
+      if (err instanceof TlogError) return fail(a.size, 'checkpoint_inconsistent', checked, lastHash, cpView(verified.find((v) => v.id === b.id) ?? null));
       throw err;
     }
   }
