@@ -45,7 +45,7 @@ export function memoryStorage(rows: ChainRow[], checkpoints: StoredCheckpoint[],
   const lastTiles = () => {
     const last = new Map<number, ExportTile>();
     for (const t of tiles) if (t.level < TILE_LEVELS && (!last.get(t.level) || last.get(t.level)!.n < t.n)) last.set(t.level, t);
-    return [...last.values()].map((t) => ({ level: t.level, idx: t.n, hashes: t.data }));
+    return [...last.values()].map((t) => ({ level: t.level, idx: t.n, hashes: t.data, tip_seq: null, tip_hash: null }));
   };
   const readOnly = async (): Promise<never> => {
     throw new Error('export storage is read-only');

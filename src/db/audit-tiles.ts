@@ -20,17 +20,28 @@ export const TILE_RANGE_SQL = 'SELECT idx, hashes FROM audit_tiles WHERE level =
 
 /**
  * One statement, so one consistent snapshot (D1 runs each statement atomically):
- * the tip (level -1: idx = seq, hashes = hash) and the last tile of every level.
+ * the last tile of every level (idx null where a level has none) and, on every
+ * row, the tip. No compound SELECT (D1 limits their terms); the VALUES list is
+ * not one, and each level's last tile is a primary-key lookup.
  */
-export const TIP_AND_EDGE_SQL = [
-  'SELECT -1 AS level, seq AS idx, hash AS hashes FROM (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1)',
-  ...Array.from({ length: TILE_LEVELS }, (_, l) => `SELECT * FROM (SELECT level, idx, hashes FROM audit_tiles WHERE level = ${l} ORDER BY idx DESC LIMIT 1)`),
-].join(' UNION ALL ');
+export const TIP_AND_EDGE_SQL = `WITH levels(l) AS (VALUES ${Array.from({ length: TILE_LEVELS }, (_, l) => `(${l})`).join(', ')})
+SELECT levels.l AS level, t.idx AS idx, t.hashes AS hashes,
+  (SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 1) AS tip_seq,
+  (SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1) AS tip_hash
+FROM levels LEFT JOIN audit_tiles t ON t.level = levels.l AND t.idx = (SELECT max(idx) FROM audit_tiles WHERE level = levels.l)`;
 
 export interface EdgeRow {
   level: number;
-  idx: number;
+  idx: number | null;
   hashes: unknown;
+  tip_seq: number | null;
+  tip_hash: string | null;
+}
+
+/** The tip from TIP_AND_EDGE_SQL's rows (null for an empty table). */
+export function tipOf(rows: EdgeRow[]): { seq: number; hash: string } | null {
+  const r = rows[0];
+  return r && r.tip_seq !== null && r.tip_hash !== null ? { seq: r.tip_seq, hash: r.tip_hash } : null;
 }
 
 /** Blob values as bytes, whatever the driver returns (Buffer, ArrayBuffer, number array). */
@@ -54,7 +65,7 @@ export interface TreeEdge {
 /** The tree's size and edge from the last tile of each level (rows with level ≥ 0 from TIP_AND_EDGE_SQL). */
 export function treeEdge(rows: EdgeRow[]): TreeEdge {
   const last = new Map<number, { idx: number; data: Uint8Array }>();
-  for (const r of rows) if (r.level >= 0) last.set(r.level, { idx: r.idx, data: blobBytes(r.hashes) });
+  for (const r of rows) if (r.level >= 0 && r.idx !== null) last.set(r.level, { idx: r.idx, data: blobBytes(r.hashes) });
   const l0 = last.get(0);
   const size = l0 ? l0.idx * TILE_WIDTH + l0.data.length / HASH_SIZE : 0;
   const edge = new Map<number, Uint8Array>();

@@ -19,7 +19,7 @@ import { utf8 } from '../audit/tlog/sha256';
 import { appendLeaves } from '../audit/tlog/tiles';
 import { sha256Hex } from '../auth/tokens';
 import { auditQuerySql } from './audit-sql';
-import { blobBytes, type EdgeRow, READ_TILE_SQL, TIP_AND_EDGE_SQL, TILE_RANGE_SQL, TileTreeCache, treeEdge, treeStatusOf, UPSERT_TILE_SQL } from './audit-tiles';
+import { blobBytes, type EdgeRow, READ_TILE_SQL, TIP_AND_EDGE_SQL, TILE_RANGE_SQL, TileTreeCache, tipOf, treeEdge, treeStatusOf, UPSERT_TILE_SQL } from './audit-tiles';
 import type { D1Database } from './d1';
 
 export interface D1AuditOptions {
@@ -96,8 +96,7 @@ export function createD1AuditStorage(db: D1Database, opts: D1AuditOptions = {}):
   /** Tip and tree edge from one statement: one consistent snapshot. */
   const readState = async () => {
     const { results } = await db.prepare(TIP_AND_EDGE_SQL).all<EdgeRow>();
-    const tipRow = results.find((r) => r.level === -1);
-    const tip = tipRow ? { seq: tipRow.idx, hash: String(tipRow.hashes) } : await currentTip();
+    const tip = tipOf(results) ?? (await currentTip());
     return { tip, tree: treeEdge(results) };
   };
 

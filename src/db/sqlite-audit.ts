@@ -13,7 +13,7 @@ import type { AuditStorage, StoredCheckpoint, Tip, TreeStatus } from '../audit/s
 import type { Hash } from '../audit/tlog/merkle';
 import { appendLeaves } from '../audit/tlog/tiles';
 import { auditQuerySql } from './audit-sql';
-import { blobBytes, READ_TILE_SQL, TIP_AND_EDGE_SQL, TILE_RANGE_SQL, TileTreeCache, treeEdge, treeStatusOf, UPSERT_TILE_SQL } from './audit-tiles';
+import { blobBytes, type EdgeRow, READ_TILE_SQL, TIP_AND_EDGE_SQL, TILE_RANGE_SQL, TileTreeCache, tipOf, treeEdge, treeStatusOf, UPSERT_TILE_SQL } from './audit-tiles';
 import type { SqliteDb } from './sqlite';
 
 // crypto.hash (one-shot, Node ≥ 20.12) is about twice as fast as createHash.
@@ -62,9 +62,8 @@ export function createSqliteAuditStorage(db: SqliteDb): AuditStorage {
 
   /** Tip and tree edge, read together (inside the caller's transaction). */
   const readState = () => {
-    const rows = edgeStmt.all() as { level: number; idx: number; hashes: unknown }[];
-    const tipRow = rows.find((r) => r.level === -1);
-    const tip = tipRow ? { seq: tipRow.idx, hash: String(tipRow.hashes) } : currentTip();
+    const rows = edgeStmt.all() as EdgeRow[];
+    const tip = tipOf(rows) ?? currentTip();
     return { tip, tree: treeEdge(rows) };
   };
 

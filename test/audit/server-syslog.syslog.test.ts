@@ -66,6 +66,15 @@ describe.skipIf(!support.ok)(support.ok ? 'the server forwards committed audit e
     expect(all).toContain('[REDACTED]');
   });
 
+  it('a checkpoint arrives as its full C2SP note text (rsyslog shows each newline as #012 by default)', async () => {
+    const cp = (await s.runtime.audit.checkpoint('manual'))!;
+    expect(cp.note).toMatch(/\n\n— /);
+    const [m] = await rs.waitFor((x) => x.msgid === 'audit.checkpoint' && x.structuredData.includes(`size="${cp.size}"`) && x.structuredData.includes('kind="manual"'));
+    const asReceived = (t: string) => t.trim().replace(/(#012)+$/, '');
+    expect(asReceived(m!.msg)).toBe(cp.note!.trimEnd().replace(/\n/g, '#012'));
+    expect(m!.pri).toBe(16 * 8 + 6);
+  });
+
   it('/api/status reports the syslog queue and drops', async () => {
     const admin = await makeToken(s, 'syslog-admin-2', 'admin');
     const st = await (await s.req('/api/status', { token: admin.token })).json();
