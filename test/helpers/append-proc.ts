@@ -1,19 +1,28 @@
 /**
  * A separate process appending to an audit log (used to show that several
- * processes keep one linear chain). Usage: append-proc.ts LOKI_HOME COUNT LABEL [START_AT_MS]
- * (all processes start appending at START_AT_MS, so their appends really overlap).
+ * processes keep one linear chain). Usage: append-proc.ts LOKI_HOME COUNT LABEL [PROCESSES]
+ * (with PROCESSES, each one waits until that many are set up and ready, so their
+ * appends really overlap however slowly each one started).
  */
+import { readdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { loadConfig } from '../../src/env';
 import { createNodeAudit } from '../../src/audit/node-audit';
 import { migrate, openSqlite } from '../../src/db/sqlite';
 
-const [home, countArg, label, startAt] = process.argv.slice(2);
+const [home, countArg, label, processes] = process.argv.slice(2);
 const config = loadConfig({ LOKI_HOME: home }, { home: home!, cwd: home! });
 const db = openSqlite(config.dbPath);
 migrate(db);
 const { audit, close } = await createNodeAudit(config, db);
 const count = Number(countArg);
-if (startAt) await new Promise((r) => setTimeout(r, Math.max(0, Number(startAt) - Date.now())));
+if (processes) {
+  writeFileSync(path.join(home!, `ready-${label}`), '');
+  const ready = () => readdirSync(home!).filter((f) => f.startsWith('ready-')).length;
+  while (ready() < Number(processes)) await new Promise((r) => setTimeout(r, 5));
+  // The last one in may still be reading the directory: a moment so all start together.
+  await new Promise((r) => setTimeout(r, 20));
+}
 let pending: Promise<unknown>[] = [];
 for (let i = 1; i <= count; i++) {
   pending.push(
