@@ -52,12 +52,13 @@ export interface TestServer extends RunningServer {
   req(pathname: string, init?: RequestInit & { token?: string }): Promise<Response>;
 }
 
-export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
-  const home = env.LOKI_HOME ?? tempHome();
+/** An in-process server on a free port; `opts.now` injects its clock, `opts.homePrefix` names its temporary LOKI_HOME. */
+export async function startTestServer(env: Record<string, string> = {}, opts: { now?: () => number; homePrefix?: string } = {}): Promise<TestServer> {
+  const home = env.LOKI_HOME ?? tempHome(opts.homePrefix);
   const port = env.LOKI_DASHBOARD_PORT ? Number(env.LOKI_DASHBOARD_PORT) : await freePort();
   const config = loadConfig({ LOKI_HOME: home, ...env, LOKI_DASHBOARD_PORT: String(port) }, { home, cwd: home });
   const logger = captureLogger();
-  const server = await startServer(config, { logger });
+  const server = await startServer(config, opts.now ? { logger, now: opts.now } : { logger });
   return Object.assign(server, {
     home,
     logger,

@@ -11,8 +11,7 @@ import type { AuditLog } from '../../src/audit/log';
 import { loadConfig } from '../../src/env';
 import type { AppEnv } from '../../src/http/context';
 import { ANONYMOUS_PATH_MAX, ANONYMOUS_USER_AGENT_MAX, auditTrail } from '../../src/http/middleware/audit';
-import { startServer } from '../../src/server';
-import { captureLogger, freePort, runCli, type TestServer, tempHome } from '../helpers/server';
+import { freePort, runCli, startTestServer, type TestServer, tempHome } from '../helpers/server';
 import { makeToken } from '../helpers/tokens';
 
 const MINUTE = 60_000;
@@ -32,21 +31,8 @@ function clock(start: number): Clock {
   };
 }
 
-async function startClocked(env: Record<string, string>, c: Clock): Promise<TestServer> {
-  const home = tempHome('loki-flood-');
-  const port = await freePort();
-  const config = loadConfig({ LOKI_HOME: home, ...env, LOKI_DASHBOARD_PORT: String(port) }, { home, cwd: home });
-  const logger = captureLogger();
-  const server = await startServer(config, { logger, now: c.now });
-  return Object.assign(server, {
-    home,
-    logger,
-    req(pathname: string, init: RequestInit & { token?: string } = {}) {
-      const headers = new Headers(init.headers);
-      if (init.token) headers.set('Authorization', `Bearer ${init.token}`);
-      return fetch(`${server.url}${pathname}`, { ...init, headers });
-    },
-  });
+function startClocked(env: Record<string, string>, c: Clock): Promise<TestServer> {
+  return startTestServer(env, { now: c.now, homePrefix: 'loki-flood-' });
 }
 
 async function all(s: TestServer, afterSeq = 0): Promise<AuditEntry[]> {
