@@ -11,17 +11,10 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../helpers/server';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
 const FORWARDER = path.join(REPO, '.tmp', 'loki-forward');
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 describe('loki-forward -control (pool mode)', () => {
   let dir: string;
