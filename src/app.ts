@@ -16,7 +16,7 @@ import type { AppDeps, AppEnv } from './http/context';
 import { routeDefiner } from './http/define-route';
 import { ApiError, ErrorCode } from './http/errors';
 import { auditTrail } from './http/middleware/audit';
-import { corsAllowlist } from './http/middleware/cors';
+import { allowedOrigins, corsAllowlist } from './http/middleware/cors';
 import { type GuardOptions, resolveIdentity } from './http/middleware/guard';
 import { hostAllowlist } from './http/middleware/host';
 import { pathSafety } from './http/middleware/paths';
@@ -81,7 +81,7 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
       before: [requestId(deps.headers), securityHeaders(deps.headers)],
       checks: [
         hostAllowlist({ port: deps.config.port, enabled: deps.hostCheck }),
-        corsAllowlist({ origins: deps.config.corsOrigins, wildcard: deps.config.corsWildcard, headers: deps.headers }),
+        corsAllowlist({ origins: allowedOrigins(deps.config), wildcard: deps.config.corsWildcard, headers: deps.headers }),
         pathSafety(deps.rawPath),
       ],
     }),

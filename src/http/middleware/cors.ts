@@ -1,3 +1,4 @@
+import { type Config, parseOrigin } from '../../env';
 import { contextHeaders, type HeaderSink, requestHeader } from '../headers';
 import { ErrorCode } from '../errors';
 import { errorResponse } from '../respond';
@@ -13,6 +14,29 @@ export interface CorsOptions {
   maxAgeSeconds?: number;
   /** Where the response headers go (default: the context). */
   headers?: HeaderSink;
+}
+
+/**
+ * The server's own origins: `http://127.0.0.1:<port>`, `http://localhost:<port>`,
+ * `http://[::1]:<port>` and `http://<configured host>:<port>`. The dashboard page is
+ * served from one of them, so they are always allowed, also when
+ * `LOKI_DASHBOARD_CORS` replaces the default allowlist.
+ */
+export function serverOrigins(host: string, port: number): string[] {
+  const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+  const out: string[] = [];
+  for (const name of ['127.0.0.1', 'localhost', '[::1]', h]) {
+    const o = parseOrigin(`http://${name}:${port}`);
+    if (o && !out.includes(o)) out.push(o);
+  }
+  return out;
+}
+
+/** The origins allowed with credentials: the server's own, then `LOKI_DASHBOARD_CORS`. */
+export function allowedOrigins(config: Pick<Config, 'host' | 'port' | 'corsOrigins'>): string[] {
+  const out = serverOrigins(config.host, config.port);
+  for (const o of config.corsOrigins) if (!out.includes(o)) out.push(o);
+  return out;
 }
 
 /** Whether a present Origin may use the API (the CORS rule, shared with the WebSocket handshake). */

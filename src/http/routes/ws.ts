@@ -33,7 +33,7 @@ import { type CloseReason, LiveGroup, type LiveSink, type LiveStream, parseCurso
 import type { AppContext, AppDeps, AppEnv } from '../context';
 import type { DefineRoute } from '../define-route';
 import { ErrorCode } from '../errors';
-import { originAllowed } from '../middleware/cors';
+import { allowedOrigins, originAllowed } from '../middleware/cors';
 import { FailureLimiter } from '../middleware/rate-limit';
 import { errorResponse } from '../respond';
 import { eventJson, type LiveContext, liveAuditDetails, openLiveStream, parseLiveQuery } from './events';
@@ -88,6 +88,7 @@ export function wsRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps, a
   const pingEvery = deps.config.wsPingIntervalMs;
   const ctx: LiveContext = { deps, authenticator, group: new LiveGroup(deps.shutdownSignal), now };
 
+  const origins = allowedOrigins(deps.config);
   // Runs before the route's guard: attempts are counted whether or not they authenticate.
   app.use('/ws', async (c, next) => {
     const addr = deps.clientAddress(c) ?? 'unknown';
@@ -98,7 +99,7 @@ export function wsRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps, a
       return errorResponse(c, 429, ErrorCode.rateLimited, 'too many WebSocket connection attempts; try again later', { 'Retry-After': String(wait) });
     }
     const origin = c.req.header('origin');
-    if (origin !== undefined && !originAllowed(origin, { origins: deps.config.corsOrigins, wildcard: deps.config.corsWildcard })) {
+    if (origin !== undefined && !originAllowed(origin, { origins, wildcard: deps.config.corsWildcard })) {
       c.set('auditAction', 'ws.origin_refused');
       c.set('auditDetails', { origin: origin.slice(0, 256) });
       return errorResponse(c, 403, ErrorCode.forbiddenOrigin, 'origin is not in the CORS allowlist');
