@@ -262,8 +262,8 @@ describe('brute-force guard', () => {
       expect(Number(r.headers.get('retry-after'))).toBeGreaterThan(0);
       expect(Number(r.headers.get('retry-after'))).toBeLessThanOrEqual(60);
       expect((await r.json()).error.code).toBe('rate_limited');
-      // Even a good token waits: the address is locked out for the window.
-      expect((await s.req('/api/status', { token: good })).status).toBe(429);
+      // A good token is looked at first: earlier junk from the address never refuses it.
+      expect((await s.req('/api/status', { token: good })).status).toBe(200);
     } finally {
       await s.stop();
     }

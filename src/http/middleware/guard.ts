@@ -45,21 +45,17 @@ export async function resolveIdentity(
     }
     return { failure: 'missing', status: 403 };
   }
-  const retry = opts.limiter.retryAfter(addr);
-  if (retry > 0) return { failure: 'malformed', status: 429, retryAfter: retry };
+  // The credential is checked first: a valid one is never refused because of earlier
+  // junk from the same address. Only failures count, and only they are held back.
   const header = requestHeader(c, 'authorization');
   let token = parseBearer(header);
   if (token === null && header === undefined) token = opts.extraCredential?.(c) ?? null;
-  if (token === null) {
-    opts.limiter.fail(addr);
-    return { failure: header === undefined ? 'missing' : 'malformed', status: 401 };
-  }
-  const result = await opts.authenticator.authenticate(token);
-  if ('failure' in result) {
-    opts.limiter.fail(addr);
-    return { failure: result.failure, status: 401 };
-  }
-  return { identity: result };
+  const result = token === null ? { failure: (header === undefined ? 'missing' : 'malformed') as AuthFailure } : await opts.authenticator.authenticate(token);
+  if (!('failure' in result)) return { identity: result };
+  const retry = opts.limiter.retryAfter(addr);
+  if (retry > 0) return { failure: result.failure, status: 429, retryAfter: retry };
+  opts.limiter.fail(addr);
+  return { failure: result.failure, status: 401 };
 }
 
 /** Per-route guard: authenticate (or trust loopback when auth is off) and check the route's scope. */
