@@ -7,14 +7,23 @@
 import { z } from 'zod';
 import { ALG_COSIGNATURE_V1, isValidKeyName, keyHash } from './audit/tlog/note';
 import { fromBase64 } from './audit/tlog/sha256';
+import { REDACTED } from './util/redact';
 
 export type Role = 'admin' | 'operator' | 'viewer' | 'auditor' | 'worker';
 export type SyslogProto = 'udp' | 'tcp' | 'tls';
+export const EMBEDDED_WORKER_MODES = ['auto', 'on', 'off'] as const;
+export type EmbeddedWorkerMode = (typeof EMBEDDED_WORKER_MODES)[number];
 
 export interface Config {
   env: 'development' | 'production';
   home: string;
   dbPath: string;
+  /**
+   * `LOKI_DATABASE_URL` (postgres://…): the PostgreSQL store instead of SQLite at
+   * `dbPath`, with `LOKI_DATABASE_POOL_SIZE` connections per process and
+   * `LOKI_DATABASE_STATEMENT_TIMEOUT_MS` per statement. null: SQLite.
+   */
+  database: DatabaseConfig | null;
   host: string;
   port: number;
   allowInsecureBind: boolean;
@@ -58,6 +67,15 @@ export interface Config {
   workerToken: string | null;
   /** `LOKI_WORKER_ID`: names this worker's containers (label `loki.worker`); default: the host name. */
   workerId: string | null;
+  /**
+   * `LOKI_EMBEDDED_WORKER`: `loki dashboard` / `npm start` also run one sandbox worker
+   * as a supervised child process. `auto` (default): when a Docker engine answers;
+   * `on`: an unreachable engine is a start-up error; `off`: never.
+   */
+  embeddedWorker: EmbeddedWorkerMode;
+  /** `LOKI_EMBEDDED_WORKER_CONCURRENCY` / `LOKI_EMBEDDED_WORKER_WARM`: the embedded worker's `--concurrency` and `--warm`. */
+  embeddedWorkerConcurrency: number;
+  embeddedWorkerWarm: number;
   /** `LOKI_SANDBOX_KILL_GRACE_MS`: between SIGTERM and SIGKILL when a session is stopped. */
   sandboxKillGraceMs: number;
   /** `LOKI_SANDBOX_LEASE_MS`: how long a claimed job stays leased without a heartbeat. */
@@ -77,6 +95,12 @@ export interface Config {
   /** `LOKI_EVENTS_PRUNE_INTERVAL_S`: how often the Node server prunes the events table. */
   eventsPruneIntervalMs: number;
   bodyLimitBytes: number;
+}
+
+export interface DatabaseConfig {
+  url: string;
+  poolSize: number;
+  statementTimeoutMs: number;
 }
 
 export interface AuditWitnessConfig {
@@ -255,6 +279,7 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     env: mode,
     home,
     dbPath: read(env, 'LOKI_DB') ?? `${home}/dashboard/loki.db`,
+    database: databaseFrom(env),
     host,
     port,
     allowInsecureBind: bool(env, 'LOKI_DASHBOARD_ALLOW_INSECURE_BIND', false),
@@ -281,6 +306,9 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     token,
     workerToken: read(env, 'LOKI_WORKER_TOKEN') ?? token,
     workerId: workerIdFrom(env),
+    embeddedWorker: embeddedWorkerFrom(env),
+    embeddedWorkerConcurrency: int(env, 'LOKI_EMBEDDED_WORKER_CONCURRENCY', 2, 1, 32),
+    embeddedWorkerWarm: int(env, 'LOKI_EMBEDDED_WORKER_WARM', 2, 0, 32),
     sandboxKillGraceMs: int(env, 'LOKI_SANDBOX_KILL_GRACE_MS', 10_000, 0, 60_000),
     sandboxLeaseMs: int(env, 'LOKI_SANDBOX_LEASE_MS', 30_000, 1_000, 600_000),
     sessionOutputLimitBytes: int(env, 'LOKI_SESSION_MAX_OUTPUT_BYTES', 50 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
@@ -295,6 +323,29 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     bodyLimitBytes: int(env, 'LOKI_BODY_LIMIT', 1024 * 1024, 1024, 64 * 1024 * 1024),
   };
   return config;
+}
+
+const DATABASE_URL = z
+  .string()
+  .url()
+  .refine((v) => {
+    const u = new URL(v);
+    return (u.protocol === 'postgres:' || u.protocol === 'postgresql:') && u.pathname.length > 1 && !u.hash;
+  });
+
+/** `LOKI_DATABASE_URL` and its pool settings; the password never appears in an error. */
+function databaseFrom(env: Env): DatabaseConfig | null {
+  const v = read(env, 'LOKI_DATABASE_URL');
+  if (v === undefined) return null;
+  if (!DATABASE_URL.safeParse(v).success) {
+    const shown = v.replace(/^([a-z]+:\/\/[^:@/]*):[^@/]*@/i, `$1:${REDACTED}@`);
+    throw new ConfigError('LOKI_DATABASE_URL', shown, 'a PostgreSQL URL postgres://USER:PASSWORD@HOST:PORT/DATABASE (query parameters such as ?sslmode=require allowed)');
+  }
+  return {
+    url: v,
+    poolSize: int(env, 'LOKI_DATABASE_POOL_SIZE', 10, 1, 1000),
+    statementTimeoutMs: int(env, 'LOKI_DATABASE_STATEMENT_TIMEOUT_MS', 10_000, 0, 3_600_000),
+  };
 }
 
 function absPath(env: Env, name: string): string | undefined {
@@ -359,6 +410,17 @@ function auditOriginFrom(env: Env): string | null {
     throw new ConfigError('LOKI_AUDIT_ORIGIN', v, 'a log name of 1 to 255 characters without spaces or "+", such as example.com/audit');
   }
   return v;
+}
+
+const EMBEDDED_WORKER = z.enum(EMBEDDED_WORKER_MODES);
+
+/** `LOKI_EMBEDDED_WORKER`: auto (default), on or off. */
+function embeddedWorkerFrom(env: Env): EmbeddedWorkerMode {
+  const v = read(env, 'LOKI_EMBEDDED_WORKER');
+  if (v === undefined) return 'auto';
+  const parsed = EMBEDDED_WORKER.safeParse(v.toLowerCase());
+  if (!parsed.success) throw new ConfigError('LOKI_EMBEDDED_WORKER', v, 'one of auto, on, off');
+  return parsed.data;
 }
 
 function workerIdFrom(env: Env): string | null {

@@ -145,7 +145,7 @@ export interface EventStore {
 }
 
 export interface Store {
-  kind: 'sqlite' | 'd1';
+  kind: 'sqlite' | 'd1' | 'postgres';
   tokens: TokenStore;
   sessions: SessionStore;
   events: EventStore;
