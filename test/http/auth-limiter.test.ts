@@ -5,10 +5,11 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLokiApp } from '../../src/app';
+import { generateToken } from '../../src/auth/tokens';
 import { startTestServer, type TestServer } from '../helpers/server';
 import { makeToken } from '../helpers/tokens';
 
-const JUNK = 'loki_0000000000000000000000000000000000000000P0aTrD'; // well-formed, unknown
+const JUNK = generateToken(); // well-formed, never issued: each try is a store lookup
 
 describe('failed-authentication limiter (real server)', () => {
   let s: TestServer;

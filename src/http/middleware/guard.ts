@@ -12,13 +12,19 @@ import { requestHeader } from '../headers';
 export const WWW_INVALID = 'Bearer realm="loki", error="invalid_token"';
 export const wwwInsufficient = (scope: string) => `Bearer realm="loki", error="insufficient_scope", scope="${scope}"`;
 
+/**
+ * One answer for every refused credential (malformed, unknown, revoked, expired, a
+ * rejected identity token): a caller must not learn which tokens exist. The reason
+ * goes to the audit entry only (`details.reason`).
+ */
+const INVALID_TEXT = 'the bearer token is not valid';
 const FAILURE_TEXT: Record<AuthFailure, string> = {
   missing: 'a bearer token is required',
-  malformed: 'the bearer token is malformed',
-  unknown: 'the bearer token is not recognised',
-  revoked: 'the bearer token has been revoked',
-  expired: 'the bearer token has expired',
-  oidc_rejected: 'the identity token was rejected',
+  malformed: INVALID_TEXT,
+  unknown: INVALID_TEXT,
+  revoked: INVALID_TEXT,
+  expired: INVALID_TEXT,
+  oidc_rejected: INVALID_TEXT,
   oidc_unavailable: 'the identity provider cannot be reached',
 };
 
