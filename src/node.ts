@@ -1,11 +1,13 @@
 /**
  * Node entry: parse the environment, serve, handle signals.
- * SIGTERM/SIGINT: stop accepting, end streams, let in-flight requests finish
+ * SIGTERM/SIGINT: stop the embedded sandbox worker (src/embedded-worker.ts) and
+ * revoke its token, stop accepting, end streams, let in-flight requests finish
  * (LOKI_SHUTDOWN_TIMEOUT_MS), write a shutdown checkpoint, close the database,
  * exit 0. A second signal exits 130 at once.
  */
 import os from 'node:os';
 import { pathToFileURL } from 'node:url';
+import { EmbeddedWorkerError } from './embedded-worker';
 import { ConfigError, checkBind, type Config, loadConfig, readProcessEnv } from './env';
 import { loadOperatorPolicy, type OperatorPolicy, PolicyFileError } from './sandbox/session-policy';
 import { startServer } from './server';
@@ -53,8 +55,12 @@ export async function runDashboard(overrides: { host?: string; port?: string } =
   const logger = createLogger();
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
-    server = await startServer(config, { logger, operatorPolicy });
+    server = await startServer(config, { logger, operatorPolicy, embeddedWorker: true });
   } catch (err) {
+    if (err instanceof EmbeddedWorkerError) {
+      process.stderr.write(`loki: ${err.message}\n`);
+      process.exit(2);
+    }
     const e = err as NodeJS.ErrnoException;
     const why = e.code === 'EADDRINUSE' ? `port ${config.port} on ${config.host} is already in use` : e.message;
     process.stderr.write(`loki: cannot start the dashboard: ${why}\n`);
@@ -67,6 +73,7 @@ export async function runDashboard(overrides: { host?: string; port?: string } =
     db: config.dbPath,
     auth: config.enterpriseAuth || config.oidc !== null,
     audit: config.auditEnabled,
+    embedded_worker: server.runtime.embeddedWorker.status().state,
   });
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {

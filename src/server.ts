@@ -15,13 +15,15 @@ import { WebSocketServer } from 'ws';
 import type { Context } from 'hono';
 import { createLokiApp, type LokiApp } from './app';
 import type { AuditLog } from './audit/log';
-import { createNodeAudit } from './audit/node-audit';
+import { createNodeAudit, createPgNodeAudit, type NodeAudit } from './audit/node-audit';
 import { type PruneOutcome, pruneAudit, retentionCutoff } from './audit/retention';
 import { AuditVolumeGuard } from './audit/suppress';
 import { proveTree } from './audit/tlog/merkle';
 import { createWitnessPusher, type WitnessPusher } from './audit/witness-client';
 import { sha256Hex } from './db/sqlite-audit';
 import { openSqlite, migrate, createSqliteStore, tightenDbFiles, type SqliteDb } from './db/sqlite';
+import { openPostgresBackend, type PostgresBackend } from './db/pg';
+import type { Store } from './db/store';
 import { createSqliteCosignatureStore, watchCheckpointNotes } from './db/sqlite-witness';
 import type { Config } from './env';
 import { EventHub } from './events/hub';
@@ -36,6 +38,7 @@ import { VERSION } from './version';
 import { errorBody } from './http/errors';
 import { API_CSP } from './http/middleware/security-headers';
 import { randomId } from './auth/tokens';
+import { EmbeddedWorker, EmbeddedWorkerError, type EmbeddedWorkerStatus, embeddedWorkerId, notRunning, probeDocker } from './embedded-worker';
 
 const PUBLIC_DIR = fileURLToPath(new URL('../public', import.meta.url));
 const CONTENT_TYPES: Record<string, string> = {
@@ -83,7 +86,10 @@ async function staticFile(rel: string): Promise<Response | null> {
 }
 
 export interface NodeRuntime {
+  /** The SQLite handle (throws on PostgreSQL: use `pg`). */
   db: SqliteDb;
+  /** `LOKI_DATABASE_URL`: the PostgreSQL pool, store and audit storage (null on SQLite). */
+  pg: PostgresBackend | null;
   deps: AppDeps;
   loki: LokiApp;
   audit: AuditLog;
@@ -96,6 +102,8 @@ export interface NodeRuntime {
   events: EventHub;
   shutdown: AbortController;
   applied: string[];
+  /** What `/api/status` says about the embedded sandbox worker (`embedded_worker`); startServer updates it. */
+  embeddedWorker: { status: () => EmbeddedWorkerStatus };
   close(): Promise<void>;
 }
 
@@ -104,6 +112,13 @@ export interface NodeRuntimeOptions {
   operatorPolicy?: OperatorPolicy;
   /** The clock requests, audit summaries and retention use (tests inject one; default Date.now). */
   now?: () => number;
+  /**
+   * Run the embedded sandbox worker as `LOKI_EMBEDDED_WORKER` says (`loki dashboard`,
+   * `npm start`, tests that ask for it). Other callers (benchmarks, tests) get none.
+   */
+  embeddedWorker?: boolean;
+  /** Where the embedded worker's output lines go (default: stderr). */
+  embeddedWorkerOutput?: (line: string) => void;
 }
 
 const SYSTEM_RETENTION = { type: 'system' as const, id: null, name: 'audit-retention' };
@@ -198,11 +213,27 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
   const now = opts.now ?? Date.now;
   // Decided once, at start-up: a malformed file stops the server (see `policyOrExit`).
   const operatorPolicy = opts.operatorPolicy ?? loadOperatorPolicy(config.policyFile, { allowHostSessions: config.allowHostSessions });
-  const db = openSqlite(config.dbPath);
-  const applied = migrate(db);
-  tightenDbFiles(config.dbPath);
-  const store = createSqliteStore(db);
-  const nodeAudit = await createNodeAudit(config, db, { logger });
+  // LOKI_DATABASE_URL: PostgreSQL, shared by every server; otherwise the SQLite file.
+  let db: SqliteDb | null = null;
+  let pgBackend: PostgresBackend | null = null;
+  let applied: string[];
+  let store: Store;
+  let nodeAudit: NodeAudit;
+  if (config.database) {
+    pgBackend = await openPostgresBackend(config.database, {
+      onError: (err) => logger.warn('database connection lost; the pool reconnects', { err: err.message }),
+    });
+    applied = pgBackend.applied;
+    store = pgBackend.store;
+    nodeAudit = await createPgNodeAudit(config, pgBackend.auditStorage, { logger });
+  } else {
+    db = openSqlite(config.dbPath);
+    applied = migrate(db);
+    tightenDbFiles(config.dbPath);
+    store = createSqliteStore(db);
+    nodeAudit = await createNodeAudit(config, db, { logger });
+  }
+  const sqlite = db;
   const audit = nodeAudit.audit;
   audit.startCheckpointTimer(60_000);
   const auditVolume = new AuditVolumeGuard({
@@ -216,7 +247,7 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
   });
   auditVolume.start(1_000);
   const retention = auditRetention(config, audit, logger, now);
-  const witnessPush = auditWitnessPush(config, db, audit, logger);
+  const witnessPush = sqlite ? auditWitnessPush(config, sqlite, audit, logger) : null;
   const events = new EventHub(store.events);
   events.startPolling(250);
   const pruneEvents = () =>
@@ -230,6 +261,15 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
   const pruneTimer = setInterval(pruneEvents, config.eventsPruneIntervalMs);
   pruneTimer.unref();
   const shutdown = new AbortController();
+  const notStarted = notRunning(
+    'off',
+    config.embeddedWorker === 'off'
+      ? 'LOKI_EMBEDDED_WORKER=off'
+      : opts.embeddedWorker
+        ? 'starting'
+        : 'this server process does not run one (`loki dashboard` and `npm start` do)',
+  );
+  const embeddedWorker = { status: (): EmbeddedWorkerStatus => notStarted };
   const deps: AppDeps = {
     config,
     store,
@@ -261,6 +301,7 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
       audit_volume: auditVolume.stats(),
       witnesses: witnessPush ? witnessPush.pusher.status() : [],
       policy: { source: operatorPolicy.source, host_sessions: operatorPolicy.hostSessions },
+      embedded_worker: embeddedWorker.status(),
     }),
   };
   const loki = createLokiApp(deps);
@@ -272,7 +313,11 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
   );
   sweepTimer.unref();
   return {
-    db,
+    get db(): SqliteDb {
+      if (!sqlite) throw new Error('runtime.db: this server runs on PostgreSQL (runtime.pg)');
+      return sqlite;
+    },
+    pg: pgBackend,
     deps,
     loki,
     audit,
@@ -282,6 +327,7 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
     events,
     shutdown,
     applied,
+    embeddedWorker,
     async close() {
       shutdown.abort();
       clearInterval(pruneTimer);
@@ -292,7 +338,8 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
       // The open minute's summaries go in before the shutdown checkpoint.
       await auditVolume.close();
       await nodeAudit.close();
-      db.close();
+      sqlite?.close();
+      await pgBackend?.close();
     },
   };
 }
@@ -328,7 +375,19 @@ export interface RunningServer {
   stop(deadlineMs?: number): Promise<void>;
 }
 
+/** The URL the embedded worker reaches this server at (a wildcard bind is reached on loopback). */
+function selfUrl(config: Config, port: number, url: string): string {
+  if (config.host === '0.0.0.0') return `http://127.0.0.1:${port}`;
+  if (config.host === '::' || config.host === '[::]') return `http://[::1]:${port}`;
+  return url;
+}
+
 export async function startServer(config: Config, opts: NodeRuntimeOptions = {}): Promise<RunningServer> {
+  // LOKI_EMBEDDED_WORKER: the engine is asked before anything is opened, so `on`
+  // without an engine stops here (EmbeddedWorkerError: exit 2 in `loki dashboard`).
+  const wantWorker = opts.embeddedWorker === true && config.embeddedWorker !== 'off';
+  const noDocker = wantWorker ? await probeDocker() : null;
+  if (noDocker && config.embeddedWorker === 'on') throw new EmbeddedWorkerError(`LOKI_EMBEDDED_WORKER=on but ${noDocker}`);
   const runtime = await buildNodeRuntime(config, opts);
   const logger = runtime.deps.logger;
   if (runtime.applied.length) logger.info('migrations applied', { applied: runtime.applied });
@@ -366,13 +425,45 @@ export async function startServer(config: Config, opts: NodeRuntimeOptions = {})
   });
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  const url = `http://${host}:${addr.port}`;
+  let embedded: EmbeddedWorker | null = null;
+  if (wantWorker && noDocker) {
+    runtime.embeddedWorker.status = () => notRunning('unavailable', noDocker);
+    logger.warn('no embedded sandbox worker', { reason: noDocker });
+  } else if (wantWorker) {
+    try {
+      embedded = await EmbeddedWorker.start({
+        config,
+        tokens: runtime.deps.store.tokens,
+        audit: runtime.audit,
+        events: runtime.events,
+        logger,
+        serverUrl: selfUrl(config, addr.port, url),
+        output: opts.embeddedWorkerOutput,
+      });
+      const running = embedded;
+      runtime.embeddedWorker.status = () => running.status();
+    } catch (err) {
+      const reason = `the worker token could not be made: ${(err as Error).message}`;
+      if (config.embeddedWorker === 'on') {
+        await new Promise<void>((r) => server.close(() => r()));
+        await runtime.close();
+        throw new EmbeddedWorkerError(`LOKI_EMBEDDED_WORKER=on but ${reason}`);
+      }
+      runtime.embeddedWorker.status = () => notRunning('unavailable', reason, embeddedWorkerId(config));
+      logger.error('no embedded sandbox worker', { reason });
+    }
+  }
   let stopping: Promise<void> | null = null;
   return {
     runtime,
     port: addr.port,
-    url: `http://${host}:${addr.port}`,
+    url,
     stop(deadlineMs = config.shutdownTimeoutMs) {
       stopping ??= (async () => {
+        // The worker first, while the server still answers: it reports its sessions
+        // stopped over HTTP, then its token is revoked (the database is still open).
+        await embedded?.stop().catch((err) => logger.error('stopping the embedded sandbox worker failed', { err: String(err) }));
         runtime.shutdown.abort();
         const closed = new Promise<void>((r) => server.close(() => r()));
         const closeIdle = () => (server as unknown as { closeIdleConnections?: () => void }).closeIdleConnections?.();

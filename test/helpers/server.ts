@@ -52,13 +52,16 @@ export interface TestServer extends RunningServer {
   req(pathname: string, init?: RequestInit & { token?: string }): Promise<Response>;
 }
 
-/** An in-process server on a free port; `opts.now` injects its clock, `opts.homePrefix` names its temporary LOKI_HOME. */
+/**
+ * An in-process server on a free port; `opts.now` injects its clock, `opts.homePrefix` names its temporary LOKI_HOME.
+ * No embedded sandbox worker unless `env` sets LOKI_EMBEDDED_WORKER (auto or on).
+ */
 export async function startTestServer(env: Record<string, string> = {}, opts: { now?: () => number; homePrefix?: string } = {}): Promise<TestServer> {
   const home = env.LOKI_HOME ?? tempHome(opts.homePrefix);
   const port = env.LOKI_DASHBOARD_PORT ? Number(env.LOKI_DASHBOARD_PORT) : await freePort();
-  const config = loadConfig({ LOKI_HOME: home, ...env, LOKI_DASHBOARD_PORT: String(port) }, { home, cwd: home });
+  const config = loadConfig({ LOKI_HOME: home, LOKI_EMBEDDED_WORKER: 'off', ...env, LOKI_DASHBOARD_PORT: String(port) }, { home, cwd: home });
   const logger = captureLogger();
-  const server = await startServer(config, opts.now ? { logger, now: opts.now } : { logger });
+  const server = await startServer(config, { logger, embeddedWorker: true, ...(opts.now ? { now: opts.now } : {}) });
   return Object.assign(server, {
     home,
     logger,
@@ -79,11 +82,14 @@ export interface SpawnedServer {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** Spawn `loki dashboard` as a real process and wait until /health answers. */
+/**
+ * Spawn `loki dashboard` as a real process and wait until /health answers. No
+ * embedded sandbox worker unless `env` sets LOKI_EMBEDDED_WORKER (auto or on).
+ */
 export async function spawnServer(env: Record<string, string> = {}, home = tempHome()): Promise<SpawnedServer> {
   const port = env.LOKI_DASHBOARD_PORT ? Number(env.LOKI_DASHBOARD_PORT) : await freePort();
   const child = spawn(process.execPath, [LOKI_BIN, 'dashboard'], {
-    env: { PATH: process.env.PATH ?? '', HOME: home, LOKI_HOME: home, ...env, LOKI_DASHBOARD_PORT: String(port) },
+    env: { PATH: process.env.PATH ?? '', HOME: home, LOKI_HOME: home, LOKI_EMBEDDED_WORKER: 'off', ...env, LOKI_DASHBOARD_PORT: String(port) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
