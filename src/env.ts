@@ -13,8 +13,6 @@ export type Role = 'admin' | 'operator' | 'viewer' | 'auditor' | 'worker';
 export type SyslogProto = 'udp' | 'tcp' | 'tls';
 export const EMBEDDED_WORKER_MODES = ['auto', 'on', 'off'] as const;
 export type EmbeddedWorkerMode = (typeof EMBEDDED_WORKER_MODES)[number];
-export const EMBEDDED_WORKER_MODES = ['auto', 'on', 'off'] as const;
-export type EmbeddedWorkerMode = (typeof EMBEDDED_WORKER_MODES)[number];
 
 export interface Config {
   env: 'development' | 'production';
@@ -69,15 +67,6 @@ export interface Config {
   workerToken: string | null;
   /** `LOKI_WORKER_ID`: names this worker's containers (label `loki.worker`); default: the host name. */
   workerId: string | null;
-  /**
-   * `LOKI_EMBEDDED_WORKER`: `loki dashboard` / `npm start` also run one sandbox worker
-   * as a supervised child process. `auto` (default): when a Docker engine answers;
-   * `on`: an unreachable engine is a start-up error; `off`: never.
-   */
-  embeddedWorker: EmbeddedWorkerMode;
-  /** `LOKI_EMBEDDED_WORKER_CONCURRENCY` / `LOKI_EMBEDDED_WORKER_WARM`: the embedded worker's `--concurrency` and `--warm`. */
-  embeddedWorkerConcurrency: number;
-  embeddedWorkerWarm: number;
   /**
    * `LOKI_EMBEDDED_WORKER`: `loki dashboard` / `npm start` also run one sandbox worker
    * as a supervised child process. `auto` (default): when a Docker engine answers;
@@ -320,9 +309,6 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     embeddedWorker: embeddedWorkerFrom(env),
     embeddedWorkerConcurrency: int(env, 'LOKI_EMBEDDED_WORKER_CONCURRENCY', 2, 1, 32),
     embeddedWorkerWarm: int(env, 'LOKI_EMBEDDED_WORKER_WARM', 2, 0, 32),
-    embeddedWorker: embeddedWorkerFrom(env),
-    embeddedWorkerConcurrency: int(env, 'LOKI_EMBEDDED_WORKER_CONCURRENCY', 2, 1, 32),
-    embeddedWorkerWarm: int(env, 'LOKI_EMBEDDED_WORKER_WARM', 2, 0, 32),
     sandboxKillGraceMs: int(env, 'LOKI_SANDBOX_KILL_GRACE_MS', 10_000, 0, 60_000),
     sandboxLeaseMs: int(env, 'LOKI_SANDBOX_LEASE_MS', 30_000, 1_000, 600_000),
     sessionOutputLimitBytes: int(env, 'LOKI_SESSION_MAX_OUTPUT_BYTES', 50 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
@@ -424,17 +410,6 @@ function auditOriginFrom(env: Env): string | null {
     throw new ConfigError('LOKI_AUDIT_ORIGIN', v, 'a log name of 1 to 255 characters without spaces or "+", such as example.com/audit');
   }
   return v;
-}
-
-const EMBEDDED_WORKER = z.enum(EMBEDDED_WORKER_MODES);
-
-/** `LOKI_EMBEDDED_WORKER`: auto (default), on or off. */
-function embeddedWorkerFrom(env: Env): EmbeddedWorkerMode {
-  const v = read(env, 'LOKI_EMBEDDED_WORKER');
-  if (v === undefined) return 'auto';
-  const parsed = EMBEDDED_WORKER.safeParse(v.toLowerCase());
-  if (!parsed.success) throw new ConfigError('LOKI_EMBEDDED_WORKER', v, 'one of auto, on, off');
-  return parsed.data;
 }
 
 const EMBEDDED_WORKER = z.enum(EMBEDDED_WORKER_MODES);
