@@ -9,7 +9,7 @@
  */
 import type { AuditEntry, AuditInput, CheckpointBody, ChainRow, RangeFailure, VerifyResult } from './chain';
 import type { AuditQuery, AuditStorage, StoredCheckpoint, Tip } from './storage';
-import { defaultHasher, type TreeHasher } from './tlog/merkle';
+import { defaultHasher, type Hash, type TreeHasher } from './tlog/merkle';
 import { formatCheckpoint, type NoteSigner, type NoteVerifier, signNote } from './tlog/note';
 import { type ExternalCheckpoint, sequentialChecker, treeRootAt, verifyStorage } from './verify';
 
@@ -114,6 +114,29 @@ export class AuditLog {
 
   get hasher(): TreeHasher {
     return this.opts.hasher ?? defaultHasher;
+  }
+
+  private seenTreeSize = 0;
+  private readonly roots = new Map<number, Hash>();
+
+  /**
+   * The stored tree's size, read again only when `atLeast` is past the largest
+   * size seen (stored leaves are never taken back), so proof requests for sizes
+   * already seen cost no tree-edge query.
+   */
+  async treeSizeFor(atLeast: number): Promise<number> {
+    if (atLeast > this.seenTreeSize) this.seenTreeSize = Math.max(this.seenTreeSize, (await this.opts.storage.treeStatus()).size);
+    return this.seenTreeSize;
+  }
+
+  /** The root of the stored tree at `size`; a root never changes once its leaves are stored, so the last 1,024 are kept. */
+  async rootAt(size: number): Promise<Hash> {
+    const hit = this.roots.get(size);
+    if (hit) return hit;
+    const root = await treeRootAt(this.opts.storage, size, this.hasher);
+    this.roots.set(size, root);
+    if (this.roots.size > 1024) this.roots.delete(this.roots.keys().next().value as number);
+    return root;
   }
 
   stats() {

@@ -33,6 +33,20 @@ describe('the tree of the live log (SQLite)', () => {
     expect(toBase64(treeHasher(nodeSha256).nodeHash(b.subarray(0, 32), b.subarray(32, 64)))).toBe(toBase64(defaultHasher.nodeHash(b.subarray(0, 32), b.subarray(32, 64))));
   });
 
+  it('the served tree size is read again only past the largest size seen, and a memoised root equals the recomputed one', async () => {
+    log = await makeNodeLog(300);
+    expect(await log.audit.treeSizeFor(1)).toBe(300);
+    await appendSamples(log, 301, 512);
+    // 512 was never seen: the tree is read again (and grows); 300 was: no new read.
+    expect(await log.audit.treeSizeFor(300)).toBe(300);
+    expect(await log.audit.treeSizeFor(301)).toBe(512);
+    for (const size of [1, 300, 511, 512]) {
+      const expected = toBase64(await treeRootAt(log.audit.storage, size));
+      expect(toBase64(await log.audit.rootAt(size))).toBe(expected);
+      expect(toBase64(await log.audit.rootAt(size))).toBe(expected);
+    }
+  });
+
   it('grows with the entries: tiles equal the tree recomputed from the stored entries; notes every 1,000 and a genesis note', async () => {
     log = await makeNodeLog(2345);
     expect(storedTiles(log.db)).toEqual(expectedTiles(log.db));

@@ -3,7 +3,6 @@ import { entryFromRow } from '../../audit/log';
 import { proveRecord, proveTree } from '../../audit/tlog/merkle';
 import { toBase64, utf8 } from '../../audit/tlog/sha256';
 import { ENTRIES_LEVEL, EntryBundleError, formatEntryBundle, parseTilePath, TILE_WIDTH, type Tile, TilePathError } from '../../audit/tlog/tiles';
-import { treeRootAt } from '../../audit/verify';
 import type { AppDeps } from '../context';
 import type { DefineRoute } from '../define-route';
 import { ApiError, ErrorCode } from '../errors';
@@ -124,11 +123,11 @@ export function auditRoutes(route: DefineRoute, deps: AppDeps): void {
     const q = c.req.valid('query' as never) as z.infer<typeof inclusionQuery>;
     c.set('auditAction', 'audit.tlog_read');
     c.set('auditDetails', { proof: 'inclusion', index: q.index, size: q.size });
-    const tree = await deps.audit.storage.treeStatus();
-    if (q.size < 1 || q.size > tree.size) throw new ApiError(400, ErrorCode.validation, `size: must be a tree size from 1 to ${tree.size}`);
+    const treeSize = await deps.audit.treeSizeFor(q.size);
+    if (q.size < 1 || q.size > treeSize) throw new ApiError(400, ErrorCode.validation, `size: must be a tree size from 1 to ${treeSize}`);
     if (q.index >= q.size) throw new ApiError(400, ErrorCode.validation, `index: must be below size (${q.size})`);
     const read = (idx: number[]) => deps.audit.storage.readHashes(idx);
-    const [proof, root] = await Promise.all([proveRecord(q.size, q.index, read, deps.audit.hasher), treeRootAt(deps.audit.storage, q.size, deps.audit.hasher)]);
+    const [proof, root] = await Promise.all([proveRecord(q.size, q.index, read, deps.audit.hasher), deps.audit.rootAt(q.size)]);
     return c.json({ index: q.index, size: q.size, root: toBase64(root), proof: proof.map(toBase64) });
   });
 
@@ -136,15 +135,15 @@ export function auditRoutes(route: DefineRoute, deps: AppDeps): void {
     const q = c.req.valid('query' as never) as z.infer<typeof consistencyQuery>;
     c.set('auditAction', 'audit.tlog_read');
     c.set('auditDetails', { proof: 'consistency', old: q.old, new: q.new });
-    const tree = await deps.audit.storage.treeStatus();
-    if (q.new < 1 || q.new > tree.size) throw new ApiError(400, ErrorCode.validation, `new: must be a tree size from 1 to ${tree.size}`);
+    const treeSize = await deps.audit.treeSizeFor(q.new);
+    if (q.new < 1 || q.new > treeSize) throw new ApiError(400, ErrorCode.validation, `new: must be a tree size from 1 to ${treeSize}`);
     if (q.old < 1 || q.old > q.new) throw new ApiError(400, ErrorCode.validation, `old: must be a tree size from 1 to new (${q.new})`);
     const read = (idx: number[]) => deps.audit.storage.readHashes(idx);
     const h = deps.audit.hasher;
     const [proof, oldRoot, newRoot] = await Promise.all([
       proveTree(q.new, q.old, read, h),
-      treeRootAt(deps.audit.storage, q.old, h),
-      treeRootAt(deps.audit.storage, q.new, h),
+      deps.audit.rootAt(q.old),
+      deps.audit.rootAt(q.new),
     ]);
     return c.json({ old: q.old, new: q.new, old_root: toBase64(oldRoot), new_root: toBase64(newRoot), proof: proof.map(toBase64) });
   });
