@@ -5,15 +5,16 @@
  * forwarding of every committed entry and checkpoint.
  */
 import { existsSync } from 'node:fs';
-import { createSqliteAuditStorage } from '../db/sqlite-audit';
+import { createSqliteAuditStorage, sha256Hex } from '../db/sqlite-audit';
 import type { SqliteDb } from '../db/sqlite';
 import type { Config } from '../env';
 import type { Logger } from '../http/context';
-import { AuditLog, type CheckpointEvent, type CommittedEntry, type TlogSigner } from './log';
+import { AuditLog, type CheckpointEvent, type CommittedEntry, type RangeChecker, sequentialChecker, type TlogSigner } from './log';
 import { keyPaths, loadNoteKey } from './note-key';
 import { nodeTreeHasher } from './node-tlog';
 import { createParallelChecker } from './parallel-verify';
 import { createFileSigner } from './signer';
+import type { AuditStorage } from './storage';
 import { createSyslogForwarder, type SyslogForwarder, syslogSeverityFor } from './syslog';
 
 export interface NodeAudit {
@@ -78,7 +79,20 @@ export interface NodeAuditOptions {
   syncTree?: boolean;
 }
 
+/** SQLite: the storage on the file, verified by the parallel worker threads. */
 export async function createNodeAudit(config: Config, db: SqliteDb, opts: NodeAuditOptions = {}): Promise<NodeAudit> {
+  return createNodeAuditOn(config, createSqliteAuditStorage(db), createParallelChecker(config.dbPath), opts);
+}
+
+/**
+ * PostgreSQL (src/db/pg-audit.ts): one chain shared by every process; the rows
+ * are verified as read through the pool (sequentially, with node:crypto).
+ */
+export async function createPgNodeAudit(config: Config, storage: AuditStorage, opts: NodeAuditOptions = {}): Promise<NodeAudit> {
+  return createNodeAuditOn(config, storage, sequentialChecker(storage, sha256Hex, nodeTreeHasher), opts);
+}
+
+async function createNodeAuditOn(config: Config, storage: AuditStorage, rangeChecker: RangeChecker, opts: NodeAuditOptions): Promise<NodeAudit> {
   const createKeys = opts.createKeys ?? true;
   const syslog = config.syslog
     ? createSyslogForwarder({
@@ -94,7 +108,6 @@ export async function createNodeAudit(config: Config, db: SqliteDb, opts: NodeAu
   const signer = signing ? await createFileSigner(keys.signing) : null;
   const noteKey = signing ? await loadNoteKey(keys.note, config.auditOrigin, { create: createKeys }) : null;
   const tlog: TlogSigner | null = noteKey?.tlog ?? null;
-  const storage = createSqliteAuditStorage(db);
   if (config.auditEnabled && opts.syncTree !== false) {
     const tree = await storage.syncTree();
     if (tree.state === 'unavailable') {
@@ -109,7 +122,7 @@ export async function createNodeAudit(config: Config, db: SqliteDb, opts: NodeAu
     signer,
     tlog,
     hasher: nodeTreeHasher,
-    verification: { rangeChecker: createParallelChecker(config.dbPath) },
+    verification: { rangeChecker },
     onError: (err) => opts.logger?.error('audit write failed', { err: String(err) }),
     onCommitted: syslog
       ? (entries) => {
