@@ -83,7 +83,7 @@ export async function probeDocker(timeoutMs = 3_000): Promise<string | null> {
     return null;
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    const why = e.code ? `${e.code}${e.message && !e.message.includes(e.code) ? ` ${e.message}` : ''}` : e.message || String(err);
+    const why = e.message || e.code || String(err);
     return `no Docker engine answers at ${dockerTarget()} (${redactString(why)})`;
   }
 }
