@@ -54,6 +54,8 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
           audience: deps.config.oidc.audience,
           rolesClaims: deps.config.oidc.rolesClaims,
           defaultRole: deps.config.oidc.defaultRole,
+          roleMap: deps.config.oidc.roleMap,
+          maxTokenLifetimeSec: deps.config.oidc.maxTokenLifetimeSec,
         })
       : null);
   const authenticator = new Authenticator(deps.store.tokens, { now, oidc, sha256: deps.sha256 });

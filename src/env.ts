@@ -11,6 +11,7 @@ import { REDACTED } from './util/redact';
 
 export type Role = 'admin' | 'operator' | 'viewer' | 'auditor' | 'worker';
 export type SyslogProto = 'udp' | 'tcp' | 'tls';
+export type OidcMappedRole = Exclude<Role, 'worker'>;
 export const EMBEDDED_WORKER_MODES = ['auto', 'on', 'off'] as const;
 export type EmbeddedWorkerMode = (typeof EMBEDDED_WORKER_MODES)[number];
 
@@ -37,6 +38,10 @@ export interface Config {
     audience: string;
     rolesClaims: string[];
     defaultRole: Role;
+    /** `LOKI_OIDC_ROLE_MAP`: claim value (group or role name, case-insensitive) → role; the only way to admin. */
+    roleMap: Record<string, OidcMappedRole>;
+    /** `LOKI_OIDC_MAX_TOKEN_LIFETIME` (seconds): a token whose exp - iat is above it is refused; null = no limit. */
+    maxTokenLifetimeSec: number | null;
   };
   auditEnabled: boolean;
   /** `LOKI_AUDIT_READS`: `all` (default) records every request; `failures` leaves out successful reads and the worker's polling. */
@@ -241,6 +246,8 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
         .map((s) => s.trim())
         .filter(Boolean),
       defaultRole,
+      roleMap: oidcRoleMapFrom(env),
+      maxTokenLifetimeSec: read(env, 'LOKI_OIDC_MAX_TOKEN_LIFETIME') === undefined ? null : int(env, 'LOKI_OIDC_MAX_TOKEN_LIFETIME', 0, 60, 31_536_000),
     };
   }
 
@@ -351,6 +358,27 @@ function databaseFrom(env: Env): DatabaseConfig | null {
 function absPath(env: Env, name: string): string | undefined {
   const v = read(env, name);
   if (v !== undefined && !v.startsWith('/')) throw new ConfigError(name, v, 'an absolute path');
+const ROLE_MAP_ALLOWED = 'comma-separated CLAIM-VALUE:ROLE pairs (ROLE one of admin, operator, auditor, viewer), e.g. platform-admins:admin,/Engineering:operator';
+
+/**
+ * `LOKI_OIDC_ROLE_MAP=group-or-role:loki-role,...`: which claim values grant which
+ * role. The role is after the last `:` (group names may contain one). Admin comes
+ * from claims only through this map.
+ */
+function oidcRoleMapFrom(env: Env): Record<string, OidcMappedRole> {
+  const v = read(env, 'LOKI_OIDC_ROLE_MAP');
+  const out: Record<string, OidcMappedRole> = {};
+  if (v === undefined) return out;
+  for (const part of v.split(',').map((x) => x.trim()).filter(Boolean)) {
+    const i = part.lastIndexOf(':');
+    const key = i < 0 ? '' : part.slice(0, i).trim();
+    const role = (i < 0 ? '' : part.slice(i + 1).trim().toLowerCase()) as OidcMappedRole;
+    if (!key || !['admin', 'operator', 'auditor', 'viewer'].includes(role)) throw new ConfigError('LOKI_OIDC_ROLE_MAP', part, ROLE_MAP_ALLOWED);
+    out[key] = role;
+  }
+  return out;
+}
+
   return v;
 }
 

@@ -13,7 +13,13 @@
  * - Only asymmetric algorithms; `exp`, `iss`, `aud` and `sub` are required.
  * - Role: the highest role named by any of the configured claims (dotted paths,
  *   string or array values, case-insensitive); none → the default role, which
- *   may never be admin. `worker` is never derived from OIDC claims.
+ *   may never be admin. Claim values name `viewer`, `operator` and `auditor` (also
+ *   as `loki-<role>`) by themselves; `admin` only through the operator's explicit
+ *   role map (`LOKI_OIDC_ROLE_MAP`): an identity provider's group called `admin`
+ *   or `/Admin` grants nothing beyond the default role. `worker` is never derived
+ *   from OIDC claims.
+ * - An optional maximum lifetime (`maxTokenLifetimeSec`): a token whose `exp - iat`
+ *   (or whose remaining validity) is above it is refused; `iat` is then required.
  *
  * Errors are `OidcError`s carrying a short reason code; messages never contain
  * the token.
@@ -43,6 +49,7 @@ export type OidcErrorCode =
   | 'missing_claim'
   | 'bad_algorithm'
   | 'malformed'
+  | 'too_long_lived'
   | 'unavailable';
 
 const MESSAGES: Record<OidcErrorCode, string> = {
@@ -54,6 +61,7 @@ const MESSAGES: Record<OidcErrorCode, string> = {
   missing_claim: 'the token lacks a required claim',
   bad_algorithm: 'the token algorithm is not allowed',
   malformed: 'the token is malformed',
+  too_long_lived: 'the token lifetime is above the configured maximum',
   unavailable: 'the identity provider cannot be reached',
 };
 
@@ -91,8 +99,13 @@ export interface OidcVerifierOptions {
   rolesClaims?: readonly string[];
   /** Role when no claim names one; never admin (or worker). Default viewer. */
   defaultRole?: Role;
-  /** Extra claim value → role mappings (case-insensitive keys), e.g. `{ 'platform-admins': 'admin' }`. */
+  /**
+   * Claim value → role mappings (case-insensitive keys, a leading `/` ignored), e.g.
+   * `{ 'platform-admins': 'admin' }`: the only way a claim grants admin.
+   */
   roleMap?: Readonly<Record<string, Role>>;
+  /** Longest accepted token lifetime (`exp - iat`, seconds); absent = no limit. */
+  maxTokenLifetimeSec?: number | null;
   /** Accepted JWS algorithms; asymmetric only. */
   algorithms?: readonly string[];
   fetch?: typeof fetch;
@@ -126,7 +139,8 @@ export const DEFAULT_ROLES_CLAIMS = ['roles', 'groups', 'realm_access.roles', 'c
 export const DEFAULT_ALGORITHMS = ['RS256', 'ES256', 'EdDSA', 'PS256', 'RS384', 'RS512', 'ES384', 'Ed25519'] as const;
 const ASYMMETRIC = new Set(['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519']);
 type RemoteJwks = ReturnType<typeof createRemoteJWKSet>;
-const OIDC_ROLES: readonly OidcRole[] = ['admin', 'operator', 'auditor', 'viewer'];
+/** Roles a claim value may name by itself; admin needs the operator's role map. */
+const CLAIMABLE_ROLES: readonly OidcRole[] = ['operator', 'auditor', 'viewer'];
 
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
@@ -154,6 +168,7 @@ const optionsSchema = z.object({
   minBackoffMs: z.number().int().positive().optional(),
   maxBackoffMs: z.number().int().positive().optional(),
   maxTokenLength: z.number().int().positive().optional(),
+  maxTokenLifetimeSec: z.number().int().positive().nullable().optional(),
   allowInsecureHttp: z.boolean().optional(),
 });
 
@@ -210,14 +225,16 @@ export function createOidcVerifier(options: OidcVerifierOptions): OidcVerifier {
   const minBackoffMs = options.minBackoffMs ?? 1_000;
   const maxBackoffMs = Math.max(options.maxBackoffMs ?? 60_000, minBackoffMs);
   const maxTokenLength = options.maxTokenLength ?? 8192;
+  const maxLifetime = options.maxTokenLifetimeSec ?? null;
   const now = options.now ?? Date.now;
   // Always call through a wrapper: Workers' fetch throws "Illegal invocation" when detached.
   const userFetch = options.fetch;
   const doFetch: typeof fetch = (input, init) => (userFetch ? userFetch(input, init) : fetch(input, init));
 
-  // Role lookup table: role names, `loki-<role>` / `loki_<role>` / `loki:<role>`, and the role map.
+  // Role lookup table: the non-admin role names, `loki-<role>` / `loki_<role>` / `loki:<role>`,
+  // and the operator's role map (the only source of admin).
   const roleTable = new Map<string, OidcRole>();
-  for (const r of OIDC_ROLES) {
+  for (const r of CLAIMABLE_ROLES) {
     roleTable.set(r, r);
     for (const sep of ['-', '_', ':']) roleTable.set(`loki${sep}${r}`, r);
   }
@@ -413,6 +430,13 @@ export function createOidcVerifier(options: OidcVerifierOptions): OidcVerifier {
     }
     if (typeof payload.sub !== 'string' || payload.sub.length === 0) throw new OidcError('missing_claim', '"sub" is required');
     if (typeof payload.exp !== 'number') throw new OidcError('missing_claim', '"exp" is required');
+    if (maxLifetime !== null) {
+      if (typeof payload.iat !== 'number') throw new OidcError('missing_claim', '"iat" is required when a maximum token lifetime is set');
+      const remaining = payload.exp - Math.floor(now() / 1000);
+      if (payload.exp - payload.iat > maxLifetime || remaining > maxLifetime + clockTolerance) {
+        throw new OidcError('too_long_lived', `exp - iat = ${payload.exp - payload.iat} s, maximum ${maxLifetime} s`);
+      }
+    }
     const email = typeof payload.email === 'string' && payload.email_verified !== false ? payload.email : null;
     return { subject: payload.sub, email, role: roleOf(payload), expiresAt: payload.exp * 1000, claims: payload };
   }

@@ -9,7 +9,7 @@ describe('OIDC sign-in through the real server and a real provider', () => {
   let s: TestServer;
   beforeAll(async () => {
     idp = await startOidcProvider({ clientId: 'loki-dashboard', subject: 'user-42', email: 'alice@example.com', roles: [] });
-    s = await startTestServer({ LOKI_OIDC_ISSUER: idp.issuer, LOKI_OIDC_CLIENT_ID: 'loki-dashboard' });
+    s = await startTestServer({ LOKI_OIDC_ISSUER: idp.issuer, LOKI_OIDC_CLIENT_ID: 'loki-dashboard', LOKI_OIDC_ROLE_MAP: 'admin:admin' });
   });
   afterAll(async () => {
     await s?.stop();
