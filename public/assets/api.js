@@ -77,10 +77,15 @@ export function query(params) {
  * Follow GET /api/events with fetch streaming; reconnects with Last-Event-ID so
  * nothing is lost or repeated. Returns a stop function.
  * onEvent({id, type, session_id, data, ts}); onState('open' | 'closed' | text of an error).
+ * backlog: replay up to this many of the newest events first. A stream opened
+ * without a cursor starts at the newest event and says so in its first comment
+ * (`: connected after N`); the page then reopens it once from N - backlog, so the
+ * backlog and everything after N arrive in order on the same stream.
  */
-export function followEvents({ types, session, onEvent, onState }) {
+export function followEvents({ types, session, backlog = 0, onEvent, onState }) {
   const controller = new AbortController();
   let lastId = null;
+  let wantBacklog = backlog > 0;
   let delay = 1000;
   let stopped = false;
 
@@ -104,15 +109,28 @@ export function followEvents({ types, session, onEvent, onState }) {
         } else {
           onState('open');
           delay = 1000;
-          message = await readStream(res.body, (frame) => {
-            if (frame.event === 'close') return;
-            if (frame.id !== null) lastId = frame.id;
-            try {
-              onEvent(JSON.parse(frame.data));
-            } catch {
-              // a frame that is not JSON is skipped
-            }
-          });
+          const onComment = (text) => {
+            const m = /^connected after (\d+)$/.exec(text);
+            if (!wantBacklog || lastId !== null || !m) return false;
+            wantBacklog = false;
+            const newest = Number(m[1]);
+            lastId = String(Math.max(0, newest - backlog));
+            return newest > 0;
+          };
+          message = await readStream(
+            res.body,
+            (frame) => {
+              if (frame.event === 'close') return;
+              if (frame.id !== null) lastId = frame.id;
+              try {
+                onEvent(JSON.parse(frame.data));
+              } catch {
+                // a frame that is not JSON is skipped
+              }
+            },
+            onComment,
+          );
+          if (message === REOPEN) continue;
           onState(message);
         }
       } catch (err) {
@@ -131,7 +149,10 @@ export function followEvents({ types, session, onEvent, onState }) {
   };
 }
 
-async function readStream(body, onFrame) {
+const REOPEN = Symbol('reopen');
+
+/** Read SSE frames until the stream ends (its close reason) or onComment asks to reopen it (REOPEN). */
+async function readStream(body, onFrame, onComment) {
   const reader = body.getReader();
   const decoder = new TextDecoder();
   let buffer = '';
@@ -147,7 +168,13 @@ async function readStream(body, onFrame) {
       const frame = { id: null, event: 'message', data: '' };
       const data = [];
       for (const line of raw.split('\n')) {
-        if (line.startsWith(':')) continue;
+        if (line.startsWith(':')) {
+          if (onComment(line.slice(1).trim())) {
+            await reader.cancel().catch(() => {});
+            return REOPEN;
+          }
+          continue;
+        }
         const i = line.indexOf(':');
         const field = i < 0 ? line : line.slice(0, i);
         const val = i < 0 ? '' : line.slice(i + 1).replace(/^ /, '');

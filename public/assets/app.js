@@ -11,7 +11,9 @@ import { sessionsPanel } from './panel-sessions.js';
 import { statusPanel } from './panel-status.js';
 import { tokensPanel } from './panel-tokens.js';
 
-const panels = [statusPanel(), sessionsPanel(), eventsPanel(), auditPanel(), tokensPanel()];
+/** How many of the newest events the page replays when it opens (the Events panel's backlog). */
+const EVENT_BACKLOG = 100;
+const panels = [statusPanel(), sessionsPanel(), eventsPanel({ backlog: EVENT_BACKLOG }), auditPanel(), tokensPanel()];
 const byId = new Map(panels.map((p) => [p.id, p]));
 let stopEvents = null;
 
@@ -47,6 +49,7 @@ function startEvents() {
   stopEvents?.();
   const feed = byId.get('events');
   stopEvents = followEvents({
+    backlog: EVENT_BACKLOG,
     onEvent: (e) => {
       for (const p of panels) p.onEvent?.(e);
     },
@@ -54,14 +57,29 @@ function startEvents() {
   });
 }
 
-function show(id) {
+function show(id, { focus = false } = {}) {
   for (const p of panels) {
     const active = p.id === id;
     p.node.hidden = !active;
-    document.getElementById(`tab-${p.id}`)?.setAttribute('aria-selected', String(active));
+    const tab = document.getElementById(`tab-${p.id}`);
+    if (!tab) continue;
+    tab.setAttribute('aria-selected', String(active));
+    // Roving tabindex: Tab reaches the selected tab only; arrows move between tabs.
+    tab.setAttribute('tabindex', active ? '0' : '-1');
+    if (active && focus) tab.focus();
   }
   void byId.get(id)?.refresh();
   if (location.hash !== `#${id}`) history.replaceState(null, '', `#${id}`);
+}
+
+/** WAI-ARIA tabs keyboard: Left/Right (wrapping), Home, End select and focus a tab. */
+function onTabKey(ev) {
+  const ids = panels.map((p) => p.id);
+  const at = ids.indexOf(currentPanel());
+  const next = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: ids.length - 1 }[ev.key];
+  if (next === undefined) return;
+  ev.preventDefault();
+  show(ids[(next + ids.length) % ids.length], { focus: true });
 }
 
 function tokenForm() {
@@ -115,8 +133,19 @@ function main() {
   replace(header, el('h1', {}, 'Loki'), tokenForm());
   replace(
     nav,
-    panels.map((p) => el('button', { type: 'button', id: `tab-${p.id}`, 'aria-selected': 'false', on: { click: () => show(p.id) } }, p.title)),
+    el(
+      'div',
+      { role: 'tablist', 'aria-label': 'Panels', class: 'tablist', on: { keydown: onTabKey } },
+      panels.map((p) =>
+        el('button', { type: 'button', role: 'tab', id: `tab-${p.id}`, 'aria-controls': `panel-${p.id}`, 'aria-selected': 'false', tabindex: '-1', on: { click: () => show(p.id) } }, p.title),
+      ),
+    ),
   );
+  for (const p of panels) {
+    p.node.setAttribute('role', 'tabpanel');
+    p.node.setAttribute('aria-labelledby', `tab-${p.id}`);
+    p.node.setAttribute('tabindex', '0');
+  }
   replace(
     mainEl,
     panels.map((p) => p.node),

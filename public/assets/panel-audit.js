@@ -1,6 +1,13 @@
 import { api, query } from './api.js';
 import { el, json, replace, time } from './dom.js';
 
+/** `token:ci-bot`, `oidc:alice@example.com`, `anonymous` (no trailing colon when there is neither a name nor an id). */
+export function actorText(actor) {
+  if (!actor || typeof actor !== 'object') return '';
+  const who = actor.name ?? actor.id;
+  return who === null || who === undefined || who === '' ? String(actor.type ?? '') : `${actor.type}:${who}`;
+}
+
 /** The audit log: list with filters, chain verification, the latest signed checkpoint. */
 export function auditPanel() {
   const error = el('p', { class: 'error', role: 'alert', hidden: true });
@@ -32,7 +39,7 @@ export function auditPanel() {
             el('td', {}, String(e.seq)),
             el('td', {}, time(e.ts)),
             el('td', {}, e.action ?? ''),
-            el('td', { class: 'name' }, e.actor ? `${e.actor.type}:${e.actor.name ?? e.actor.id ?? ''}` : ''),
+            el('td', { class: 'name' }, actorText(e.actor)),
             el('td', {}, e.outcome?.status === null || e.outcome?.status === undefined ? (e.outcome?.success ? 'ok' : 'failed') : String(e.outcome.status)),
             el('td', { class: 'path' }, e.request ? `${e.request.method ?? ''} ${e.request.path ?? ''}` : ''),
             el('td', { class: 'data' }, json(e.details ?? {})),

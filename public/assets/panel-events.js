@@ -2,8 +2,8 @@ import { el, json, replace, time } from './dom.js';
 
 const MAX_ROWS = 300;
 
-/** The live event feed (fed by the page's one event stream), newest first. */
-export function eventsPanel() {
+/** The event feed (fed by the page's one event stream: the newest `backlog` events, then live), newest first. */
+export function eventsPanel({ backlog }) {
   const state = el('span', { class: 'stream-state' }, 'not connected');
   const typeFilter = el('input', { type: 'text', name: 'types', placeholder: 'types, comma-separated', autocomplete: 'off', spellcheck: 'false' });
   const sessionFilter = el('input', { type: 'text', name: 'session', placeholder: 'session id', autocomplete: 'off', spellcheck: 'false' });
@@ -29,7 +29,7 @@ export function eventsPanel() {
     'section',
     { id: 'panel-events', class: 'panel', 'aria-labelledby': 'h-events' },
     el('h2', { id: 'h-events' }, 'Events'),
-    el('p', {}, 'Stream: ', state),
+    el('p', {}, 'Stream: ', state, el('span', { class: 'hint' }, ` · the newest ${backlog} events when the page opened, then live; at most ${MAX_ROWS} kept`)),
     el('div', { class: 'filters' }, el('label', {}, 'Types ', typeFilter), el('label', {}, 'Session ', sessionFilter)),
     el('table', { class: 'list' }, el('thead', {}, el('tr', {}, el('th', {}, 'ID'), el('th', {}, 'Time'), el('th', {}, 'Type'), el('th', {}, 'Session'), el('th', {}, 'Data'))), tbody),
   );
@@ -40,6 +40,8 @@ export function eventsPanel() {
     node,
     refresh() {},
     onEvent(e) {
+      // A restarted stream (a new token) replays its backlog: show each event once.
+      if (events.some((x) => x.id === e.id)) return;
       events.unshift(e);
       if (events.length > MAX_ROWS) events.length = MAX_ROWS;
       if (matches(e)) {

@@ -32,6 +32,71 @@ const resultText = (r) => {
   return r.kind === 'git' ? `${String(r.commit).slice(0, 12)} on ${r.branch} (${counts})` : `patch (${counts})`;
 };
 
+/**
+ * What a session has spent as its events report it, before the list does: the
+ * server stores a session's cost when a budget event arrives (`budget`,
+ * `budget_warning`, `budget_exceeded`, each with `spent_usd`) and when it ends,
+ * while the provider reports spending in its JSON output lines all along. Those
+ * lines are read with the worker's rule (src/sandbox/budget.ts): top-level
+ * `total_cost_usd` is cumulative (the largest counts), `cost_usd` incremental
+ * (summed; only what this page saw, so a lower bound). The shown cost is the
+ * largest of the stored cost and these.
+ */
+export function costTracker() {
+  const live = new Map();
+  const entry = (id) => {
+    let e = live.get(id);
+    if (!e) {
+      e = { reported: 0, cumulative: 0, incremental: 0 };
+      live.set(id, e);
+    }
+    return e;
+  };
+  const num = (v) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : null);
+  return {
+    /** Feed one event; true when it changed a session's live cost. */
+    onEvent(ev) {
+      if (!ev || typeof ev.session_id !== 'string') return false;
+      if (ev.type === 'budget' || ev.type === 'budget_warning' || ev.type === 'budget_exceeded') {
+        const spent = num(ev.data?.spent_usd);
+        if (spent === null) return false;
+        const e = entry(ev.session_id);
+        e.reported = Math.max(e.reported, spent);
+        return true;
+      }
+      if (ev.type !== 'output') return false;
+      let changed = false;
+      for (const l of linesOf(ev.data)) {
+        const text = typeof l?.text === 'string' ? l.text.trim() : '';
+        if (!text.startsWith('{') || !text.includes('cost_usd')) continue;
+        let doc;
+        try {
+          doc = JSON.parse(text);
+        } catch {
+          continue;
+        }
+        if (!doc || typeof doc !== 'object' || Array.isArray(doc)) continue;
+        const total = num(doc.total_cost_usd);
+        const delta = num(doc.cost_usd);
+        const e = entry(ev.session_id);
+        if (total !== null) e.cumulative = Math.max(e.cumulative, total);
+        else if (delta !== null) e.incremental = Math.round((e.incremental + delta) * 1e6) / 1e6;
+        else continue;
+        changed = true;
+      }
+      return changed;
+    },
+    /** The cost to show: the stored cost or what the events reported, whichever is larger. */
+    cost(id, stored) {
+      const e = live.get(id);
+      const base = num(stored) ?? 0;
+      return e ? Math.max(base, e.reported, e.cumulative, e.incremental) : stored;
+    },
+  };
+}
+
+const money = (v) => `$${Number(v).toFixed(2)}`;
+
 /** Sessions: start, list, stop, and the live output of one session. */
 export function sessionsPanel() {
   const error = el('p', { class: 'error', role: 'alert', hidden: true });
@@ -65,6 +130,15 @@ export function sessionsPanel() {
   const output = el('pre', { id: 'session-output', class: 'output' });
   let selected = null;
   let lastLine = 0;
+  const costs = costTracker();
+  /** Stored budget and cost of each listed session, for live cost updates between list refreshes. */
+  const listed = new Map();
+  const costText = (cost, budget) => (cost === null || cost === undefined ? '' : `${money(cost)}${budget === null ? '' : ` / ${money(budget)}`}`);
+  const updateCost = (id) => {
+    const s = listed.get(id);
+    const cell = [...tbody.querySelectorAll('td.cost')].find((td) => td.getAttribute('data-cost') === id);
+    if (s && cell) cell.textContent = costText(costs.cost(id, s.cost), s.budget);
+  };
 
   async function start(ev) {
     ev.preventDefault();
@@ -126,7 +200,7 @@ export function sessionsPanel() {
     const id = pick(s, 'id');
     const status = pick(s, 'status', 'state') ?? '';
     const budget = pick(s, 'budget_usd', 'budgetUsd');
-    const cost = pick(s, 'cost_usd', 'costUsd');
+    const cost = costs.cost(id, pick(s, 'cost_usd', 'costUsd'));
     const stopButton = el('button', { type: 'button', class: 'danger', on: { click: () => stop(id, stopButton) } }, 'Stop');
     const terminal = ['succeeded', 'failed', 'stopped', 'timed_out', 'budget_exceeded', 'oom_killed', 'disk_exceeded', 'lost'].includes(status);
     const host = pick(s, 'host_session') === true;
@@ -139,17 +213,20 @@ export function sessionsPanel() {
       el('td', host ? { class: 'host-session', title: 'ran on the worker host, outside the sandbox' } : {}, host ? 'HOST' : 'sandbox'),
       el('td', { class: 'path' }, pick(s, 'workspace') ?? ''),
       el('td', { class: 'path' }, pick(s, 'prd') ?? ''),
-      el('td', {}, cost === null ? '' : `$${Number(cost).toFixed(2)}${budget === null ? '' : ` / $${Number(budget).toFixed(2)}`}`),
+      el('td', { class: 'cost', 'data-cost': id }, costText(cost, budget)),
       el('td', { class: 'path' }, resultText(pick(s, 'result'))),
       el('td', {}, time(pick(s, 'created_at', 'createdAt'))),
-      el('td', {}, el('button', { type: 'button', on: { click: () => show(s) } }, 'Output'), terminal ? null : stopButton),
+      el('td', { class: 'actions' }, el('button', { type: 'button', on: { click: () => show(s) } }, 'Output'), terminal ? null : ' ', terminal ? null : stopButton),
     );
   };
 
   async function refresh() {
     try {
       const body = await api(`/api/sessions${query({ limit: 100 })}`);
-      replace(tbody, listOf(body, 'sessions', 'items').map(rowFor));
+      const list = listOf(body, 'sessions', 'items');
+      listed.clear();
+      for (const s of list) listed.set(pick(s, 'id'), { cost: pick(s, 'cost_usd', 'costUsd'), budget: pick(s, 'budget_usd', 'budgetUsd') });
+      replace(tbody, list.map(rowFor));
       showError(null, true);
     } catch (err) {
       showError(err, true);
@@ -183,6 +260,7 @@ export function sessionsPanel() {
     node,
     refresh,
     onEvent(e) {
+      if (costs.onEvent(e)) updateCost(e.session_id);
       if (e.type === 'output' && selected !== null && e.session_id === selected) appendLines(linesOf(e.data));
       if (e.type === 'session_state' || e.type === 'session_created' || e.type === 'budget_warning' || e.type === 'session_result') {
         // Coalesce bursts of state changes into one list refresh.

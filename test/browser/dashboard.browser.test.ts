@@ -4,8 +4,9 @@
  * filter-evasion cheat sheet are stored as token names, session names, PRD
  * paths, log lines, event data and audit details; every panel is loaded, and no
  * dialog may open, the canary must stay untouched, no CSP violation may be
- * reported, and every payload must be shown literally. Screenshots of each
- * panel go to test-artifacts/.
+ * reported, and every payload must be shown literally. Then what a user reads:
+ * the Status panel's cards, the Events backlog, live cost, actors, the 403 text
+ * and keyboard-driven tabs. Screenshots of each panel go to .tmp/screenshots/.
  */
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -17,7 +18,7 @@ import { XSS_PAYLOADS } from './xss-payloads';
 
 const CHROMIUM = '/usr/bin/chromium';
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
-const ARTIFACTS = path.join(ROOT, 'test-artifacts');
+const ARTIFACTS = path.join(ROOT, '.tmp', 'screenshots');
 const haveChromium = existsSync(CHROMIUM);
 const inCi = process.env.CI === 'true';
 
@@ -58,6 +59,18 @@ async function openPage(browser: Browser, url: string): Promise<{ page: Page; wa
 
 async function panelText(page: Page, selector: string): Promise<string> {
   return page.$eval(selector, (n) => n.textContent ?? '');
+}
+
+/** The value cell of the row labelled `label` in a key/value table under `scope`. */
+async function rowValue(page: Page, scope: string, label: string): Promise<string> {
+  return page.$eval(
+    scope,
+    (root, l) => {
+      const row = [...root.querySelectorAll('tr')].find((tr) => tr.querySelector('th')?.textContent === l);
+      return row?.querySelector('td')?.textContent ?? `(no row ${l})`;
+    },
+    label,
+  );
 }
 
 async function waitForText(page: Page, selector: string, text: string, timeout = 10_000): Promise<void> {
@@ -146,7 +159,42 @@ describe.skipIf(!haveChromium)(haveChromium ? 'dashboard in headless Chromium' :
     await page.click('#token-form button[type=submit]');
     await waitForText(page, '#panel-status', 'Version');
     await waitForText(page, '#auth-state', 'auth on: token set');
+    // Status reads as text, not JSON: sessions by state, the audit tip and checkpoint, syslog, witnesses, streams.
+    await waitForText(page, '#status-audit', 'Last checkpoint');
+    const statusText = await panelText(page, '#panel-status');
+    expect(statusText).not.toMatch(/[{}]/);
+    expect(await rowValue(page, '#status-sessions', 'Total')).toBe(String(sessionPayloads.length));
+    expect(await rowValue(page, '#status-sessions', 'queued')).toBe(String(sessionPayloads.length));
+    const tip = await s.runtime.audit.storage.tip();
+    expect(tip).not.toBeNull();
+    expect(await rowValue(page, '#status-audit', 'Tip')).toMatch(/^entry #[\d,]+$/);
+    expect(await rowValue(page, '#status-audit', 'Head hash')).toMatch(/^[0-9a-f]{16}…$/);
+    expect(await rowValue(page, '#status-audit', 'Last checkpoint')).toMatch(/^genesis at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ, size 0 \([\d,]+ entries since\)$/);
+    expect(await rowValue(page, '#status-audit', 'Signature')).toBe('signed (JWS)');
+    expect(await rowValue(page, '#status-audit', 'Since start-up')).toMatch(/^[\d,]+ entries written, \d+ waiting, 0 write failures$/);
+    expect(await rowValue(page, '#status-audit', 'Suppressed failures')).toBe('none');
+    expect(await rowValue(page, '#status-forwarding', 'Syslog')).toBe('not configured (LOKI_AUDIT_SYSLOG_HOST)');
+    expect(await rowValue(page, '#status-forwarding', 'Witnesses')).toBe('none configured (LOKI_AUDIT_WITNESSES)');
+    expect(await rowValue(page, '#status-runtime', 'Live streams')).toBe('1 SSE stream, 0 WebSockets (1 listener)');
+    // The embedded worker as this server reports it (a test server starts none), with why not.
+    const reported = (await (await s.req('/api/status', { token: admin })).json()).embedded_worker as { state: string; reason: string | null };
+    expect(reported.state).not.toBe('running');
+    expect(await panelText(page, '#status-embedded-worker')).toBe(`${reported.state} · ${reported.reason}`);
+    expect(await rowValue(page, '#status-server', 'Auth')).toBe('on (tokens)');
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-status.png'), fullPage: true });
+
+    // An embedded worker, when /api/status reports one, is shown with its state, pid, reason and restarts.
+    const ew = s.runtime.embeddedWorker;
+    const realStatus = ew.status;
+    ew.status = () => ({ state: 'running', reason: null, pid: 4242, restarts: 1, worker_id: 'embedded-test' });
+    try {
+      await page.click('#tab-sessions');
+      await page.click('#tab-status');
+      await waitForText(page, '#status-runtime', 'pid 4242');
+      expect(await panelText(page, '#status-embedded-worker')).toBe('running · pid 4242 · worker id embedded-test · 1 restart');
+    } finally {
+      ew.status = realStatus;
+    }
 
     // Sessions: names and PRD paths in the list, log lines in the output, live output.
     await page.click('#tab-sessions');
@@ -161,6 +209,21 @@ describe.skipIf(!haveChromium)(haveChromium ? 'dashboard in headless Chromium' :
     await waitForText(page, '#session-output', live[1]!);
     const output = await panelText(page, '#session-output');
     expect(output).toBe(`${[...XSS_PAYLOADS, ...live].join('\n')}\n`);
+
+    // Live cost: the provider's JSON output lines and the budget events move the cost column between list refreshes.
+    const costCell = `#session-rows td[data-cost="${sessionId}"]`;
+    expect(await panelText(page, costCell)).toBe('$0.00');
+    await s.runtime.events.publish('output', sessionId, { stream: 'stdout', first_line: 1000, lines: ['{"type":"assistant","cost_usd":0.25}', '{"type":"assistant","cost_usd":0.17}'] });
+    await waitForText(page, costCell, '$0.42');
+    await s.runtime.events.publish('output', sessionId, { stream: 'stdout', first_line: 1002, lines: ['{"type":"result","total_cost_usd":1.23}'] });
+    await waitForText(page, costCell, '$1.23');
+    await s.runtime.events.publish('budget_warning', sessionId, { spent_usd: 1.6, limit_usd: 2 });
+    await waitForText(page, costCell, '$1.60');
+    // A list refresh (the stored cost is still 0 here) keeps the live figure.
+    await page.click('#tab-status');
+    await page.click('#tab-sessions');
+    await waitForText(page, '#session-rows', sessionPayloads[0]!);
+    expect(await panelText(page, costCell)).toBe('$1.60');
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-sessions.png'), fullPage: true });
 
     // Start a session through the form, then stop it; a refused start shows the API's message.
@@ -179,9 +242,10 @@ describe.skipIf(!haveChromium)(haveChromium ? 'dashboard in headless Chromium' :
     await page.waitForFunction(() => !(document.querySelector('#panel-sessions .error') as HTMLElement | null)?.hidden);
     expect(await panelText(page, '#panel-sessions .error')).toMatch(/\(HTTP 400\)$/);
 
-    // Events: payloads in event data arrive live and are shown as JSON text.
+    // Events: the backlog is there before anything new arrives; payloads in event data arrive live as JSON text.
     await page.click('#tab-events');
     await waitForText(page, '#panel-events', 'open');
+    expect(await page.$$eval('#event-rows tr', (rows) => rows.length)).toBeGreaterThan(0);
     for (const payload of XSS_PAYLOADS) await s.runtime.events.publish('xss.probe', sessionId, { payload });
     await waitForText(page, '#event-rows', JSON.stringify(XSS_PAYLOADS.at(-1)));
     const eventsText = await panelText(page, '#event-rows');
@@ -199,11 +263,20 @@ describe.skipIf(!haveChromium)(haveChromium ? 'dashboard in headless Chromium' :
       expect(auditText, p).toContain(JSON.stringify({ payload: p }));
       expect(auditText, p).toContain(`system:${p}`);
     }
+    // An actor with neither name nor id (the page's first, token-less request) reads `anonymous`, no trailing colon.
+    await page.fill('#panel-audit input[name=action]', 'auth.failure');
+    await page.click('#panel-audit button[type=submit]');
+    await page.waitForFunction(() => [...document.querySelectorAll('#audit-rows td.name')].some((td) => td.textContent === 'anonymous'));
+    expect(await page.$$eval('#audit-rows td.name', (tds) => tds.filter((td) => (td.textContent ?? '').endsWith(':')).length)).toBe(0);
+    await page.fill('#panel-audit input[name=action]', '');
+    await page.click('#panel-audit button[type=submit]');
+    await waitForText(page, '#audit-rows', 'test.xss');
     await page.click('#audit-verify-button');
     await waitForText(page, '#audit-verify', 'VALID');
     await page.click('#audit-checkpoint-button');
     await page.waitForFunction(() => (document.querySelector('#audit-checkpoint')?.textContent ?? '') !== '');
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-audit.png'), fullPage: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-audit-top.png') });
 
     // Tokens: names listed literally; create through the form (secret once), revoke in two clicks.
     await page.click('#tab-tokens');
@@ -256,6 +329,84 @@ describe.skipIf(!haveChromium)(haveChromium ? 'dashboard in headless Chromium' :
     } finally {
       await off.stop();
     }
+  });
+
+  it('replays the newest 100 events on load, then follows live ones', async () => {
+    const fresh = await startTestServer();
+    try {
+      for (let n = 0; n < 150; n++) await fresh.runtime.events.publish('backlog.probe', null, { n });
+      const { page, watch } = await openPage(browser, `${fresh.url}/#events`);
+      await waitForText(page, '#panel-events', 'open');
+      await waitForText(page, '#event-rows', '{"n":149}');
+      const shown = async () => page.$$eval('#event-rows tr', (rows) => rows.map((r) => r.querySelector('td.data')?.textContent ?? ''));
+      const backlog = await shown();
+      expect(backlog).toHaveLength(100);
+      expect(backlog[0]).toBe('{"n":149}');
+      expect(backlog.at(-1)).toBe('{"n":50}');
+      await fresh.runtime.events.publish('backlog.probe', null, { n: 150 });
+      await waitForText(page, '#event-rows', '{"n":150}');
+      const after = await shown();
+      expect(after).toHaveLength(101);
+      expect(after.slice(0, 2)).toEqual(['{"n":150}', '{"n":149}']);
+      await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-events-backlog.png'), fullPage: true });
+      await assertClean(page, watch);
+      await page.close();
+    } finally {
+      await fresh.stop();
+    }
+  });
+
+  it('tabs are an ARIA tablist driven by the arrow keys, Home and End', async () => {
+    const { page, watch } = await openPage(browser, `${s.url}/`);
+    const tabs = await page.$$eval('[role=tablist] [role=tab]', (list) =>
+      list.map((t) => ({ id: t.id, selected: t.getAttribute('aria-selected'), tabindex: t.getAttribute('tabindex'), controls: t.getAttribute('aria-controls') })),
+    );
+    expect(tabs.map((t) => t.id)).toEqual(['tab-status', 'tab-sessions', 'tab-events', 'tab-audit', 'tab-tokens']);
+    expect(tabs.map((t) => t.selected)).toEqual(['true', 'false', 'false', 'false', 'false']);
+    expect(tabs.map((t) => t.tabindex)).toEqual(['0', '-1', '-1', '-1', '-1']);
+    for (const t of tabs) {
+      const panel = await page.$eval(`#${t.controls}`, (n) => ({ role: n.getAttribute('role'), labelledby: n.getAttribute('aria-labelledby') }));
+      expect(panel).toEqual({ role: 'tabpanel', labelledby: t.id });
+    }
+    const state = () =>
+      page.evaluate(() => ({
+        focused: document.activeElement?.id ?? '',
+        selected: [...document.querySelectorAll('[role=tab][aria-selected=true]')].map((t) => t.id),
+        visible: [...document.querySelectorAll('[role=tabpanel]')].filter((p) => !(p as HTMLElement).hidden).map((p) => p.id),
+        hash: location.hash,
+      }));
+    await page.focus('#tab-status');
+    await page.keyboard.press('ArrowRight');
+    expect(await state()).toEqual({ focused: 'tab-sessions', selected: ['tab-sessions'], visible: ['panel-sessions'], hash: '#sessions' });
+    await page.keyboard.press('End');
+    expect(await state()).toEqual({ focused: 'tab-tokens', selected: ['tab-tokens'], visible: ['panel-tokens'], hash: '#tokens' });
+    await page.keyboard.press('ArrowRight');
+    expect(await state()).toEqual({ focused: 'tab-status', selected: ['tab-status'], visible: ['panel-status'], hash: '#status' });
+    await page.keyboard.press('ArrowLeft');
+    expect(await state()).toEqual({ focused: 'tab-tokens', selected: ['tab-tokens'], visible: ['panel-tokens'], hash: '#tokens' });
+    await page.keyboard.press('Home');
+    expect(await state()).toEqual({ focused: 'tab-status', selected: ['tab-status'], visible: ['panel-status'], hash: '#status' });
+    // Tab leaves the tablist for the panel (one tab stop for the whole list).
+    await page.keyboard.press('Tab');
+    expect((await state()).focused).toBe('panel-status');
+    await assertClean(page, watch);
+    await page.close();
+  });
+
+  it('a viewer reads which role a refused action needs', async () => {
+    const viewer = (await makeToken(s, 'dashboard-viewer', 'viewer')).token;
+    const { page, watch } = await openPage(browser, `${s.url}/#tokens`);
+    await page.fill('#token', viewer);
+    await page.click('#token-form button[type=submit]');
+    await waitForText(page, '#panel-tokens', 'admin role required');
+    expect(await page.$eval('#panel-tokens .error', (n) => n.textContent)).toBe('admin role required (HTTP 403)');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-viewer-tokens.png'), fullPage: true });
+    await page.click('#tab-status');
+    await waitForText(page, '#status-audit', 'Last checkpoint');
+    expect(await rowValue(page, '#status-audit', 'Last checkpoint')).toBe('not shown: auditor or admin role required (HTTP 403)');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-viewer-status.png'), fullPage: true });
+    await assertClean(page, watch);
+    await page.close();
   });
 
   it('serves the page with the dashboard CSP and no inline script or style', async () => {

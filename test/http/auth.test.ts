@@ -104,7 +104,16 @@ describe('token auth and RBAC on a real server', () => {
       const needed = ROUTES.find((x) => x.method === method && x.path === path)!.scope;
       const scope = needed === 'admin' ? '*' : needed;
       expect(r.headers.get('www-authenticate')).toBe(`Bearer realm="loki", error="insufficient_scope", scope="${scope}"`);
-      expect((await r.json()).error.code).toBe('insufficient_scope');
+      const body = await r.json();
+      expect(body.error.code).toBe('insufficient_scope');
+      // What a person reads names the role that grants the scope, not the scope.
+      const text: Record<string, string> = {
+        '*': 'admin role required',
+        audit: 'auditor or admin role required',
+        control: 'operator or admin role required',
+        read: 'viewer, auditor, operator or admin role required',
+      };
+      expect(body.error.message).toBe(text[scope]);
     }
   });
 

@@ -1,6 +1,6 @@
 import type { MiddlewareHandler } from 'hono';
 import { type AuthFailure, type Authenticator, parseBearer } from '../../auth/authenticate';
-import { hasScope } from '../../auth/roles';
+import { hasScope, ROLE_RANK, ROLE_SCOPES, ROLES, type Scope } from '../../auth/roles';
 import { isLoopbackHost } from '../../env';
 import type { AppContext, AppEnv, Identity } from '../context';
 import { ErrorCode } from '../errors';
@@ -11,6 +11,13 @@ import { requestHeader } from '../headers';
 
 export const WWW_INVALID = 'Bearer realm="loki", error="invalid_token"';
 export const wwwInsufficient = (scope: string) => `Bearer realm="loki", error="insufficient_scope", scope="${scope}"`;
+
+/** What a person reads on a 403: the roles that grant the scope ("admin role required", "auditor or admin role required"). */
+export function roleRequiredText(scope: Scope): string {
+  const roles = ROLES.filter((r) => hasScope(ROLE_SCOPES[r], scope)).sort((a, b) => (a === 'admin' ? 1 : b === 'admin' ? -1 : ROLE_RANK[a] - ROLE_RANK[b]));
+  const list = roles.length > 1 ? `${roles.slice(0, -1).join(', ')} or ${roles.at(-1)}` : (roles[0] ?? 'admin');
+  return `${list} role required`;
+}
 
 /**
  * One answer for every refused credential (malformed, unknown, revoked, expired, a
@@ -87,7 +94,7 @@ export function guard(spec: RouteSpec, opts: GuardOptions): MiddlewareHandler<Ap
     if (!hasScope(r.identity.scopes, needed)) {
       c.set('auditAction', 'scope.denied');
       c.set('auditDetails', { ...c.get('auditDetails'), needed_scope: needed });
-      return errorResponse(c, 403, ErrorCode.insufficientScope, `this endpoint needs the "${needed}" scope`, {
+      return errorResponse(c, 403, ErrorCode.insufficientScope, roleRequiredText(needed), {
         'WWW-Authenticate': wwwInsufficient(needed),
       });
     }
