@@ -23,6 +23,7 @@ import { proveRecord } from '../../src/audit/tlog/merkle';
 import { createToken } from '../../src/auth/token-service';
 import { createSqliteStore, migrate, openSqlite } from '../../src/db/sqlite';
 import { loadConfig } from '../../src/env';
+import { durableCommitCeiling, hashCeiling } from './ceilings';
 import { load, numberArg, startTarget } from './lib';
 
 const TOTAL = numberArg('entries', 1_000_000);
@@ -72,11 +73,16 @@ global.gc?.();
 const rss1 = process.memoryUsage().rss;
 const overall = { appended: next - 1, per_sec: Math.round((next - 1) / (to2k.seconds + at2k.seconds + at22k.seconds)) };
 const atEnd = await appendUntil(next - 1 + 20_000);
+// The same machine's durable-commit ceiling, right after the appends it bounds.
+const sampleText = (db.prepare('SELECT entry FROM audit_log WHERE seq = 1').pluck().get() as string) ?? '';
+const commitCeiling = durableCommitCeiling(home, sampleText);
 
 await audit.drain();
 const t0 = performance.now();
 const verify = await audit.verify();
 const vs = (performance.now() - t0) / 1000;
+// The hashing ceiling of a full verification on every core, over 200,000 stored entries.
+const hashCeil = await hashCeiling(db.prepare('SELECT entry FROM audit_log WHERE seq <= 200000 ORDER BY seq').pluck().all() as string[]);
 
 // Inclusion proofs computed in-process (tile reads through SQLite, cached subtree hashes), random leaves.
 const treeSize = (await audit.storage.treeStatus()).size;
@@ -159,6 +165,8 @@ const result = {
     up_to_total: at22k,
     log_at_total_next_20000: atEnd,
     overall,
+    durable_commit_ceiling_64_rows: commitCeiling,
+    ratio_to_ceiling: Number((atEnd.per_sec / commitCeiling.entries_per_sec).toFixed(3)),
   },
   rss_growth_mb_over_appends: Number(((rss1 - rss0) / 1024 / 1024).toFixed(1)),
   verify: {
@@ -169,6 +177,8 @@ const result = {
     seconds: Number(vs.toFixed(2)),
     entries_per_sec: Math.round(verify.entries_checked / vs),
     threads: os.availableParallelism(),
+    hashing_ceiling: hashCeil,
+    ratio_to_ceiling: Number((verify.entries_checked / vs / hashCeil.entries_per_sec).toFixed(3)),
   },
   tlog: {
     tree_size: treeSize,
@@ -176,6 +186,7 @@ const result = {
     inclusion_proofs_http_reads_audited: proofsAudited,
     inclusion_proofs_http_reads_not_audited: proofsReadsFailures,
     full_tile_reads_http: tileReads,
+    proofs_to_bare_hono_ratio: Number((proofsReadsFailures.requests_per_sec / bare.requests_per_sec).toFixed(3)),
   },
   http: { bare_hono: bare, audited_token_auth: audited, ratio: Number((audited.requests_per_sec / bare.requests_per_sec).toFixed(3)) },
   loki_mode_python: { appends_per_sec_at_2000: 1190, appends_per_sec_at_10000: 174, verify_entries_per_sec: 105000 },
