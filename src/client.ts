@@ -5,7 +5,7 @@
  * carrying the contract's error `code` (or `unreachable` / `timeout` /
  * `bad_response` when there is no contract answer). Runtime-free (global fetch).
  */
-import type { z } from 'zod';
+import { z } from 'zod';
 import {
   type ClaimInput,
   type CreateSessionInput,
@@ -24,6 +24,19 @@ import {
   stopResultSchema,
   workerJobsSchema,
 } from './sessions/api';
+
+/** `GET /api/status`: the fields `loki status` reads; the rest is kept as sent. */
+export const serverStatusSchema = z.looseObject({
+  status: z.string(),
+  version: z.string(),
+  uptime_seconds: z.number(),
+  runtime: z.string().optional(),
+  flags: z.record(z.string(), z.unknown()).optional(),
+  sessions: z.object({ total: z.number(), by_status: z.record(z.string(), z.number()) }).optional(),
+  audit: z.looseObject({ seq: z.number(), head_hash: z.string() }).nullable().optional(),
+  streams: z.record(z.string(), z.unknown()).optional(),
+});
+export type ServerStatus = z.infer<typeof serverStatusSchema>;
 
 export class ApiClientError extends Error {
   constructor(
@@ -101,6 +114,13 @@ export class LokiClient {
 
   stopSession(id: string): Promise<StopResult> {
     return this.request('POST', `/api/sessions/${encodeURIComponent(id)}/stop`, { schema: stopResultSchema });
+  }
+
+  // ---- server ------------------------------------------------------------
+
+  /** `GET /api/status`: version, uptime, flags, session counts, audit tip, streams (and whatever else the server adds). */
+  serverStatus(signal?: AbortSignal): Promise<ServerStatus> {
+    return this.request('GET', '/api/status', { schema: serverStatusSchema, signal });
   }
 
   // ---- worker protocol ---------------------------------------------------

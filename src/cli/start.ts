@@ -17,11 +17,13 @@
 import { spawn } from 'node:child_process';
 import { realpathSync } from 'node:fs';
 import path from 'node:path';
+import { ROLE_RANK, ROLE_SCOPES, ROLES, expandScopes, type Scope } from '../auth/roles';
 import { ApiClientError, LokiClient } from '../client';
 import type { SessionState } from '../db/store';
 import { configOrExit } from '../node';
 import { isProviderName, PROVIDER_NAMES, type ProviderName } from '../sandbox/providers';
-import type { SessionView } from '../sessions/api';
+import { type Method, neededScope, routeSpec } from '../http/scopes';
+import type { LogsPage, SessionView } from '../sessions/api';
 import { parseBudget } from '../sessions/service';
 
 export const START_EXIT_CODES: Record<SessionState | 'usage' | 'unreachable', number> = {
@@ -39,6 +41,17 @@ export const START_EXIT_CODES: Record<SessionState | 'usage' | 'unreachable', nu
   queued: 1,
   running: 1,
 };
+
+/** The exit codes of `loki start` and the other API clients, as `--help` shows them. */
+export const API_EXIT_CODES_HELP = `
+Exit codes:
+  0  done (loki start, loki logs -f: the session succeeded)
+  1  the session failed
+  2  usage error, or the server refused the request (400, 401, 403, 404, 409)
+  3  server unreachable, or a server error
+  4  stopped · 5 timed_out · 6 budget_exceeded · 7 oom_killed · 8 lost · 9 disk_exceeded
+
+LOKI_URL (default http://127.0.0.1:57374) and LOKI_TOKEN name the server and the token.`;
 
 /** Log polling backs off from MIN to MAX while nothing arrives; a live event wakes it at once. */
 const MIN_POLL_MS = 200;
@@ -73,7 +86,7 @@ class Wake {
   }
 }
 
-function say(line: string): void {
+export function say(line: string): void {
   process.stderr.write(`loki: ${line}\n`);
 }
 
@@ -90,8 +103,25 @@ export function gitRoot(dir: string): Promise<string | null> {
   });
 }
 
+/** What a failed request was for, so a refusal can say what was needed. */
+export interface ApiAction {
+  /** e.g. "listing sessions" */
+  what: string;
+  method: Method;
+  /** The route as in the scope table (src/http/scopes.ts), e.g. /api/sessions/:id/stop. */
+  route: string;
+  /** The session the request named: a 404 is then "no such session". */
+  sessionId?: string;
+}
+
+/** The roles whose scopes include `scope`, least privileged first ("viewer, auditor, operator or admin"). */
+export function rolesHolding(scope: Scope): string {
+  const roles = ROLES.filter((r) => expandScopes(ROLE_SCOPES[r]).has(scope)).sort((a, b) => ROLE_RANK[a] - ROLE_RANK[b]);
+  return roles.length > 1 ? `${roles.slice(0, -1).join(', ')} or ${roles[roles.length - 1]}` : (roles[0] ?? 'admin');
+}
+
 /** Exit code and one line for an API failure. */
-function apiFailure(err: unknown, url: string): number {
+export function apiFailure(err: unknown, url: string, action?: ApiAction): number {
   if (err instanceof ApiClientError) {
     if (err.status === 0) {
       say(`${err.message}; is the dashboard running (loki dashboard) and LOKI_URL right?`);
@@ -101,8 +131,21 @@ function apiFailure(err: unknown, url: string): number {
       say(`the server refused the token (${err.code}): ${err.message}; set LOKI_TOKEN to a valid token`);
       return START_EXIT_CODES.usage;
     }
+    if (err.status === 403 && err.code === 'insufficient_scope' && action) {
+      const spec = routeSpec(action.method, action.route);
+      const scope = spec ? neededScope(spec.scope) : null;
+      if (scope) {
+        const role = scope === '*' ? 'the admin role' : `the ${rolesHolding(scope)} role (scope "${scope}")`;
+        say(`not allowed: ${action.what} needs ${role}; the token in LOKI_TOKEN lacks it`);
+        return START_EXIT_CODES.usage;
+      }
+    }
     if (err.status === 403) {
       say(`not allowed (${err.code}): ${err.message}`);
+      return START_EXIT_CODES.usage;
+    }
+    if (err.status === 404 && action?.sessionId !== undefined && err.code === 'not_found') {
+      say(`no session ${action.sessionId} on ${url} (loki sessions lists them)`);
       return START_EXIT_CODES.usage;
     }
     if (err.status === 400 || err.status === 404 || err.status === 409) {
@@ -116,7 +159,7 @@ function apiFailure(err: unknown, url: string): number {
   return START_EXIT_CODES.unreachable;
 }
 
-function outcomeLine(s: SessionView): string {
+export function outcomeLine(s: SessionView): string {
   const secs = s.started_at && s.ended_at ? ` in ${((Date.parse(s.ended_at) - Date.parse(s.started_at)) / 1000).toFixed(1)} s` : '';
   const cost = s.cost_usd > 0 ? `, $${s.cost_usd.toFixed(2)} spent` : '';
   const code = s.exit_code !== null ? `, exit code ${s.exit_code}` : '';
@@ -125,7 +168,7 @@ function outcomeLine(s: SessionView): string {
 }
 
 /** What the session committed, in one line (null: no result). */
-function resultLine(s: SessionView): string | null {
+export function resultLine(s: SessionView): string | null {
   const r = s.result;
   if (!r) return null;
   const counts = `${r.files_changed} file${r.files_changed === 1 ? '' : 's'} changed, +${r.insertions} -${r.deletions}`;
@@ -179,7 +222,7 @@ export async function runStart(prd: string, o: { sandbox?: boolean; host?: boole
       ...(o.name !== undefined ? { name: o.name } : {}),
     });
   } catch (err) {
-    return apiFailure(err, config.url);
+    return apiFailure(err, config.url, { what: 'starting a session', method: 'POST', route: '/api/sessions' });
   }
   const where = session.host_session ? 'HOST SESSION: runs on the worker host, outside the sandbox' : 'sandbox';
   const policy = session.policy_sha256 ? `, policy ${session.policy_sha256.slice(0, 12)}` : '';
@@ -196,48 +239,74 @@ export async function runStart(prd: string, o: { sandbox?: boolean; host?: boole
     client.stopSession(session.id).catch((err) => say(`stop failed: ${(err as Error).message}`));
   };
   process.on('SIGINT', onInterrupt);
+  try {
+    return await followSession(client, session.id, {
+      url: config.url,
+      action: { what: 'reading the session output', method: 'GET', route: '/api/sessions/:id/logs', sessionId: session.id },
+    });
+  } finally {
+    process.off('SIGINT', onInterrupt);
+  }
+}
+
+/**
+ * Print a session's stored output from line `after` on (each line as text, or as
+ * a JSON object with `json`). With `follow`, keep printing until the session
+ * ends, then print what it committed and its outcome on stderr and return the
+ * outcome's exit code; without, return 0 once the stored lines are printed.
+ */
+export async function followSession(
+  client: LokiClient,
+  id: string,
+  o: { url: string; follow?: boolean; json?: boolean; after?: number; action?: ApiAction },
+): Promise<number> {
+  const follow = o.follow ?? true;
+  const print = (l: LogsPage['lines'][number]) => process.stdout.write(o.json ? `${JSON.stringify(l)}\n` : `${l.text}\n`);
   // Live events only wake the reader; the stored log is what is printed, so
   // nothing is missed or doubled when the stream is unavailable or drops.
   const live = new AbortController();
   const wake = new Wake();
-  void client
-    .watchEvents({ session: session.id, types: ['output', 'session_state'] }, () => wake.fire(), live.signal)
-    .catch(() => undefined);
+  if (follow) {
+    void client.watchEvents({ session: id, types: ['output', 'session_state'] }, () => wake.fire(), live.signal).catch(() => undefined);
+  }
   try {
-    let after = 0;
+    let after = o.after ?? 0;
     let failures = 0;
+    let reached = false;
     let idle = MIN_POLL_MS;
     for (;;) {
-      let page: Awaited<ReturnType<LokiClient['sessionLogs']>>;
+      let page: LogsPage;
       try {
-        page = await client.sessionLogs(session.id, { after, limit: PAGE });
+        page = await client.sessionLogs(id, { after, limit: PAGE });
         failures = 0;
+        reached = true;
       } catch (err) {
-        // A restarting server is not the end of the session: retry for a while.
-        if (err instanceof ApiClientError && err.status === 0 && ++failures < 120) {
+        // A restarting server is not the end of the session: retry for a while
+        // (once it has answered: a server that never did is just unreachable).
+        if (follow && reached && err instanceof ApiClientError && err.status === 0 && ++failures < 120) {
           await new Promise((r) => setTimeout(r, 1000));
           continue;
         }
-        return apiFailure(err, config.url);
+        return apiFailure(err, o.url, o.action);
       }
-      for (const l of page.lines) process.stdout.write(`${l.text}\n`);
+      for (const l of page.lines) print(l);
       after = page.next_after;
-      if (page.ended && page.lines.length < PAGE) break;
+      if (page.lines.length < PAGE && (page.ended || !follow)) break;
       if (page.lines.length > 0) idle = MIN_POLL_MS;
       if (page.lines.length < PAGE) {
         await wake.wait(idle);
         idle = Math.min(MAX_POLL_MS, idle * 2);
       }
     }
-    const final = await client.getSession(session.id);
+    if (!follow) return 0;
+    const final = await client.getSession(id);
     const committed = resultLine(final);
     if (committed) say(committed);
     say(outcomeLine(final));
     return START_EXIT_CODES[final.status];
   } catch (err) {
-    return apiFailure(err, config.url);
+    return apiFailure(err, o.url, o.action);
   } finally {
     live.abort();
-    process.off('SIGINT', onInterrupt);
   }
 }

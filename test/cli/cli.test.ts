@@ -18,16 +18,39 @@ describe('loki CLI skeleton', () => {
     },
   );
 
-  it('an unknown command is a usage error: exit 2, one line on stderr', async () => {
+  it('an unknown command is a usage error: exit 2, commander\'s message on one line', async () => {
     const r = await runCli(['frobnicate']);
-    expect(r.code).toBe(2);
-    expect(r.stderr.split('\n')[0]).toBe("error: unknown command 'frobnicate'");
+    expect(r).toEqual({ code: 2, stdout: '', stderr: "error: unknown command 'frobnicate' (run with --help for usage)\n" });
+    const near = await runCli(['sesions']);
+    expect(near).toEqual({ code: 2, stdout: '', stderr: "error: unknown command 'sesions' (Did you mean sessions?) (run with --help for usage)\n" });
   });
 
-  it('an unknown option is a usage error', async () => {
-    const r = await runCli(['dashboard', '--bogus']);
+  it.each([
+    [['dashboard', '--bogus'], "error: unknown option '--bogus'"],
+    [['enterprise', 'audit', 'tail', '--bogus'], "error: unknown option '--bogus'"],
+    [['logs'], "error: missing required argument 'id'"],
+    [['stop'], "error: missing required argument 'id'"],
+    [['enterprise', 'token', 'generate'], "error: missing required argument 'name'"],
+    [['security', 'check', '--workspace'], "error: option '--workspace <dir>' argument missing"],
+    [['enterprise', 'audit', 'prove', '1'], "error: required option '--out <file.tlog-proof>' not specified"],
+    [['status', 'extra'], "error: too many arguments for 'status'. Expected 0 arguments but got 1."],
+  ])('%j: commander\'s usage error, exit 2, one line, no stack', async (args, message) => {
+    const r = await runCli(args, { LOKI_HOME: tempHome() });
+    expect(r).toEqual({ code: 2, stdout: '', stderr: `${message} (run with --help for usage)\n` });
+  });
+
+  it('a command group without its subcommand: commander shows its help as an error → exit 2', async () => {
+    const r = await runCli(['enterprise']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain("unknown option '--bogus'");
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain('Usage: loki enterprise [options] [command]');
+  });
+
+  it('options after a subcommand belong to it: `sessions branches --json` is the branches listing', async () => {
+    const repo = tempHome('loki-repo-');
+    const r = await runCli(['sessions', 'branches', '--json', '--repo', repo], { LOKI_HOME: tempHome() });
+    // Not a repository: the branches command answered (the sessions list would have needed a server).
+    expect(r).toEqual({ code: 2, stdout: '', stderr: `loki: ${repo} is not inside a git repository\n` });
   });
 
   it('db migrate applies, then says it is up to date; dir 0700, db 0600', async () => {
