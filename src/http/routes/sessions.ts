@@ -1,10 +1,12 @@
+import type { MiddlewareHandler } from 'hono';
 import { z } from 'zod';
 import { SESSION_STATES, TERMINAL_STATES } from '../../db/store';
 import { createSessionBody } from '../../sessions/api';
 import { SessionService, sessionView } from '../../sessions/service';
-import type { AppContext, AppDeps } from '../context';
+import type { AppContext, AppDeps, AppEnv } from '../context';
 import type { DefineRoute } from '../define-route';
 import { ApiError, ErrorCode } from '../errors';
+import { isExponentForm, topLevelNumberSources } from '../json-source';
 import { validate } from '../validate';
 
 const intParam = (max: number, what: string) =>
@@ -30,6 +32,26 @@ const logsQuery = z.object({
 
 const idParam = z.object({ id: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'is not a session id') });
 
+/**
+ * `budget_usd` as a JSON number must be written as a plain decimal: `1e2` parses to
+ * 100, so only the body text shows it. Refused with 400 `validation_error`.
+ */
+const plainBudget: MiddlewareHandler<AppEnv> = async (c, next) => {
+  const text = await c.req.text();
+  let parsed = false;
+  try {
+    JSON.parse(text);
+    parsed = true;
+  } catch {
+    // the validator answers malformed JSON
+  }
+  const written = parsed ? topLevelNumberSources(text, 'budget_usd').find(isExponentForm) : undefined;
+  if (written !== undefined) {
+    throw new ApiError(400, ErrorCode.validation, `budget_usd: write the amount as a plain decimal such as 100 or 5.00, not in exponent form (got ${written.slice(0, 32)})`);
+  }
+  return next();
+};
+
 function actorName(c: AppContext): string {
   return c.get('identity')?.actor.name ?? 'anonymous';
 }
@@ -38,7 +60,7 @@ function actorName(c: AppContext): string {
 export function sessionRoutes(route: DefineRoute, deps: AppDeps): void {
   const sessions = new SessionService(deps);
 
-  route('POST', '/api/sessions', validate('json', createSessionBody), async (c) => {
+  route('POST', '/api/sessions', plainBudget, validate('json', createSessionBody), async (c) => {
     const body = c.req.valid('json' as never) as z.infer<typeof createSessionBody>;
     c.set('auditAction', 'session.start');
     c.set('auditResource', { type: 'session', id: null });
