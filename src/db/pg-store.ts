@@ -43,6 +43,9 @@ function isUnique(err: unknown): boolean {
   return code(err) === '23505' || code((err as { cause?: unknown } | null)?.cause) === '23505';
 }
 
+/** The advisory lock key event inserts hold to their commit ('loki' 03; 01 migrations, 02 audit). */
+export const LOCK_EVENTS = 0x6c6f6b69_03;
+
 export function createPgStore(pool: pg.Pool): Store {
   const db = drizzle(pool, { schema });
   const { tokens, sessions, sessionLogs, events } = schema;
@@ -251,11 +254,17 @@ export function createPgStore(pool: pg.Pool): Store {
     },
     events: {
       async insert(type, sessionId, data, ts) {
-        const rows = await db
-          .insert(events)
-          .values({ type, sessionId, data: JSON.stringify(data ?? null), ts })
-          .returning({ id: events.id });
-        return rows[0]!.id;
+        // The id is taken, and the row committed, under a transaction-scoped lock
+        // (one statement: its own transaction): ids become visible in id order, so
+        // a reader that has seen id N never sees a smaller one appear later (the
+        // event hubs of every server follow the table by id).
+        const { rows } = await pool.query<{ id: number }>(
+          `INSERT INTO events (type, session_id, data, ts)
+           SELECT $1::text, $2::text, $3::text, $4::bigint FROM (SELECT pg_advisory_xact_lock($5)) AS serialised
+           RETURNING id`,
+          [type, sessionId, JSON.stringify(data ?? null), ts, LOCK_EVENTS],
+        );
+        return Number(rows[0]!.id);
       },
       async after({ afterId, sessionId, types, limit }) {
         const rows = await db
