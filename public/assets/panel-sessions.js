@@ -262,7 +262,7 @@ export function sessionsPanel() {
     onEvent(e) {
       if (costs.onEvent(e)) updateCost(e.session_id);
       if (e.type === 'output' && selected !== null && e.session_id === selected) appendLines(linesOf(e.data));
-      if (e.type === 'session_state' || e.type === 'session_created' || e.type === 'budget_warning' || e.type === 'session_result') {
+      if (e.type === 'session_state' || e.type === 'budget_warning' || e.type === 'budget_exceeded' || e.type === 'session_result') {
         // Coalesce bursts of state changes into one list refresh.
         clearTimeout(refreshTimer);
         refreshTimer = setTimeout(refresh, 300);

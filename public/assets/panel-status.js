@@ -1,4 +1,4 @@
-import { api } from './api.js';
+import { api, getToken } from './api.js';
 import { el, replace, time } from './dom.js';
 
 /**
@@ -144,12 +144,16 @@ export function statusPanel() {
     return rest.length === 0 ? null : card('other', 'More', rest.map((k) => row(k.replaceAll('_', ' '), plain(s[k]))));
   }
 
+  // A token without the audit scope is refused once, not again at every refresh (each refusal is an audit entry).
+  let denied = null;
   async function loadCheckpoint(s) {
     if (!s.audit) return { value: null };
+    if (denied && denied.token === getToken()) return { error: denied.message };
     try {
       const r = await api('/api/enterprise/audit/checkpoint');
       return { value: r?.checkpoint ?? null };
     } catch (err) {
+      if (err.status === 403) denied = { token: getToken(), message: err.message };
       return { error: err.message };
     }
   }
@@ -180,7 +184,7 @@ export function statusPanel() {
     node,
     refresh,
     onEvent(e) {
-      if (node.hidden || !(e.type === 'session_state' || e.type === 'session_created')) return;
+      if (node.hidden || e.type !== 'session_state') return;
       clearTimeout(eventTimer);
       eventTimer = setTimeout(refresh, 1000);
     },

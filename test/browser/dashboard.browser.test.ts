@@ -404,6 +404,18 @@ describe.skipIf(!haveChromium)(haveChromium ? 'dashboard in headless Chromium' :
     await page.click('#tab-status');
     await waitForText(page, '#status-audit', 'Last checkpoint');
     expect(await rowValue(page, '#status-audit', 'Last checkpoint')).toBe('not shown: auditor or admin role required (HTTP 403)');
+    // Refused once per token, not at every refresh (each refusal is an audit entry).
+    await page.click('#tab-sessions');
+    const again = page.waitForResponse((r) => r.url().endsWith('/api/status'));
+    await page.click('#tab-status');
+    await again;
+    await waitForText(page, '#status-audit', 'Last checkpoint');
+    expect(await rowValue(page, '#status-audit', 'Last checkpoint')).toBe('not shown: auditor or admin role required (HTTP 403)');
+    await s.runtime.audit.drain();
+    const denied = (await (await s.req('/api/enterprise/audit?action=scope.denied&limit=1000', { token: admin })).json()) as {
+      entries: { actor: { name: string }; request: { path: string } }[];
+    };
+    expect(denied.entries.filter((e) => e.actor.name === 'dashboard-viewer' && e.request.path === '/api/enterprise/audit/checkpoint')).toHaveLength(1);
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-viewer-status.png'), fullPage: true });
     await assertClean(page, watch);
     await page.close();
