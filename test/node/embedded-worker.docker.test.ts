@@ -183,3 +183,57 @@ describeDocker('embedded sandbox worker (LOKI_EMBEDDED_WORKER=on, real engine)',
     expect(await containers()).toEqual([]);
   }, 90_000);
 });
+
+describeDocker('embedded sandbox worker after a server killed with SIGKILL', probe, (docker: Docker) => {
+  it('the next start revokes the token the killed server left (audited), so its orphaned worker stops; the new worker runs', async () => {
+    const home = tempHome('loki-embedded-kill-');
+    const id = `ek-${process.pid}`;
+    const env = { LOKI_EMBEDDED_WORKER: 'on', LOKI_EMBEDDED_WORKER_WARM: '0', LOKI_WORKER_ID: id, LOKI_ENTERPRISE_AUTH: 'true' };
+    const started = (s: SpawnedServer) => s.output().split('\n').some((l) => l.startsWith(OUTPUT_PREFIX) && l.includes('"msg":"sandbox worker started"'));
+    const first = await spawnServer(env, home);
+    let second: SpawnedServer | null = null;
+    try {
+      await until('the first embedded worker', async () => started(first), 60_000);
+      const orphan = Number(/"msg":"embedded sandbox worker started".*?"pid":(\d+)/.exec(first.output())![1]);
+      const leftToken = /"token_id":"(tok_[0-9a-f]+)"/.exec(first.output())![1]!;
+      first.child.kill('SIGKILL');
+      await first.exited;
+      expect(() => process.kill(orphan, 0)).not.toThrow();
+
+      second = await spawnServer({ ...env, LOKI_DASHBOARD_PORT: String(first.port) }, home);
+      await until('the second embedded worker', async () => started(second!), 60_000);
+      expect(second.output()).toContain(`"msg":"revoked an embedded worker token left by a previous run","token_id":"${leftToken}"`);
+      // The orphan's next claim is refused (or it already died writing to its closed log pipe).
+      await until('the orphaned worker to exit', async () => {
+        try {
+          process.kill(orphan, 0);
+          return false;
+        } catch {
+          return true;
+        }
+      }, 40_000);
+      const d = new Database(path.join(home, 'dashboard', 'loki.db'), { readonly: true });
+      try {
+        const rows = d.prepare("SELECT id, revoked_at FROM tokens WHERE created_by = 'system:embedded-worker' ORDER BY created_at").all() as { id: string; revoked_at: number | null }[];
+        expect(rows).toHaveLength(2);
+        expect(rows[0]).toEqual({ id: leftToken, revoked_at: expect.any(Number) });
+        expect(rows[1]!.revoked_at).toBeNull();
+        const audit = (d.prepare("SELECT entry FROM audit_log WHERE action = 'token.revoke'").all() as { entry: string }[]).map((e) => JSON.parse(e.entry));
+        expect(audit).toEqual([
+          expect.objectContaining({ resource: { type: 'token', id: leftToken }, details: expect.objectContaining({ reason: 'left by a previous run' }) }),
+        ]);
+      } finally {
+        d.close();
+      }
+    } finally {
+      if (second && second.child.exitCode === null) {
+        second.child.kill('SIGTERM');
+        await second.exited;
+      }
+      const left = await docker.listContainers({ all: true, filters: { label: [`loki.worker=embedded-${id}`] } });
+      for (const c of left) await docker.getContainer(c.Id).remove({ force: true });
+      rmSync(home, { recursive: true, force: true });
+      expect(left).toEqual([]);
+    }
+  }, 180_000);
+});
