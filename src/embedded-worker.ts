@@ -130,6 +130,11 @@ export class Supervisor {
   private failures = 0;
   private stopping = false;
   private lastReason: string | null = null;
+  /** The server exiting without `stop()` (a crash, a second signal): the child gets SIGTERM and winds down on its own. */
+  private readonly onParentExit = () => {
+    if (this.child && this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGTERM');
+  };
+  private hooked = false;
   restarts = 0;
 
   constructor(private readonly o: SupervisorOptions) {}
@@ -146,6 +151,8 @@ export class Supervisor {
 
   start(): void {
     if (this.stopping || this.child) return;
+    if (!this.hooked) process.once('exit', this.onParentExit);
+    this.hooked = true;
     const startedAt = Date.now();
     const child = spawn(this.o.command, this.o.args, { env: this.o.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     this.child = child;
@@ -219,6 +226,7 @@ export class Supervisor {
   /** SIGTERM, then SIGKILL after the timeout; resolves once the child has exited. No restart afterwards. */
   async stop(): Promise<void> {
     this.stopping = true;
+    process.removeListener('exit', this.onParentExit);
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     const child = this.child;

@@ -4,14 +4,15 @@
  * and stop logic on real child processes. The runs with a real engine are in
  * embedded-worker.docker.test.ts.
  */
-import { existsSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { OUTPUT_PREFIX, restartDelay, Supervisor } from '../../src/embedded-worker';
 import { ConfigError, loadConfig } from '../../src/env';
 import { until } from '../helpers/process';
-import { captureLogger, runCli, type SpawnedServer, spawnServer, tempHome } from '../helpers/server';
+import { captureLogger, ROOT, runCli, type SpawnedServer, spawnServer, tempHome } from '../helpers/server';
 
 const NO_ENGINE = 'unix:///nonexistent/loki-test/docker.sock';
 const cfg = (env: Record<string, string>) => loadConfig(env, { home: '/home/u', cwd: '/w' });
@@ -194,5 +195,37 @@ describe('Supervisor on real child processes', () => {
     expect(lines).toEqual([`${OUTPUT_PREFIX}up`, `${OUTPUT_PREFIX}bye`]);
     expect(logger.lines).toEqual([]);
     expect(sup.restarts).toBe(0);
+  });
+
+  it('a server that exits without stop() (a crash, a second signal) sends the child SIGTERM on its way out', async () => {
+    const dir = tempHome('loki-sup-exit-');
+    const marker = path.join(dir, 'child-got');
+    const grandchild = `process.on("SIGTERM", () => { require("fs").writeFileSync(${JSON.stringify(marker)}, "SIGTERM"); process.exit(0) }); console.log("up"); setInterval(() => {}, 1000)`;
+    const parent = `
+      import { Supervisor } from ${JSON.stringify(path.join(ROOT, 'src/embedded-worker.ts'))};
+      const sup = new Supervisor({
+        command: process.execPath, args: ['-e', ${JSON.stringify(grandchild)}], env: { PATH: process.env.PATH ?? '' },
+        logger: { info() {}, warn() {}, error() {} },
+        output: (l) => { if (l.endsWith('up')) { console.log('child ' + sup.pid); process.exit(1); } },
+      });
+      sup.start();`;
+    const p = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', parent], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout.on('data', (d) => {
+      out += d;
+    });
+    const code = await new Promise<number | null>((r) => p.once('exit', (c) => r(c)));
+    expect(code).toBe(1);
+    const pid = Number(/child (\d+)/.exec(out)![1]);
+    await until('the child to get SIGTERM and exit', async () => {
+      try {
+        process.kill(pid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+    expect(readFileSync(marker, 'utf8')).toBe('SIGTERM');
+    rmSync(dir, { recursive: true, force: true });
   });
 });
