@@ -28,6 +28,7 @@ import { requestHeader } from './http/headers';
 import { auditRoutes } from './http/routes/audit';
 import { dashboardRoutes } from './http/routes/dashboard';
 import { eventsRoutes } from './http/routes/events';
+import { metricsRoutes, requestMetrics } from './http/routes/metrics';
 import { sandboxRoutes } from './http/routes/sandbox';
 import { sessionRoutes } from './http/routes/sessions';
 import { systemRoutes } from './http/routes/system';
@@ -68,6 +69,8 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
     extraCredential: wsCredential,
   };
 
+  // Prometheus request counter (Node): outermost, so it sees every final status.
+  if (deps.metrics) app.use('*', requestMetrics(deps.metrics));
   // The edge: request id and headers, then the audit trail around the Host,
   // CORS and path checks and everything after them, in one middleware.
   app.use(
@@ -109,6 +112,7 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
   eventsRoutes(route, deps, authenticator);
   wsRoutes(app, route, deps, authenticator);
   dashboardRoutes(route, deps);
+  metricsRoutes(route, deps);
 
   app.notFound(async (c) => {
     // No route ran its guard: name the caller for the audit trail when it presents a credential

@@ -35,6 +35,7 @@ import type { AppDeps, Logger } from './http/context';
 import { createLogger } from './util/logger';
 import { contextHeaders, type HeaderSink } from './http/headers';
 import { VERSION } from './version';
+import { createNodeMetrics } from './metrics';
 import { errorBody } from './http/errors';
 import { API_CSP } from './http/middleware/security-headers';
 import { randomId } from './auth/tokens';
@@ -304,6 +305,9 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
       embedded_worker: embeddedWorker.status(),
     }),
   };
+  // GET /metrics (Prometheus); Node only, the Workers bundle never loads prom-client.
+  const metrics = createNodeMetrics({ audit, events, store, syslog: nodeAudit.syslog, now });
+  deps.metrics = metrics;
   const loki = createLokiApp(deps);
   // Running sessions whose worker stopped heartbeating become `lost` (never re-run).
   const leases = new SessionService(deps);
@@ -330,6 +334,7 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
     embeddedWorker,
     async close() {
       shutdown.abort();
+      metrics.close();
       clearInterval(pruneTimer);
       clearInterval(sweepTimer);
       events.stop();

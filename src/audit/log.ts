@@ -32,8 +32,8 @@ export interface TlogSigner {
   vkey: string;
 }
 
-/** What is announced for each checkpoint (syslog): the JWS body and the note text. */
-export type CheckpointEvent = CheckpointBody & { note: string | null };
+/** What is announced for each checkpoint (syslog): the JWS body, the JWS itself and the note text. */
+export type CheckpointEvent = CheckpointBody & { jws?: string; note: string | null };
 
 export type CheckpointKind = 'periodic' | 'shutdown' | 'manual' | 'prune' | 'genesis';
 
@@ -82,6 +82,11 @@ interface Pending {
 
 export class AuditUnavailableError extends Error {}
 
+/** Metrics hooks (src/metrics.ts): every group commit, committed or failed, with the storage's time for it. */
+export type AuditBatchObserver = (batch: { entries: CommittedEntry[] | null; size: number; seconds: number }) => void;
+
+const clock = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now());
+
 export class AuditLog {
   readonly enabled: boolean;
   private queue: Pending[] = [];
@@ -92,6 +97,7 @@ export class AuditLog {
   private readonly every: number;
   private readonly maxBatch: number;
   private readonly now: () => number;
+  private readonly batchObservers = new Set<AuditBatchObserver>();
 
   constructor(private readonly opts: AuditLogOptions) {
     this.enabled = opts.enabled;
@@ -143,6 +149,25 @@ export class AuditLog {
     return { queued: this.queue.length, committed: this.committedSinceStart, write_failures: this.failures };
   }
 
+  /** Observe each group commit (`entries` null when it failed); returns the unsubscribe. */
+  observeBatches(o: AuditBatchObserver): () => void {
+    this.batchObservers.add(o);
+    return () => {
+      this.batchObservers.delete(o);
+    };
+  }
+
+  private notifyBatch(entries: CommittedEntry[] | null, size: number, seconds: number): void {
+    if (this.batchObservers.size === 0) return;
+    for (const o of this.batchObservers) {
+      try {
+        o({ entries, size, seconds });
+      } catch (err) {
+        this.opts.onError?.(err);
+      }
+    }
+  }
+
   /** Append one entry; resolves once it is durably committed. */
   append(input: AuditInput): Promise<Tip> {
     if (!this.enabled) return Promise.resolve({ seq: 0, hash: '' });
@@ -160,19 +185,24 @@ export class AuditLog {
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, this.maxBatch);
         let tips: Tip[];
+        const started = clock();
         try {
           tips = await this.opts.storage.appendBatch(batch.map((p) => p.input));
         } catch (err) {
           this.failures++;
+          this.notifyBatch(null, batch.length, (clock() - started) / 1000);
           this.opts.onError?.(err);
           const e = new AuditUnavailableError('the audit log cannot be written');
           for (const p of batch) p.reject(e);
           continue;
         }
+        const seconds = (clock() - started) / 1000;
         this.committedSinceStart += tips.length;
         for (const [i, p] of batch.entries()) p.resolve(tips[i]!);
         try {
-          this.opts.onCommitted?.(batch.map((p, i) => ({ seq: tips[i]!.seq, hash: tips[i]!.hash, input: p.input })));
+          const committed = batch.map((p, i) => ({ seq: tips[i]!.seq, hash: tips[i]!.hash, input: p.input }));
+          this.notifyBatch(committed, committed.length, seconds);
+          this.opts.onCommitted?.(committed);
         } catch (err) {
           this.opts.onError?.(err);
         }
@@ -233,7 +263,7 @@ export class AuditLog {
     const note = await this.signNoteAt(tip.seq);
     const cp = { kind, size: body.size, headHash: body.head_hash, time: body.time, jws, note };
     await this.opts.storage.insertCheckpoint(cp);
-    this.opts.onCheckpoint?.({ ...body, note });
+    this.opts.onCheckpoint?.({ ...body, jws, note });
     return { id: 0, ...cp };
   }
 

@@ -9,6 +9,7 @@ import type { Config } from '../env';
 import type { EventHub } from '../events/hub';
 import type { SessionPolicy } from '../sessions/api';
 import type { HeaderSink } from './headers';
+import type { MetricsPort } from './routes/metrics';
 
 export interface Identity {
   actor: AuditActor;
@@ -86,6 +87,8 @@ export interface AppDeps {
    */
   // biome-ignore lint/suspicious/noExplicitAny: each runtime's helper has its own socket and option types
   upgradeWebSocket?: UpgradeWebSocket<any, any>;
+  /** Prometheus metrics (Node: src/metrics.ts). Absent: `GET /metrics` answers 501 and no request is counted. */
+  metrics?: MetricsPort;
 }
 
 export interface AppEnv {

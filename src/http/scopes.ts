@@ -44,6 +44,7 @@ export const ROUTES: readonly RouteSpec[] = [
   { method: 'GET', path: '/api/sandbox/jobs', scope: 'sandbox' },
   { method: 'GET', path: '/', scope: 'public' },
   { method: 'GET', path: '/assets/:file', scope: 'public' },
+  { method: 'GET', path: '/metrics', scope: 'read' },
 ];
 
 export function routeSpec(method: string, path: string): RouteSpec | undefined {
