@@ -329,6 +329,9 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     eventsPruneIntervalMs: int(env, 'LOKI_EVENTS_PRUNE_INTERVAL_S', 300, 1, 86_400) * 1000,
     bodyLimitBytes: int(env, 'LOKI_BODY_LIMIT', 1024 * 1024, 1024, 64 * 1024 * 1024),
   };
+  if (config.database && config.auditWitnesses.length > 0) {
+    throw new ConfigError('LOKI_AUDIT_WITNESSES', read(env, 'LOKI_AUDIT_WITNESSES') ?? '', 'no witnesses with LOKI_DATABASE_URL (witness pushing runs on SQLite only for now)');
+  }
   return config;
 }
 

@@ -4,9 +4,10 @@
  * (JWS) and note key (C2SP checkpoints), the parallel verifier, and syslog
  * forwarding of every committed entry and checkpoint.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { createSqliteAuditStorage, sha256Hex } from '../db/sqlite-audit';
-import type { SqliteDb } from '../db/sqlite';
+import { ensurePrivateDir, type SqliteDb } from '../db/sqlite';
 import type { Config } from '../env';
 import type { Logger } from '../http/context';
 import { AuditLog, type CheckpointEvent, type CommittedEntry, type RangeChecker, sequentialChecker, type TlogSigner } from './log';
@@ -89,7 +90,22 @@ export async function createNodeAudit(config: Config, db: SqliteDb, opts: NodeAu
  * are verified as read through the pool (sequentially, with node:crypto).
  */
 export async function createPgNodeAudit(config: Config, storage: AuditStorage, opts: NodeAuditOptions = {}): Promise<NodeAudit> {
+  // The keys stay files beside where the SQLite database would be (0700 directory).
+  if (config.auditEnabled && opts.signer !== false && opts.createKeys !== false) ensurePrivateDir(path.dirname(keyPaths(config.dbPath).signing));
   return createNodeAuditOn(config, storage, sequentialChecker(storage, sha256Hex, nodeTreeHasher), opts);
+}
+
+/** The TLS files named in the config, read once at start-up. */
+function syslogTls(c: NonNullable<Config['syslog']>): { ca?: Buffer; cert?: Buffer; key?: Buffer } {
+  const read = (file: string | null, name: string) => {
+    if (!file) return undefined;
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new Error(`${name}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+    }
+  };
+  return { ca: read(c.tlsCa, 'LOKI_AUDIT_SYSLOG_TLS_CA'), cert: read(c.tlsCert, 'LOKI_AUDIT_SYSLOG_TLS_CERT'), key: read(c.tlsKey, 'LOKI_AUDIT_SYSLOG_TLS_KEY') };
 }
 
 async function createNodeAuditOn(config: Config, storage: AuditStorage, rangeChecker: RangeChecker, opts: NodeAuditOptions): Promise<NodeAudit> {

@@ -1,9 +1,10 @@
 import os from 'node:os';
 import { createSqliteStore, migrate, openSqlite, type SqliteDb, tightenDbFiles } from '../db/sqlite';
 import type { Store } from '../db/store';
-import type { Config } from '../env';
+import type { Config, DatabaseConfig } from '../env';
 import type { AuditLog } from '../audit/log';
-import { createNodeAudit } from '../audit/node-audit';
+import { createNodeAudit, createPgNodeAudit } from '../audit/node-audit';
+import { describeDatabaseUrl, openPostgresBackend } from '../db/pg';
 import { configOrExit } from '../node';
 
 /** A one-line CLI error and exit (2: usage or operational error). */
@@ -28,6 +29,7 @@ export interface LocalContext {
 export async function openLocal(opts: { signer?: boolean; createKeys?: boolean; syncTree?: boolean } = {}): Promise<LocalContext> {
   const config = configOrExit();
   process.umask(0o077);
+  if (config.database) return openLocalPg(config, config.database, opts);
   let db: SqliteDb;
   try {
     db = openSqlite(config.dbPath);
@@ -48,6 +50,30 @@ export async function openLocal(opts: { signer?: boolean; createKeys?: boolean; 
       await audit.drain();
       await nodeAudit.syslog?.close();
       db.close();
+    },
+  };
+}
+
+/** `LOKI_DATABASE_URL`: the same on PostgreSQL (`db`, the SQLite handle, throws). */
+async function openLocalPg(config: Config, database: DatabaseConfig, opts: { signer?: boolean; createKeys?: boolean; syncTree?: boolean }): Promise<LocalContext> {
+  let backend: Awaited<ReturnType<typeof openPostgresBackend>>;
+  try {
+    backend = await openPostgresBackend(database, { applicationName: 'loki-cli' });
+  } catch (err) {
+    fail(`cannot open the database ${describeDatabaseUrl(database.url)}: ${(err as Error).message}`);
+  }
+  const nodeAudit = await createPgNodeAudit(config, backend.auditStorage, { signer: opts.signer, createKeys: opts.createKeys, syncTree: opts.syncTree });
+  return {
+    config,
+    get db(): SqliteDb {
+      return fail('this command reads the SQLite database; LOKI_DATABASE_URL selects PostgreSQL');
+    },
+    store: backend.store,
+    audit: nodeAudit.audit,
+    async close() {
+      await nodeAudit.audit.drain();
+      await nodeAudit.syslog?.close();
+      await backend.close();
     },
   };
 }

@@ -138,3 +138,58 @@ export async function startPostgres(opts: { fsync?: boolean } = {}): Promise<Tes
     },
   };
 }
+
+// ---------------------------------------------------------------------------
+// The API suite on PostgreSQL (vitest project `postgres`, vitest.config.ts):
+// one server for the run (globalSetup below), a fresh database per test server.
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    /** The admin URL (database `postgres`) of the run's PostgreSQL; '' outside the postgres project. */
+    pgAdminUrl: string;
+  }
+}
+
+/** The store the API tests run on: `LOKI_TEST_STORE=postgres` (the postgres project) or SQLite. */
+export const TEST_STORE: 'sqlite' | 'postgres' = process.env.LOKI_TEST_STORE === 'postgres' ? 'postgres' : 'sqlite';
+
+/** vitest globalSetup of the postgres project: start PostgreSQL once, stop it after the run. */
+export default async function setup(project: { provide: (key: 'pgAdminUrl', value: string) => void }): Promise<() => Promise<void>> {
+  const server = await startPostgres({ fsync: false });
+  project.provide('pgAdminUrl', server.url('postgres'));
+  return () => server.stop();
+}
+
+const databases = new Map<string, string>();
+
+/**
+ * The env a test server on `home` needs for the current store: nothing on
+ * SQLite; on PostgreSQL `LOKI_DATABASE_URL` of a database made for that home
+ * (the same one again for a server restarted on the same home).
+ */
+export async function testStoreEnv(home: string): Promise<Record<string, string>> {
+  if (TEST_STORE !== 'postgres') return {};
+  const known = databases.get(home);
+  if (known) return { LOKI_DATABASE_URL: known };
+  const { inject } = await import('vitest');
+  const admin = inject('pgAdminUrl');
+  if (!admin) throw new Error('LOKI_TEST_STORE=postgres but no PostgreSQL was started (run through the vitest postgres project)');
+  const name = `t_${path.basename(home).toLowerCase().replace(/[^a-z0-9]/g, '_')}_${process.pid}`.slice(0, 63);
+  const c = new pg.Client({ connectionString: admin });
+  await c.connect();
+  try {
+    await c.query(`CREATE DATABASE ${name} TEMPLATE template0`);
+  } finally {
+    await c.end();
+  }
+  const u = new URL(admin);
+  u.pathname = `/${name}`;
+  databases.set(home, u.toString());
+  return { LOKI_DATABASE_URL: u.toString() };
+}
+
+/** The env a CLI process on `home` needs to reach the same store as that home's test server. */
+export function knownStoreEnv(home: string | undefined): Record<string, string> {
+  const url = home ? databases.get(home) : undefined;
+  return url ? { LOKI_DATABASE_URL: url } : {};
+}

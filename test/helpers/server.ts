@@ -11,6 +11,7 @@ import path from 'node:path';
 import { loadConfig } from '../../src/env';
 import { type RunningServer, startServer } from '../../src/server';
 import type { Logger } from '../../src/http/context';
+import { knownStoreEnv, testStoreEnv } from './postgres';
 import { runProcess } from './process';
 
 export const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -50,6 +51,10 @@ export interface TestServer extends RunningServer {
   logger: CapturedLogger;
   /** fetch against the server with the right Host header. */
   req(pathname: string, init?: RequestInit & { token?: string }): Promise<Response>;
+  /** The store it runs on (LOKI_TEST_STORE). */
+  store: 'sqlite' | 'postgres';
+  /** One SQL statement straight on its database (`?` placeholders, on either store); the rows it returns. */
+  sql<T = Record<string, unknown>>(text: string, ...args: unknown[]): Promise<T[]>;
 }
 
 /**
@@ -59,12 +64,25 @@ export interface TestServer extends RunningServer {
 export async function startTestServer(env: Record<string, string> = {}, opts: { now?: () => number; homePrefix?: string } = {}): Promise<TestServer> {
   const home = env.LOKI_HOME ?? tempHome(opts.homePrefix);
   const port = env.LOKI_DASHBOARD_PORT ? Number(env.LOKI_DASHBOARD_PORT) : await freePort();
-  const config = loadConfig({ LOKI_HOME: home, LOKI_EMBEDDED_WORKER: 'off', ...env, LOKI_DASHBOARD_PORT: String(port) }, { home, cwd: home });
+  const store = await testStoreEnv(home);
+  const config = loadConfig({ LOKI_HOME: home, LOKI_EMBEDDED_WORKER: 'off', ...store, ...env, LOKI_DASHBOARD_PORT: String(port) }, { home, cwd: home });
   const logger = captureLogger();
   const server = await startServer(config, { logger, embeddedWorker: true, ...(opts.now ? { now: opts.now } : {}) });
   return Object.assign(server, {
     home,
     logger,
+    store: config.database ? ('postgres' as const) : ('sqlite' as const),
+    async sql<T>(text: string, ...args: unknown[]): Promise<T[]> {
+      const pgb = server.runtime.pg;
+      if (pgb) {
+        let i = 0;
+        return (await pgb.pool.query(text.replace(/\?/g, () => `$${++i}`), args)).rows as T[];
+      }
+      const stmt = server.runtime.db.prepare(text);
+      if (stmt.reader) return stmt.all(...args) as T[];
+      stmt.run(...args);
+      return [];
+    },
     req(pathname: string, init: RequestInit & { token?: string } = {}) {
       const headers = new Headers(init.headers);
       if (init.token) headers.set('Authorization', `Bearer ${init.token}`);
@@ -89,7 +107,7 @@ export interface SpawnedServer {
 export async function spawnServer(env: Record<string, string> = {}, home = tempHome()): Promise<SpawnedServer> {
   const port = env.LOKI_DASHBOARD_PORT ? Number(env.LOKI_DASHBOARD_PORT) : await freePort();
   const child = spawn(process.execPath, [LOKI_BIN, 'dashboard'], {
-    env: { PATH: process.env.PATH ?? '', HOME: home, LOKI_HOME: home, LOKI_EMBEDDED_WORKER: 'off', ...env, LOKI_DASHBOARD_PORT: String(port) },
+    env: { PATH: process.env.PATH ?? '', HOME: home, LOKI_HOME: home, LOKI_EMBEDDED_WORKER: 'off', ...(await testStoreEnv(home)), ...env, LOKI_DASHBOARD_PORT: String(port) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -128,7 +146,7 @@ export function runCli(
   opts: { input?: string; timeoutMs?: number } = {},
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return runProcess(process.execPath, [LOKI_BIN, ...args], {
-    env: { PATH: process.env.PATH ?? '', HOME: env.LOKI_HOME ?? os.tmpdir(), ...env },
+    env: { PATH: process.env.PATH ?? '', HOME: env.LOKI_HOME ?? os.tmpdir(), ...knownStoreEnv(env.LOKI_HOME), ...env },
     input: opts.input,
     timeoutMs: opts.timeoutMs,
   });

@@ -4,7 +4,22 @@ import type { DefineRoute } from '../define-route';
 
 export function systemRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps): void {
   const now = deps.now ?? Date.now;
-  route('GET', '/health', (c) => c.json({ status: 'healthy', service: 'loki-dashboard' }));
+  // A load balancer's check: the database must answer (within 2 s), else 503.
+  route('GET', '/health', async (c) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const up = await Promise.race([
+      deps.store.ping().then(
+        () => true,
+        () => false,
+      ),
+      new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(false), 2_000);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (!up) return c.json({ status: 'unhealthy', service: 'loki-dashboard', database: 'down' }, 503);
+    return c.json({ status: 'healthy', service: 'loki-dashboard' });
+  });
 
   route('GET', '/api/enterprise/status', (c) =>
     c.json({
