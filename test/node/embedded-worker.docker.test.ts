@@ -3,7 +3,7 @@
  * and a real Docker engine runs sandboxed sessions with no separate worker. The
  * embedded worker killed with SIGKILL is restarted; SIGTERM to the server stops
  * the worker first (its running session reported stopped), revokes its token
- * (audited) and leaves no container behind.
+ * (audited) and leaves no container behind, warm pool included.
  */
 import { createHash } from 'node:crypto';
 import { readFileSync, rmSync } from 'node:fs';
@@ -61,7 +61,7 @@ describeDocker('embedded sandbox worker (LOKI_EMBEDDED_WORKER=on, real engine)',
     server = await spawnServer(
       {
         LOKI_EMBEDDED_WORKER: 'on',
-        LOKI_EMBEDDED_WORKER_WARM: '0',
+        LOKI_EMBEDDED_WORKER_WARM: '1',
         LOKI_WORKER_ID: 'ew-' + process.pid,
         LOKI_WORKSPACE_ROOTS: root,
         LOKI_ENTERPRISE_AUTH: 'true',
@@ -91,6 +91,8 @@ describeDocker('embedded sandbox worker (LOKI_EMBEDDED_WORKER=on, real engine)',
   it('a sandboxed session runs to success with no separate worker; the token is in the child environment only', async () => {
     const s0 = await status();
     expect(s0).toEqual({ state: 'running', reason: null, pid: expect.any(Number), restarts: 0, worker_id: WORKER_ID });
+    // With a warm pool of one (LOKI_EMBEDDED_WORKER_WARM), as the default configuration has one.
+    expect(server.output()).toMatch(/^\[embedded-worker\] \{.*"msg":"warm pool","size":1,/m);
 
     const ws = makeWorkspace(root, 'first', { config: providerConfig(['cat', '{prd}']) });
     const r = await start(ws, ['prd.md', '--sandbox']);
@@ -121,7 +123,7 @@ describeDocker('embedded sandbox worker (LOKI_EMBEDDED_WORKER=on, real engine)',
     expect(environ).toContain(`LOKI_URL=${server.url}`);
     expect(environ.some((v) => v.startsWith('LOKI_TOKEN='))).toBe(false);
     const argv = readFileSync(`/proc/${s0.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-    expect(argv.slice(1)).toEqual([path.resolve(import.meta.dirname, '../../bin/loki.js'), 'sandbox', 'worker', '--concurrency', '2', '--warm', '0']);
+    expect(argv.slice(1)).toEqual([path.resolve(import.meta.dirname, '../../bin/loki.js'), 'sandbox', 'worker', '--concurrency', '2', '--warm', '1']);
     expect(server.output()).not.toContain(plain);
   }, 60_000);
 
