@@ -11,6 +11,10 @@ import { REDACTED } from './util/redact';
 
 export type Role = 'admin' | 'operator' | 'viewer' | 'auditor' | 'worker';
 export type SyslogProto = 'udp' | 'tcp' | 'tls';
+export const SYSLOG_FORMATS = ['rfc5424', 'json', 'cef'] as const;
+export type SyslogFormat = (typeof SYSLOG_FORMATS)[number];
+/** RFC 5424 SD-ID for our own element: `name@PEN` (SD-NAME characters, at most 32; PEN digits, optionally dotted). */
+export const SYSLOG_SDID_RE = /^(?=.{3,32}$)[!#-<>-?A-\\^-~]+@\d+(?:\.\d+)*$/;
 export type OidcMappedRole = Exclude<Role, 'worker'>;
 export const EMBEDDED_WORKER_MODES = ['auto', 'on', 'off'] as const;
 export type EmbeddedWorkerMode = (typeof EMBEDDED_WORKER_MODES)[number];
@@ -52,7 +56,21 @@ export interface Config {
   auditRetentionIntervalMs: number;
   /** `LOKI_AUDIT_ORIGIN`: the transparency log's checkpoint origin line; null = `loki.<host name>/audit`. */
   auditOrigin: string | null;
-  syslog: null | { host: string; port: number; proto: SyslogProto };
+  /**
+   * `LOKI_AUDIT_SYSLOG_*` (docs/siem.md): where audit events go, the message body
+   * format, the structured-data id, and for TLS the CA and the client certificate
+   * (absolute PEM file paths; null = system CAs / no client certificate).
+   */
+  syslog: null | {
+    host: string;
+    port: number;
+    proto: SyslogProto;
+    format: SyslogFormat;
+    sdId: string;
+    tlsCa: string | null;
+    tlsCert: string | null;
+    tlsKey: string | null;
+  };
   /** `LOKI_AUDIT_WITNESSES`: C2SP tlog-witnesses (submission URL prefix + cosigner verifier key) the server pushes checkpoints to. */
   auditWitnesses: AuditWitnessConfig[];
   sandboxMode: boolean;
@@ -260,6 +278,28 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
   if (syslogHost !== undefined && !HOST_RE.test(syslogHost)) {
     throw new ConfigError('LOKI_AUDIT_SYSLOG_HOST', syslogHost, 'a host name or IP address');
   }
+  const syslogFormat = oneOf(env, 'LOKI_AUDIT_SYSLOG_FORMAT', SYSLOG_FORMATS, 'rfc5424');
+  const syslogSdId = read(env, 'LOKI_AUDIT_SYSLOG_SDID') ?? 'loki@32473';
+  if (!SYSLOG_SDID_RE.test(syslogSdId)) {
+    throw new ConfigError('LOKI_AUDIT_SYSLOG_SDID', syslogSdId, 'an RFC 5424 SD-ID name@enterprise-number, e.g. loki@12345 (at most 32 characters, no space, =, ] or ")');
+  }
+  const syslogTls = {
+    tlsCa: absPath(env, 'LOKI_AUDIT_SYSLOG_TLS_CA') ?? null,
+    tlsCert: absPath(env, 'LOKI_AUDIT_SYSLOG_TLS_CERT') ?? null,
+    tlsKey: absPath(env, 'LOKI_AUDIT_SYSLOG_TLS_KEY') ?? null,
+  };
+  if ((syslogTls.tlsCert === null) !== (syslogTls.tlsKey === null)) {
+    const [name, value] = syslogTls.tlsCert ? ['LOKI_AUDIT_SYSLOG_TLS_KEY', ''] : ['LOKI_AUDIT_SYSLOG_TLS_CERT', ''];
+    throw new ConfigError(name, value, 'set with its pair: a client certificate needs both LOKI_AUDIT_SYSLOG_TLS_CERT and LOKI_AUDIT_SYSLOG_TLS_KEY');
+  }
+  for (const [name, value] of [
+    ['LOKI_AUDIT_SYSLOG_TLS_CA', syslogTls.tlsCa],
+    ['LOKI_AUDIT_SYSLOG_TLS_CERT', syslogTls.tlsCert],
+    ['LOKI_AUDIT_SYSLOG_TLS_KEY', syslogTls.tlsKey],
+  ] as const) {
+    if (value !== null && syslogProto !== 'tls') throw new ConfigError(name, value, 'only with LOKI_AUDIT_SYSLOG_PROTO=tls');
+  }
+
 
   const budgetRaw = read(env, 'LOKI_BUDGET_LIMIT');
   let budgetLimitUsd: number | null = null;
@@ -299,7 +339,7 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     auditRetentionDays: read(env, 'LOKI_AUDIT_RETENTION_DAYS') === undefined ? null : int(env, 'LOKI_AUDIT_RETENTION_DAYS', 0, 1, 36_500),
     auditRetentionIntervalMs: int(env, 'LOKI_AUDIT_RETENTION_INTERVAL_S', 3_600, 1, 86_400) * 1000,
     auditOrigin: auditOriginFrom(env),
-    syslog: syslogHost ? { host: syslogHost, port: syslogPort, proto: syslogProto } : null,
+    syslog: syslogHost ? { host: syslogHost, port: syslogPort, proto: syslogProto, format: syslogFormat, sdId: syslogSdId, ...syslogTls } : null,
     auditWitnesses: auditWitnessesFrom(env),
     sandboxMode: bool(env, 'LOKI_SANDBOX_MODE', false),
     branchProtection: bool(env, 'LOKI_BRANCH_PROTECTION', true),

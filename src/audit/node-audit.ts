@@ -16,7 +16,8 @@ import { nodeTreeHasher } from './node-tlog';
 import { createParallelChecker } from './parallel-verify';
 import { createFileSigner } from './signer';
 import type { AuditStorage } from './storage';
-import { createSyslogForwarder, type SyslogForwarder, syslogSeverityFor } from './syslog';
+import { auditEvent, checkpointEvent, detailsParams, entrySummary } from './siem';
+import { createSyslogForwarder, type SyslogEntry, type SyslogForwarder, syslogSeverityFor } from './syslog';
 
 export interface NodeAudit {
   audit: AuditLog;
@@ -31,38 +32,48 @@ export class AuditKeyMissingError extends Error {
   }
 }
 
-/** Structured data for syslog: the chain position and the who/what, never details (they may be large). */
-export function syslogMessageFor(e: CommittedEntry) {
+/**
+ * An entry for syslog: the chain position, the who/what and the entry's details
+ * (redacted; `details.<key>` SD-PARAMs), plus the ECS event the `json` and `cef`
+ * formats render (docs/siem.md).
+ */
+export function syslogMessageFor(e: CommittedEntry): SyslogEntry {
   const i = e.input;
-  const who = i.actor.name ?? i.actor.id ?? i.actor.type;
-  const what = i.request ? `${i.request.method} ${i.request.path}` : (i.resource ? `${i.resource.type} ${i.resource.id ?? ''}`.trim() : '');
+  const severity = syslogSeverityFor(i.action);
   return {
-    severity: syslogSeverityFor(i.action),
+    severity,
     msgid: i.action,
-    message: `${i.action} by ${who}${what ? ` ${what}` : ''} -> ${i.outcome.success ? 'ok' : `failed ${i.outcome.status ?? ''} ${i.outcome.error ?? ''}`.trim()}`,
+    message: entrySummary(i),
     structured: {
       seq: e.seq,
       hash: e.hash,
       actor_type: i.actor.type,
-      actor: who,
+      actor: i.actor.name ?? i.actor.id ?? i.actor.type,
       client_ip: i.client?.ip ?? null,
       status: i.outcome.status,
       success: i.outcome.success,
       request_id: i.request?.id ?? null,
+      ...detailsParams(i.details ?? undefined),
     },
+    event: () => auditEvent(e, severity),
   };
 }
 
 /**
- * A checkpoint for syslog: the full C2SP note text as the message (so a syslog
- * archive holds signed tree heads a verifier can use), else the JWS summary.
+ * A checkpoint for syslog: the full signed checkpoint in every format. RFC 5424:
+ * the C2SP note text as the message and the JWS as the `jws` SD-PARAM (so a
+ * syslog archive holds signed tree heads a verifier can use); JSON and CEF: both
+ * in the event (`loki.checkpoint.jws` / `.note`, CEF `cs5` / `cs6`).
  */
-export function syslogCheckpointMessage(cp: CheckpointEvent) {
+export function syslogCheckpointMessage(cp: CheckpointEvent): SyslogEntry {
   return {
     severity: 'info' as const,
     msgid: 'audit.checkpoint',
     message: cp.note ?? `signed checkpoint ${cp.kind ?? ''} size ${cp.size} head ${cp.head_hash}`,
+    signedMessage: cp.note !== null,
     structured: { origin: cp.origin, size: cp.size, head_hash: cp.head_hash, time: cp.time, kind: cp.kind ?? null },
+    ...(cp.jws ? { signed: { jws: cp.jws } } : {}),
+    event: () => checkpointEvent(cp),
   };
 }
 
@@ -115,6 +126,9 @@ async function createNodeAuditOn(config: Config, storage: AuditStorage, rangeChe
         host: config.syslog.host,
         port: config.syslog.port,
         proto: config.syslog.proto,
+        format: config.syslog.format,
+        sdId: config.syslog.sdId,
+        tls: config.syslog.proto === 'tls' ? syslogTls(config.syslog) : undefined,
         onError: (err) => opts.logger?.warn('syslog forwarding failed; queueing', { err: err.message }),
       })
     : null;

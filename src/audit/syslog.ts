@@ -1,6 +1,8 @@
 /**
  * Forwarding audit events to syslog (RFC 5424), over UDP (RFC 5426, one message
- * per datagram) or TCP / TLS (RFC 6587 / RFC 5425 octet-counting framing).
+ * per datagram) or TCP / TLS (RFC 6587 / RFC 5425 octet-counting framing). The
+ * message body is selectable (`LOKI_AUDIT_SYSLOG_FORMAT`, docs/siem.md): RFC 5424
+ * structured data plus a text summary, an ECS JSON event, or a CEF event.
  *
  * Forwarding is best effort by design and never slows a request: `send` formats
  * and enqueues synchronously and returns; a bounded queue absorbs outages, and
@@ -14,8 +16,12 @@ import net from 'node:net';
 import os from 'node:os';
 import tls from 'node:tls';
 import { redactString, redactValue } from '../util/redact';
+import { VERSION } from '../version';
+import { cefBody, jsonBody, type SiemEvent, withoutDetails } from './siem';
 
 export type SyslogProto = 'udp' | 'tcp' | 'tls';
+/** The MSG part: RFC 5424 structured data + text (default), an ECS JSON event, or a CEF event. */
+export type SyslogFormat = 'rfc5424' | 'json' | 'cef';
 export type SyslogSeverity = 'warning' | 'info';
 export type StructuredValue = string | number | boolean | null;
 
@@ -24,8 +30,17 @@ export interface SyslogEntry {
   /** RFC 5424 MSGID, e.g. the audit action (`auth.failure`). */
   msgid: string;
   message: string;
-  /** Rendered as `[loki@32473 key="value" ...]`. */
+  /** Rendered as `[loki@32473 key="value" ...]` (the SD-ID is configurable). */
   structured?: Record<string, StructuredValue>;
+  /**
+   * SD-PARAMs appended as they are, not redacted: public signed data only (a
+   * checkpoint's JWS), which must arrive byte for byte to stay verifiable.
+   */
+  signed?: Record<string, string>;
+  /** The message is public signed data (a C2SP checkpoint note): not redacted. */
+  signedMessage?: boolean;
+  /** The event for the `json` and `cef` formats (built only for them); without it those formats fall back to RFC 5424. */
+  event?: () => SiemEvent;
 }
 
 export interface SyslogStats {
@@ -57,8 +72,24 @@ export interface SyslogForwarderOptions {
   maxQueue?: number;
   /** Longest message in bytes (rsyslog's default limit is 8 KB); the MSG part is cut to fit. Default 8,192. */
   maxMessageBytes?: number;
-  /** TLS only. Certificates are verified unless `rejectUnauthorized` is explicitly false. */
-  tls?: { ca?: string | Buffer | Array<string | Buffer>; rejectUnauthorized?: boolean; servername?: string };
+  /** Message body format; default `rfc5424`. */
+  format?: SyslogFormat;
+  /** The SD-ID of the structured-data element (`name@PEN`); default `SD_ID`. */
+  sdId?: string;
+  /** The product version in CEF headers; default `VERSION`. */
+  version?: string;
+  /**
+   * TLS only. Certificates are verified unless `rejectUnauthorized` is explicitly
+   * false; `ca` replaces the system CAs; `cert` and `key` (PEM) are the client
+   * certificate for a server that requires one (mutual TLS).
+   */
+  tls?: {
+    ca?: string | Buffer | Array<string | Buffer>;
+    cert?: string | Buffer;
+    key?: string | Buffer;
+    rejectUnauthorized?: boolean;
+    servername?: string;
+  };
   /** Reconnect delay: doubles from `initialMs` (default 250) up to `maxMs` (default 30,000), with jitter. */
   backoff?: { initialMs?: number; maxMs?: number };
   /** Give up a connection attempt after this long; default 10,000 ms. */
@@ -74,7 +105,11 @@ export interface SyslogForwarderOptions {
 /** Facility local0 (16). */
 const FACILITY = 16;
 const SEVERITY_CODE: Record<SyslogSeverity, number> = { warning: 4, info: 6 };
-/** The SD-ID: name@private-enterprise-number (32473 is the number RFC 5612 reserves for documentation). */
+/**
+ * The default SD-ID: name@private-enterprise-number. 32473 is the number RFC 5612
+ * reserves for documentation: operators with their own IANA enterprise number
+ * set `LOKI_AUDIT_SYSLOG_SDID` (docs/siem.md).
+ */
 export const SD_ID = 'loki@32473';
 
 // ---------------------------------------------------------------------------
@@ -98,11 +133,11 @@ function sdValue(value: StructuredValue): string {
   return (value === null ? '' : String(value)).replace(/["\\\]]/g, '\\$&');
 }
 
-function structuredData(structured: Record<string, StructuredValue> | undefined): string {
-  if (!structured) return '-';
-  const safe = redactValue(structured);
-  const params = Object.entries(safe).map(([k, v]) => `${sdName(k)}="${sdValue(v)}"`);
-  return `[${[SD_ID, ...params].join(' ')}]`;
+function structuredData(entry: SyslogEntry, sdId: string): string {
+  if (!entry.structured && !entry.signed) return '-';
+  const safe = redactValue(entry.structured ?? {});
+  const params = [...Object.entries(safe), ...Object.entries(entry.signed ?? {})].map(([k, v]) => `${sdName(k)}="${sdValue(v)}"`);
+  return `[${[sdId, ...params].join(' ')}]`;
 }
 
 /** Cut UTF-8 bytes to at most `max` without splitting a character. */
@@ -119,13 +154,22 @@ export interface FormatOptions {
   procId: string;
   timestamp: Date;
   maxMessageBytes: number;
+  /** Default `rfc5424`. */
+  format?: SyslogFormat;
+  /** Default `SD_ID`. */
+  sdId?: string;
+  /** CEF header version; default `VERSION`. */
+  version?: string;
 }
 
 /**
  * One RFC 5424 message: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD [MSG]`.
- * Every free-text part goes through the redaction helper. If the message is too
- * long the MSG is cut; if even the header and structured data are, the structured
- * data is replaced by `-` rather than cut mid-element.
+ * Every free-text part goes through the redaction helper (the checkpoint's
+ * signed JWS and note excepted). With format `rfc5424`, if the message is too
+ * long the MSG is cut; if even the header and structured data are, the
+ * structured data is replaced by `-` rather than cut mid-element. With `json`
+ * and `cef` the SD is `-` and the MSG is the event; if it is too long the
+ * details are left out (`details_truncated`), and only then is it cut.
  */
 export function formatSyslogMessage(entry: SyslogEntry, o: FormatOptions): Buffer {
   const pri = FACILITY * 8 + SEVERITY_CODE[entry.severity];
@@ -137,8 +181,16 @@ export function formatSyslogMessage(entry: SyslogEntry, o: FormatOptions): Buffe
     headerField(o.procId, 128),
     headerField(redactString(entry.msgid), 32),
   ].join(' ');
-  const msg = Buffer.from(redactString(entry.message), 'utf8');
-  for (const sd of [structuredData(entry.structured), '-']) {
+  const format = o.format ?? 'rfc5424';
+  if (format !== 'rfc5424' && entry.event) {
+    const event = entry.event();
+    const render = (ev: SiemEvent) => Buffer.from(`${head} - ${format === 'json' ? jsonBody(ev) : cefBody(ev, o.version ?? VERSION)}`, 'utf8');
+    const full = render(event);
+    if (full.length <= o.maxMessageBytes) return full;
+    return truncateUtf8(render(withoutDetails(event)), o.maxMessageBytes);
+  }
+  const msg = Buffer.from(entry.signedMessage ? entry.message : redactString(entry.message), 'utf8');
+  for (const sd of [structuredData(entry, o.sdId ?? SD_ID), '-']) {
     const prefix = Buffer.from(`${head} ${sd}`, 'utf8');
     if (msg.length === 0 && prefix.length <= o.maxMessageBytes) return prefix;
     const room = o.maxMessageBytes - prefix.length - 1;
@@ -190,6 +242,9 @@ export function createSyslogForwarder(options: SyslogForwarderOptions): SyslogFo
     hostname: options.hostname ?? os.hostname(),
     procId: String(process.pid),
     maxMessageBytes: options.maxMessageBytes ?? 8192,
+    format: options.format ?? 'rfc5424',
+    sdId: options.sdId ?? SD_ID,
+    version: options.version ?? VERSION,
   };
   const now = options.now ?? (() => new Date());
   const transport = options.proto === 'udp' ? udpTransport(options) : streamTransport(options);
@@ -300,6 +355,8 @@ function streamTransport(o: SyslogForwarderOptions): Transport {
             host: o.host,
             port: o.port,
             ca: o.tls?.ca,
+            cert: o.tls?.cert,
+            key: o.tls?.key,
             rejectUnauthorized: o.tls?.rejectUnauthorized !== false,
             servername: o.tls?.servername ?? (net.isIP(o.host) ? undefined : o.host),
             minVersion: 'TLSv1.2',

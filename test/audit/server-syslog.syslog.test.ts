@@ -57,13 +57,25 @@ describe.skipIf(!support.ok)(support.ok ? 'the server forwards committed audit e
       body: JSON.stringify({ name: 'from-syslog-test', role: 'viewer' }),
     });
     const created = await r.json();
-    const [m] = await rs.waitFor((x) => x.structuredData.includes('request_id="sys-create-1"'));
+    // The request also writes a token.create.intent entry first (same request id).
+    const [m] = await rs.waitFor((x) => x.msgid === 'token.create' && x.structuredData.includes('request_id="sys-create-1"'));
     expect(m!.msgid).toBe('token.create');
     expect(m!.pri).toBe(16 * 8 + 4);
+    // The entry's details travel with it (issue 14): the role and scopes of the new token.
+    expect(m!.structuredData).toContain(' details.name="from-syslog-test" details.role="viewer" details.scopes="read" ');
     const all = JSON.stringify(await rs.messages());
     expect(all).not.toContain(admin.token);
     expect(all).not.toContain(created.token);
     expect(all).toContain('[REDACTED]');
+  });
+
+  it('a denied scope names the scope that was needed', async () => {
+    const viewer = await makeToken(s, 'syslog-viewer-2', 'viewer');
+    const r = await s.req('/api/enterprise/audit', { token: viewer.token, headers: { 'X-Request-Id': 'sys-denied-1' } });
+    expect(r.status).toBe(403);
+    const [m] = await rs.waitFor((x) => x.msgid === 'scope.denied' && x.structuredData.includes('request_id="sys-denied-1"'));
+    expect(m!.structuredData).toContain(' details.needed_scope="audit"');
+    expect(m!.pri).toBe(16 * 8 + 4);
   });
 
   it('a checkpoint arrives as its full C2SP note text (rsyslog shows each newline as #012 by default)', async () => {
@@ -72,6 +84,9 @@ describe.skipIf(!support.ok)(support.ok ? 'the server forwards committed audit e
     const [m] = await rs.waitFor((x) => x.msgid === 'audit.checkpoint' && x.structuredData.includes(`size="${cp.size}"`) && x.structuredData.includes('kind="manual"'));
     const asReceived = (t: string) => t.trim().replace(/(#012)+$/, '');
     expect(asReceived(m!.msg)).toBe(cp.note!.trimEnd().replace(/\n/g, '#012'));
+    // ... and the JWS, byte for byte.
+    expect(cp.jws).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+$/);
+    expect(m!.structuredData).toContain(` jws="${cp.jws}"]`);
     expect(m!.pri).toBe(16 * 8 + 6);
   });
 
