@@ -162,7 +162,7 @@ describe('GET /metrics on a spawned server with auth on', () => {
     expect(d('loki_http_requests_total', { method: 'GET', route: '/api/sessions/:id', status: '404' })).toBe(2);
     expect(d('loki_http_requests_total', { method: 'GET', route: 'unmatched', status: '404' })).toBe(1);
     // Raw paths never become label values.
-    const routes = new Set(m2.get('loki_http_requests_total')!.metrics.map((s) => s.labels!.route));
+    const routes = new Set(m2.get('loki_http_requests_total')!.metrics.map((s) => s.labels?.route ?? ''));
     expect([...routes].filter((r) => r.includes('ses_') || r.includes('/no/'))).toEqual([]);
     // m1's own entry, 3 statuses, 3 not-founds: 7 entries, all committed, in group commits whose sizes add up.
     expect(d('loki_audit_appends_total', { outcome: 'committed' })).toBe(7);
