@@ -125,6 +125,8 @@ export const HOST_BASE_ENV: readonly string[] = ['PATH', 'HOME', 'LANG', 'LC_ALL
 
 /** How long to wait for the output streams to drain after the process exited. */
 const DRAIN_MS = 2_000;
+/** How often a running session reports its spending (the `cost` event) at most. */
+const COST_REPORT_MS = 250;
 
 type StopReason = 'stopped' | 'timed_out' | 'budget_exceeded' | 'disk_exceeded';
 
@@ -209,14 +211,24 @@ async function supervise(
   };
 
   let idleTimer: NodeJS.Timeout | undefined;
+  const costReported = { usd: 0, at: 0 };
   const collector = createOutputCollector({
     maxBytes: options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES,
     onLine: (stream, line) => hooks.onOutput(stream, line),
     onRawLine: (_stream, line) => {
-      for (const ev of budget.feed(line)) {
+      const crossed = budget.feed(line);
+      for (const ev of crossed) {
         const data = { spent_usd: ev.spentUsd, limit_usd: ev.limitUsd };
         if (ev.type === 'warning') hooks.onEvent('budget_warning', data);
         else trip('budget_exceeded', 'budget_exceeded', data);
+      }
+      // Spending as it happens (not only at 80%, 100% and the end), at most every
+      // COST_REPORT_MS; the final figure is reported when the session ends.
+      const spent = budget.spentUsd;
+      if (crossed.length === 0 && spent > costReported.usd && Date.now() - costReported.at >= COST_REPORT_MS) {
+        costReported.usd = spent;
+        costReported.at = Date.now();
+        hooks.onEvent('cost', { spent_usd: spent, limit_usd: budget.limitUsd });
       }
     },
     onTruncated: (maxBytes) => hooks.onEvent('output_truncated', { max_bytes: maxBytes }),

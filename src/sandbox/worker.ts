@@ -429,6 +429,9 @@ export class SandboxWorker {
       case 'disk_exceeded':
         hints.disk = `the session wrote more than its disk limit of ${formatSize(num(d.limit_bytes))}`;
         break;
+      case 'cost':
+        r.event({ type: 'budget', data: { spent_usd: num(d.spent_usd) ?? 0, limit_usd: num(d.limit_usd) } });
+        return;
       case 'budget_warning':
       case 'budget_exceeded': {
         const spent = num(d.spent_usd) ?? 0;

@@ -154,6 +154,20 @@ describe('runSession without the sandbox', () => {
     expect(budget[0]!.data).toEqual({ spent_usd: 0.9, limit_usd: 1 });
   });
 
+  it('reports spending while the session runs (the cost event), not only at the end', async () => {
+    const r = recorder();
+    const result = await runSession(spec(['/bin/sh', '-c', 'for i in 1 2 3; do echo \'{"cost_usd":0.3}\'; sleep 0.4; done']), r.hooks, opts);
+    expect(result.outcome).toBe('succeeded');
+    expect(result.spentUsd).toBe(0.9);
+    const cost = r.events.filter((e) => e.type === 'cost').map((e) => e.data);
+    // The first line is reported at once; later ones at most every 250 ms (a loaded machine may bunch them).
+    expect(cost[0]).toEqual({ spent_usd: 0.3, limit_usd: null });
+    const spent = cost.map((d) => d.spent_usd as number);
+    expect(spent).toEqual([...spent].sort((a, b) => a - b));
+    expect(new Set(spent).size).toBe(spent.length);
+    expect(Math.max(...spent)).toBeLessThanOrEqual(0.9);
+  });
+
   it('caps the stored output with one marker line', async () => {
     const r = recorder();
     const result = await runSession(spec(['/bin/sh', '-c', 'i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done']), r.hooks, {

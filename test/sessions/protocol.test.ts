@@ -246,6 +246,20 @@ describe('worker protocol', () => {
     );
   });
 
+  it('spending reported while a session runs (budget events without a threshold) shows in cost_usd at once', async () => {
+    const created = await create();
+    const job = await claimThis(created.id);
+    await post(f, job, [{ seq: 1, type: 'budget', data: { spent_usd: 0.25, limit_usd: null } }]);
+    expect(await f.client.getSession(created.id)).toMatchObject({ status: 'running', cost_usd: 0.25 });
+    await post(f, job, [{ seq: 2, type: 'budget', data: { spent_usd: 0.5, limit_usd: null } }]);
+    expect(await f.client.getSession(created.id)).toMatchObject({ status: 'running', cost_usd: 0.5 });
+    const budget = (await f.s.runtime.deps.events.after(0, { sessionId: created.id })).filter((e) => e.type === 'budget');
+    expect(budget.map((e) => e.data)).toEqual([
+      { spent_usd: 0.25, limit_usd: null },
+      { spent_usd: 0.5, limit_usd: null },
+    ]);
+  });
+
   it('the server caps stored output (LOKI_SESSION_MAX_OUTPUT_BYTES) and ends it with one truncation marker', async () => {
     const created = await create();
     const job = await claimThis(created.id);
