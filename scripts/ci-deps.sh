@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the test suite needs: rsyslog (+ TLS driver) for the syslog
 # tests, Chromium for the browser tests, openssl for test certificates, git,
-# e2fsprogs/mount for session worktrees. Idempotent: installs only what is missing.
+# e2fsprogs/mount for session worktrees, PostgreSQL. Idempotent: installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -17,6 +17,8 @@ command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 # The third-party audit-log verifier (test/tlog-verify) builds against Debian's golang.org/x/mod.
 [ -d /usr/share/gocode/src/golang.org/x/mod/sumdb/tlog ] || need+=(golang-golang-x-mod-dev)
+# PostgreSQL (the API suites also run on it, and the audit log's multi-process tests): Debian's server packages.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "ci-deps: installing ${need[*]}"
