@@ -130,9 +130,13 @@ export class Supervisor {
   private failures = 0;
   private stopping = false;
   private lastReason: string | null = null;
-  /** The server exiting without `stop()` (a crash, a second signal): the child gets SIGTERM and winds down on its own. */
+  /**
+   * The server exiting without `stop()` (a crash): the child gets SIGTERM and winds
+   * down on its own. During `stop()` (a second signal exits the server at once) it
+   * already has its SIGTERM, and another would make it exit without cleaning up.
+   */
   private readonly onParentExit = () => {
-    if (this.child && this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGTERM');
+    if (!this.stopping && this.child && this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGTERM');
   };
   private hooked = false;
   restarts = 0;

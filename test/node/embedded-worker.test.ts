@@ -197,7 +197,7 @@ describe('Supervisor on real child processes', () => {
     expect(sup.restarts).toBe(0);
   });
 
-  it('a server that exits without stop() (a crash, a second signal) sends the child SIGTERM on its way out', async () => {
+  it('a server that exits without stop() (a crash) sends the child SIGTERM on its way out', async () => {
     const dir = tempHome('loki-sup-exit-');
     const marker = path.join(dir, 'child-got');
     const grandchild = `process.on("SIGTERM", () => { require("fs").writeFileSync(${JSON.stringify(marker)}, "SIGTERM"); process.exit(0) }); console.log("up"); setInterval(() => {}, 1000)`;
