@@ -31,6 +31,8 @@ export interface Config {
   database: DatabaseConfig | null;
   host: string;
   port: number;
+  /** `LOKI_TLS_CERT` / `LOKI_TLS_KEY`: PEM files; the server serves HTTPS and WSS (src/tls.ts reads them at start-up). null: plain HTTP. */
+  tls: TlsFiles | null;
   allowInsecureBind: boolean;
   /** Allowed origins; `['*']` means any (development only). */
   corsOrigins: string[];
@@ -118,6 +120,13 @@ export interface Config {
   /** `LOKI_EVENTS_PRUNE_INTERVAL_S`: how often the Node server prunes the events table. */
   eventsPruneIntervalMs: number;
   bodyLimitBytes: number;
+}
+
+export interface TlsFiles {
+  /** `LOKI_TLS_CERT`: the certificate (chain), PEM. */
+  cert: string;
+  /** `LOKI_TLS_KEY`: its private key, PEM, unencrypted. */
+  key: string;
 }
 
 export interface DatabaseConfig {
@@ -219,12 +228,14 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
   const host = read(env, 'LOKI_DASHBOARD_HOST') ?? '127.0.0.1';
   if (!HOST_RE.test(host)) throw new ConfigError('LOKI_DASHBOARD_HOST', host, 'a host name or IP address');
   const port = int(env, 'LOKI_DASHBOARD_PORT', 57374, 1, 65535);
+  const tls = tlsFrom(env);
+  const scheme = tls ? 'https' : 'http';
 
   const corsRaw = read(env, 'LOKI_DASHBOARD_CORS');
   let corsOrigins: string[];
   let corsWildcard = false;
   if (corsRaw === undefined) {
-    corsOrigins = [`http://localhost:${port}`, `http://127.0.0.1:${port}`];
+    corsOrigins = [`${scheme}://localhost:${port}`, `${scheme}://127.0.0.1:${port}`];
   } else {
     corsOrigins = [];
     for (const part of corsRaw.split(',').map((s) => s.trim()).filter(Boolean)) {
@@ -300,7 +311,6 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     if (value !== null && syslogProto !== 'tls') throw new ConfigError(name, value, 'only with LOKI_AUDIT_SYSLOG_PROTO=tls');
   }
 
-
   const budgetRaw = read(env, 'LOKI_BUDGET_LIMIT');
   let budgetLimitUsd: number | null = null;
   if (budgetRaw !== undefined) {
@@ -329,6 +339,7 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     database: databaseFrom(env),
     host,
     port,
+    tls,
     allowInsecureBind: bool(env, 'LOKI_DASHBOARD_ALLOW_INSECURE_BIND', false),
     corsOrigins,
     corsWildcard,
@@ -349,7 +360,7 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     forwarderPath: absPath(env, 'LOKI_FORWARDER') ?? null,
     budgetLimitUsd,
     workspaceRoots,
-    url: url(env, 'LOKI_URL', `http://127.0.0.1:${port}`),
+    url: url(env, 'LOKI_URL', `${scheme}://127.0.0.1:${port}`),
     token,
     workerToken: read(env, 'LOKI_WORKER_TOKEN') ?? token,
     workerId: workerIdFrom(env),
@@ -398,9 +409,6 @@ function databaseFrom(env: Env): DatabaseConfig | null {
   };
 }
 
-function absPath(env: Env, name: string): string | undefined {
-  const v = read(env, name);
-  if (v !== undefined && !v.startsWith('/')) throw new ConfigError(name, v, 'an absolute path');
 const ROLE_MAP_ALLOWED = 'comma-separated CLAIM-VALUE:ROLE pairs (ROLE one of admin, operator, auditor, viewer), e.g. platform-admins:admin,/Engineering:operator';
 
 /**
@@ -422,6 +430,9 @@ function oidcRoleMapFrom(env: Env): Record<string, OidcMappedRole> {
   return out;
 }
 
+function absPath(env: Env, name: string): string | undefined {
+  const v = read(env, name);
+  if (v !== undefined && !v.startsWith('/')) throw new ConfigError(name, v, 'an absolute path');
   return v;
 }
 
@@ -481,6 +492,16 @@ function auditOriginFrom(env: Env): string | null {
     throw new ConfigError('LOKI_AUDIT_ORIGIN', v, 'a log name of 1 to 255 characters without spaces or "+", such as example.com/audit');
   }
   return v;
+}
+
+/** `LOKI_TLS_CERT` and `LOKI_TLS_KEY`: both absolute paths, or neither. */
+function tlsFrom(env: Env): TlsFiles | null {
+  const cert = absPath(env, 'LOKI_TLS_CERT');
+  const key = absPath(env, 'LOKI_TLS_KEY');
+  if (cert === undefined && key === undefined) return null;
+  if (cert === undefined) throw new ConfigError('LOKI_TLS_CERT', '', 'the certificate file (PEM) as an absolute path, since LOKI_TLS_KEY is set');
+  if (key === undefined) throw new ConfigError('LOKI_TLS_KEY', '', 'the private key file (PEM) as an absolute path, since LOKI_TLS_CERT is set');
+  return { cert, key };
 }
 
 const EMBEDDED_WORKER = z.enum(EMBEDDED_WORKER_MODES);

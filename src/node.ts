@@ -11,6 +11,7 @@ import { EmbeddedWorkerError } from './embedded-worker';
 import { ConfigError, checkBind, type Config, loadConfig, readProcessEnv } from './env';
 import { loadOperatorPolicy, type OperatorPolicy, PolicyFileError } from './sandbox/session-policy';
 import { startServer } from './server';
+import { TlsSetupError } from './tls';
 import { createLogger } from './util/logger';
 
 /** Parse configuration or exit 2 with one line naming the variable. */
@@ -57,7 +58,7 @@ export async function runDashboard(overrides: { host?: string; port?: string } =
   try {
     server = await startServer(config, { logger, operatorPolicy, embeddedWorker: true });
   } catch (err) {
-    if (err instanceof EmbeddedWorkerError) {
+    if (err instanceof EmbeddedWorkerError || err instanceof TlsSetupError) {
       process.stderr.write(`loki: ${err.message}\n`);
       process.exit(2);
     }

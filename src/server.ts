@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { createAdaptorServer, getRequestListener, upgradeWebSocket } from '@hono/node-server';
 import { WebSocketServer } from 'ws';
 import type { Context } from 'hono';
@@ -36,6 +37,7 @@ import { createLogger } from './util/logger';
 import { contextHeaders, type HeaderSink } from './http/headers';
 import { VERSION } from './version';
 import { createNodeMetrics } from './metrics';
+import { loadTls } from './tls';
 import { errorBody } from './http/errors';
 import { API_CSP } from './http/middleware/security-headers';
 import { randomId } from './auth/tokens';
@@ -382,12 +384,15 @@ export interface RunningServer {
 
 /** The URL the embedded worker reaches this server at (a wildcard bind is reached on loopback). */
 function selfUrl(config: Config, port: number, url: string): string {
-  if (config.host === '0.0.0.0') return `http://127.0.0.1:${port}`;
-  if (config.host === '::' || config.host === '[::]') return `http://[::1]:${port}`;
+  const scheme = config.tls ? 'https' : 'http';
+  if (config.host === '0.0.0.0') return `${scheme}://127.0.0.1:${port}`;
+  if (config.host === '::' || config.host === '[::]') return `${scheme}://[::1]:${port}`;
   return url;
 }
 
 export async function startServer(config: Config, opts: NodeRuntimeOptions = {}): Promise<RunningServer> {
+  // LOKI_TLS_CERT / LOKI_TLS_KEY: read and checked before anything is opened (TlsSetupError: exit 2 in `loki dashboard`).
+  const tls = config.tls ? loadTls(config.tls) : null;
   // LOKI_EMBEDDED_WORKER: the engine is asked before anything is opened, so `on`
   // without an engine stops here (EmbeddedWorkerError: exit 2 in `loki dashboard`).
   const wantWorker = opts.embeddedWorker === true && config.embeddedWorker !== 'off';
@@ -422,7 +427,8 @@ export async function startServer(config: Config, opts: NodeRuntimeOptions = {})
     websocket: { server: wss },
     fetch: runtime.loki.app.fetch,
     hostname: config.host,
-    createServer: ((opts: object) => createServer(opts, listener)) as never,
+    // HTTPS (and so WSS: the upgrade listener above is attached to this server) with LOKI_TLS_CERT.
+    createServer: ((opts: object) => (tls ? createHttpsServer({ ...opts, cert: tls.cert, key: tls.key }, listener) : createServer(opts, listener))) as never,
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -430,7 +436,14 @@ export async function startServer(config: Config, opts: NodeRuntimeOptions = {})
   });
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-  const url = `http://${host}:${addr.port}`;
+  const url = `${tls ? 'https' : 'http'}://${host}:${addr.port}`;
+  if (!tls && !isLoopbackBind(config.host)) {
+    logger.warn('plain HTTP on a non-loopback address: bearer tokens cross the network in clear (set LOKI_TLS_CERT and LOKI_TLS_KEY, or terminate TLS in front)', { host: config.host });
+  }
+  if (tls) {
+    logger.info('serving HTTPS and WSS', { subject: tls.subject, alt_names: tls.altNames, expires: new Date(tls.validTo).toISOString() });
+    if (tls.validTo < Date.now()) logger.warn('the TLS certificate has expired: clients will refuse the connection', { expires: new Date(tls.validTo).toISOString() });
+  }
   let embedded: EmbeddedWorker | null = null;
   if (wantWorker && noDocker) {
     runtime.embeddedWorker.status = () => notRunning('unavailable', noDocker);

@@ -18,23 +18,23 @@ export interface CorsOptions {
 
 /**
  * The server's own origins: `http://127.0.0.1:<port>`, `http://localhost:<port>`,
- * `http://[::1]:<port>` and `http://<configured host>:<port>`. The dashboard page is
- * served from one of them, so they are always allowed, also when
- * `LOKI_DASHBOARD_CORS` replaces the default allowlist.
+ * `http://[::1]:<port>` and `http://<configured host>:<port>` (`https://` with
+ * LOKI_TLS_CERT). The dashboard page is served from one of them, so they are
+ * always allowed, also when `LOKI_DASHBOARD_CORS` replaces the default allowlist.
  */
-export function serverOrigins(host: string, port: number): string[] {
+export function serverOrigins(host: string, port: number, scheme: 'http' | 'https' = 'http'): string[] {
   const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
   const out: string[] = [];
   for (const name of ['127.0.0.1', 'localhost', '[::1]', h]) {
-    const o = parseOrigin(`http://${name}:${port}`);
+    const o = parseOrigin(`${scheme}://${name}:${port}`);
     if (o && !out.includes(o)) out.push(o);
   }
   return out;
 }
 
 /** The origins allowed with credentials: the server's own, then `LOKI_DASHBOARD_CORS`. */
-export function allowedOrigins(config: Pick<Config, 'host' | 'port' | 'corsOrigins'>): string[] {
-  const out = serverOrigins(config.host, config.port);
+export function allowedOrigins(config: Pick<Config, 'host' | 'port' | 'corsOrigins'> & { tls?: Config['tls'] }): string[] {
+  const out = serverOrigins(config.host, config.port, config.tls ? 'https' : 'http');
   for (const o of config.corsOrigins) if (!out.includes(o)) out.push(o);
   return out;
 }
