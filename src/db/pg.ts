@@ -49,8 +49,13 @@ export function openPgPool(cfg: DatabaseConfig, opts: PgPoolOptions = {}): pg.Po
         oid === INT8 && format !== 'binary' ? NUMERIC_INT8 : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
     },
   });
-  // Without a listener an idle client's error (the server restarted) would crash the process.
+  // Without listeners a connection's error (the server restarted or cut it) would
+  // crash the process: the pool's for idle connections, each client's for one
+  // checked out (its next query then fails, and the caller discards it).
   pool.on('error', (err) => opts.onError?.(err));
+  pool.on('connect', (client) => {
+    client.on('error', (err) => opts.onError?.(err));
+  });
   return pool;
 }
 
