@@ -103,8 +103,9 @@ export interface SpawnedServer {
 /**
  * Spawn `loki dashboard` as a real process and wait until /health answers. No
  * embedded sandbox worker unless `env` sets LOKI_EMBEDDED_WORKER (auto or on).
+ * `opts.startTimeoutMs`: how long to wait for /health (default 30 s; the cluster tests start several at once).
  */
-export async function spawnServer(env: Record<string, string> = {}, home = tempHome()): Promise<SpawnedServer> {
+export async function spawnServer(env: Record<string, string> = {}, home = tempHome(), opts: { startTimeoutMs?: number } = {}): Promise<SpawnedServer> {
   const port = env.LOKI_DASHBOARD_PORT ? Number(env.LOKI_DASHBOARD_PORT) : await freePort();
   const child = spawn(process.execPath, [LOKI_BIN, 'dashboard'], {
     env: { PATH: process.env.PATH ?? '', HOME: home, LOKI_HOME: home, LOKI_EMBEDDED_WORKER: 'off', ...(await testStoreEnv(home)), ...env, LOKI_DASHBOARD_PORT: String(port) },
@@ -121,7 +122,7 @@ export async function spawnServer(env: Record<string, string> = {}, home = tempH
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
   const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 30_000;
+  const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);
   for (;;) {
     if (child.exitCode !== null) throw new Error(`server exited early (${child.exitCode}): ${out}`);
     try {
