@@ -103,7 +103,13 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
     }),
   );
 
-  const route = routeDefiner(app, guardOptions);
+  const route = routeDefiner(app, guardOptions, {
+    audit: deps.audit,
+    clientAddress: deps.clientAddress,
+    rawPath: deps.rawPath,
+    now,
+    onError: (err) => deps.logger.error('audit write failed', { err: String(err) }),
+  });
   systemRoutes(app, route, deps);
   tokenRoutes(route, deps);
   auditRoutes(route, deps);

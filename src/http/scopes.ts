@@ -14,6 +14,12 @@ export interface RouteSpec {
   scope: RouteScope;
   /** Not written to the audit log (liveness probes). */
   unaudited?: boolean;
+  /**
+   * A state-changing route whose change must never happen unaudited: an
+   * `<intent>.intent` entry is committed before the handler runs (503
+   * `audit_unavailable` and no change when it cannot be), the outcome after.
+   */
+  intent?: string;
 }
 
 export const ROUTES: readonly RouteSpec[] = [
@@ -22,8 +28,8 @@ export const ROUTES: readonly RouteSpec[] = [
   { method: 'GET', path: '/api/status', scope: 'read' },
   { method: 'GET', path: '/status', scope: 'read' },
   { method: 'GET', path: '/api/enterprise/tokens', scope: 'admin' },
-  { method: 'POST', path: '/api/enterprise/tokens', scope: 'admin' },
-  { method: 'DELETE', path: '/api/enterprise/tokens/:id', scope: 'admin' },
+  { method: 'POST', path: '/api/enterprise/tokens', scope: 'admin', intent: 'token.create' },
+  { method: 'DELETE', path: '/api/enterprise/tokens/:id', scope: 'admin', intent: 'token.revoke' },
   { method: 'GET', path: '/api/enterprise/audit', scope: 'audit' },
   { method: 'GET', path: '/api/enterprise/audit/verify', scope: 'audit' },
   { method: 'GET', path: '/api/enterprise/audit/checkpoint', scope: 'audit' },
@@ -32,11 +38,11 @@ export const ROUTES: readonly RouteSpec[] = [
   { method: 'GET', path: '/api/enterprise/audit/tlog/proof/inclusion', scope: 'audit' },
   { method: 'GET', path: '/api/enterprise/audit/tlog/proof/consistency', scope: 'audit' },
   { method: 'GET', path: '/api/sessions', scope: 'read' },
-  { method: 'POST', path: '/api/sessions', scope: 'control' },
+  { method: 'POST', path: '/api/sessions', scope: 'control', intent: 'session.start' },
   { method: 'GET', path: '/api/sessions/:id', scope: 'read' },
   { method: 'GET', path: '/api/sessions/:id/logs', scope: 'read' },
   { method: 'GET', path: '/api/sessions/:id/patch', scope: 'read' },
-  { method: 'POST', path: '/api/sessions/:id/stop', scope: 'control' },
+  { method: 'POST', path: '/api/sessions/:id/stop', scope: 'control', intent: 'session.stop' },
   { method: 'GET', path: '/api/events', scope: 'read' },
   { method: 'GET', path: '/ws', scope: 'read' },
   { method: 'POST', path: '/api/sandbox/jobs/claim', scope: 'sandbox' },

@@ -74,13 +74,15 @@ describe('audit trail of API requests (real server, auth on)', () => {
     const created = await c.json();
     await s.req(`/api/enterprise/tokens/${created.id}`, { method: 'DELETE', token: admin.token, headers: { 'X-Request-Id': 'trace-revoke' } });
     const all = await entries(s);
-    expect(all.find((x) => x.request?.id === 'trace-create')).toMatchObject({
+    // The intent is committed first (fail closed before the change), then the outcome.
+    expect(all.filter((x) => x.request?.id === 'trace-create').map((x) => x.action)).toEqual(['token.create.intent', 'token.create']);
+    expect(all.find((x) => x.request?.id === 'trace-create' && x.action === 'token.create')).toMatchObject({
       action: 'token.create',
       resource: { type: 'token', id: created.id },
       outcome: { status: 201, success: true },
       details: { name: 'audited', role: 'viewer', scopes: ['read'] },
     });
-    expect(all.find((x) => x.request?.id === 'trace-revoke')).toMatchObject({ action: 'token.revoke', resource: { type: 'token', id: created.id } });
+    expect(all.find((x) => x.request?.id === 'trace-revoke' && x.action === 'token.revoke')).toMatchObject({ resource: { type: 'token', id: created.id } });
     expect(JSON.stringify(all)).not.toContain(created.token);
   });
 

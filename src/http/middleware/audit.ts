@@ -100,6 +100,40 @@ export function auditTrail(opts: AuditTrailOptions): MiddlewareHandler<AppEnv> {
   };
 }
 
+export type AuditIntentOptions = Pick<AuditTrailOptions, 'audit' | 'clientAddress' | 'rawPath' | 'now' | 'onError'>;
+
+/**
+ * Fail closed before the side effect: commit an `<action>.intent` entry (who, what,
+ * from where; outcome status null) and only then run the handler. If it cannot be
+ * committed the client gets 503 `audit_unavailable` and nothing is changed. The
+ * audit trail then records the outcome as usual, so a change is never made without
+ * an entry saying it was about to be.
+ */
+export function auditIntent(action: string, opts: AuditIntentOptions): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    if (!opts.audit.enabled) return next();
+    const params = c.req.param() as Record<string, string>;
+    // What was asked for (validated, redacted like every entry's details); never a secret: none is an input.
+    const body = (c.req.valid as (t: 'json') => unknown)('json');
+    const entry = requestEntry(c, opts);
+    try {
+      await opts.audit.append({
+        ...entry,
+        action: `${action}.intent`,
+        details: body && typeof body === 'object' ? redactValue({ request: body }) : entry.details,
+        resource: c.get('auditResource') ?? (params.id ? { type: action.split('.')[0]!, id: params.id } : null),
+        outcome: { status: null, success: true, error: null },
+      });
+    } catch (err) {
+      opts.onError(err);
+      c.set('auditAction', action);
+      c.set('auditDetails', { ...c.get('auditDetails'), intent_not_recorded: true });
+      return errorResponse(c, 503, ErrorCode.auditUnavailable, 'the audit log cannot be written; the request was not completed');
+    }
+    return next();
+  };
+}
+
 export function requestEntry(c: AppContext, opts: Pick<AuditTrailOptions, 'clientAddress' | 'rawPath' | 'now'>): AuditInput {
   const status = c.res.status;
   const identity = c.get('identity');
