@@ -18,10 +18,10 @@ interface Finding {
 const MAX_FILE = 1024 * 1024;
 const SKIP_DIRS = new Set(['.git', 'node_modules', '.wrangler', 'dist', 'coverage', '.tmp']);
 
-function listFiles(root: string): string[] {
-  // Prefer git's view (tracked + untracked, not ignored); fall back to a walk.
-  const git = spawnSync('git', ['-C', root, 'ls-files', '-z', '--cached', '--others', '--exclude-standard'], { encoding: 'utf8' });
-  if (git.status === 0) return git.stdout.split('\0').filter(Boolean).map((f) => path.join(root, f));
+const ENV_FILE = /(^|\/)\.env(\..*)?$/;
+
+/** Walk `root` (no git): every regular file below it, bounded, skipping tool directories. */
+function walkFiles(root: string): string[] {
   const out: string[] = [];
   const walk = (dir: string) => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
@@ -32,6 +32,38 @@ function listFiles(root: string): string[] {
   };
   walk(root);
   return out;
+}
+
+/**
+ * The files to scan for secrets (git's view: tracked and untracked, not ignored;
+ * without git, a walk) and the `.env` files whose mode is checked: those also
+ * when ignored, since an ignored `.env` is where secrets are meant to live.
+ */
+function workspaceFiles(root: string): { scan: string[]; env: string[] } {
+  const git = (args: string[]) => spawnSync('git', ['-C', root, 'ls-files', '-z', ...args], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  const listed = git(['--cached', '--others', '--exclude-standard']);
+  if (listed.status === 0) {
+    const files = (r: ReturnType<typeof git>) => [...new Set(r.stdout.split('\0').filter(Boolean))].map((f) => path.join(root, f));
+    const env = git(['--cached', '--others', '--', ':(glob)**/.env', ':(glob)**/.env.*']);
+    return { scan: files(listed), env: env.status === 0 ? files(env) : files(listed).filter((f) => ENV_FILE.test(f)) };
+  }
+  const all = walkFiles(root);
+  return { scan: all, env: all.filter((f) => ENV_FILE.test(path.relative(root, f))) };
+}
+
+/**
+ * Where secrets are in `text`, one range per secret: the patterns overlap (an
+ * `sk-ant-…` key is also an `sk-…` key; a `?token=loki_…` is a loki token and a
+ * token parameter), so overlapping matches are merged.
+ */
+function secretRanges(text: string): { index: number; length: number }[] {
+  const merged: { index: number; end: number }[] = [];
+  for (const hit of findSecrets(text)) {
+    const last = merged[merged.length - 1];
+    if (last && hit.index < last.end) last.end = Math.max(last.end, hit.index + hit.length);
+    else merged.push({ index: hit.index, end: hit.index + hit.length });
+  }
+  return merged.map((m) => ({ index: m.index, length: m.end - m.index }));
 }
 
 export function securityCheck(opts: { home: string; dbPath: string; workspace: string }): Finding[] {
@@ -49,7 +81,18 @@ export function securityCheck(opts: { home: string; dbPath: string; workspace: s
       findings.push({ level: 'warning', what: `.gitignore does not list ${needed}` });
     }
   }
-  for (const file of listFiles(opts.workspace)) {
+  const files = workspaceFiles(opts.workspace);
+  for (const file of files.env) {
+    let st: ReturnType<typeof lstatSync>;
+    try {
+      st = lstatSync(file);
+    } catch {
+      continue;
+    }
+    const rel = path.relative(opts.workspace, file);
+    if (st.isFile() && st.mode & 0o077) findings.push({ level: 'warning', what: `${rel} is readable by others (mode ${(st.mode & 0o777).toString(8)})` });
+  }
+  for (const file of files.scan) {
     let st: ReturnType<typeof lstatSync>;
     try {
       st = lstatSync(file);
@@ -58,12 +101,17 @@ export function securityCheck(opts: { home: string; dbPath: string; workspace: s
     }
     if (!st.isFile() || st.size > MAX_FILE) continue;
     const rel = path.relative(opts.workspace, file);
-    if (/(^|\/)\.env(\..*)?$/.test(rel) && st.mode & 0o077) findings.push({ level: 'warning', what: `${rel} is readable by others (mode ${(st.mode & 0o777).toString(8)})` });
     const text = readFileSync(file, 'utf8');
     if (text.includes('\0')) continue;
-    for (const hit of findSecrets(text)) {
+    // One finding per line, however many secrets it holds.
+    const byLine = new Map<number, number[]>();
+    for (const hit of secretRanges(text)) {
       const line = text.slice(0, hit.index).split('\n').length;
-      findings.push({ level: 'error', what: `${rel}:${line}: looks like a secret (${hit.length} characters; not shown)` });
+      byLine.set(line, [...(byLine.get(line) ?? []), hit.length]);
+    }
+    for (const [line, lengths] of byLine) {
+      const what = lengths.length === 1 ? 'a secret' : `${lengths.length} secrets`;
+      findings.push({ level: 'error', what: `${rel}:${line}: looks like ${what} (${lengths.join(' and ')} characters; not shown)` });
     }
   }
   return findings;
