@@ -1,7 +1,7 @@
 import { closeSync, existsSync, openSync, readFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import type { VerifyResult } from '../audit/chain';
+import type { AuditEntry, VerifyResult } from '../audit/chain';
 import { ExportFormatError, verifyExport } from '../audit/export';
 import { importLegacyAudit, verifyLegacyDirCli } from '../audit/legacy-cli';
 import { entryFromRow } from '../audit/log';
@@ -15,7 +15,7 @@ import { type ExternalCheckpoint, looksLikeNote } from '../audit/verify';
 import { sha256Hex } from '../db/sqlite-audit';
 import { cosignedNoteReader } from '../db/sqlite-witness';
 import { configOrExit } from '../node';
-import { cliActor, fail, openLocal, recordCli } from './common';
+import { cliActor, fail, openLocal, recordCli, terminalSafe } from './common';
 
 /** A saved checkpoint: a JWS, a C2SP note (kept byte for byte), or the JSON `checkpoint` prints (jws and/or note). */
 function readCheckpointFile(file: string): ExternalCheckpoint {
@@ -85,6 +85,43 @@ function parseDate(v: string): number {
   const ms = /^\d+$/.test(v) ? Number(v) : Date.parse(v);
   if (!Number.isFinite(ms)) fail(`--before must be an ISO 8601 date such as 2026-01-31 (got "${v}")`);
   return ms;
+}
+
+/** `--since`: an ISO 8601 time, or a time ago such as 30s, 10m, 2h, 7d. */
+export function parseSince(v: string, now: number): number {
+  const ago = /^(\d{1,9})([smhdw])$/.exec(v.trim());
+  if (ago) return now - Number(ago[1]) * { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }[ago[2] as 's' | 'm' | 'h' | 'd' | 'w'];
+  const ms = /^\d{4}-\d\d-\d\d/.test(v) ? Date.parse(v) : Number.NaN;
+  if (!Number.isFinite(ms)) fail(`--since must be an ISO 8601 time such as 2026-01-31T12:00:00Z, or a time ago such as 10m, 2h or 7d (got "${v}")`);
+  return ms;
+}
+
+/** `k=v, k=v` of an entry's details, short. */
+function detailsText(details: Record<string, unknown> | null | undefined): string {
+  if (!details) return '';
+  const parts = Object.entries(details)
+    .filter(([k]) => k !== 'via')
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
+  const text = parts.join(', ');
+  return text.length > 160 ? `${text.slice(0, 159)}…` : text;
+}
+
+/**
+ * One audit entry as a line a person reads:
+ * `#42  2026-01-31 12:00:00Z  token.create  by cli:alice  token tok_… ok  name=ci, role=viewer`.
+ */
+export function auditLine(e: AuditEntry): string {
+  const when = new Date(e.ts).toISOString().replace('T', ' ').replace(/\.\d{3}Z$/, 'Z');
+  const actor = e.actor.name || e.actor.id || e.actor.type;
+  const parts = [`#${e.seq}`, when, e.action, `by ${actor}${e.actor.type && e.actor.name ? ` (${e.actor.type})` : ''}`];
+  if (e.request) parts.push(`${e.request.method} ${e.request.path}`);
+  if (e.resource) parts.push(`${e.resource.type}${e.resource.id ? ` ${e.resource.id}` : ''}`);
+  const status = e.outcome.status !== null ? `${e.outcome.status} ` : '';
+  parts.push(e.outcome.success ? `${status}ok` : `${status}FAILED${e.outcome.error ? `: ${e.outcome.error}` : ''}`);
+  if (e.client?.ip) parts.push(`from ${e.client.ip}`);
+  const details = detailsText(e.details as Record<string, unknown> | null);
+  if (details) parts.push(details);
+  return terminalSafe(parts.join('  '));
 }
 
 function parseSeq(v: string): number {
@@ -269,17 +306,28 @@ export function auditCommands(enterprise: Command): void {
 
   audit
     .command('tail')
-    .description('print the latest entries; -f follows new entries as they commit')
+    .description('print the latest entries, one readable line each (--json: the raw entries); -f follows new entries as they commit')
     .option('-n, --lines <n>', 'how many entries', parseCount, 20)
     .option('-f, --follow', 'keep printing entries as they are committed')
-    .action(async (o: { lines: number; follow?: boolean }) => {
+    .option('--action <action>', 'only entries of this action (e.g. token.create, http.request, auth.failure)')
+    .option('--actor <name>', "only entries by this actor name (e.g. cli:alice, a token's name)")
+    .option('--since <time>', 'only entries from this time on: ISO 8601 (2026-01-31T12:00Z) or ago (30s, 10m, 2h, 7d)', (v) => parseSince(v, Date.now()))
+    .option('--json', 'print each entry as its JSON line (with hash and prev_hash)')
+    .action(async (o: { lines: number; follow?: boolean; action?: string; actor?: string; since?: number; json?: boolean }) => {
       const ctx = await openLocal({ signer: false, syncTree: false });
-      const rows = (await ctx.audit.query({ afterSeq: 0, limit: o.lines, order: 'desc' })).reverse();
-      let last = 0;
-      for (const r of rows) {
-        process.stdout.write(`${JSON.stringify(entryFromRow(r))}\n`);
-        last = r.seq;
-      }
+      const filters = { action: o.action, actor: o.actor, since: o.since };
+      const print = (rows: Awaited<ReturnType<typeof ctx.audit.query>>) => {
+        let text = '';
+        for (const r of rows) {
+          const e = entryFromRow(r);
+          text += `${o.json ? JSON.stringify(e) : auditLine(e)}\n`;
+        }
+        if (text) process.stdout.write(text);
+      };
+      const rows = (await ctx.audit.query({ afterSeq: 0, limit: o.lines, order: 'desc', ...filters })).reverse();
+      print(rows);
+      if (rows.length === 0 && !o.json && !o.follow) process.stderr.write(`loki: no audit entries${o.action || o.actor || o.since !== undefined ? ' match' : ' yet'}\n`);
+      let last = rows.length ? rows[rows.length - 1]!.seq : 0;
       if (!o.follow) {
         await ctx.close();
         return;
@@ -291,11 +339,9 @@ export function auditCommands(enterprise: Command): void {
       process.on('SIGINT', stop);
       process.on('SIGTERM', stop);
       for (;;) {
-        const more = await ctx.audit.query({ afterSeq: last, limit: 500 });
-        for (const r of more) {
-          process.stdout.write(`${JSON.stringify(entryFromRow(r))}\n`);
-          last = r.seq;
-        }
+        const more = await ctx.audit.query({ afterSeq: last, limit: 500, ...filters });
+        print(more);
+        if (more.length) last = more[more.length - 1]!.seq;
         if (more.length < 500) await new Promise((r) => setTimeout(r, 200));
       }
     });

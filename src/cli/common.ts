@@ -98,3 +98,12 @@ export function recordCli(
 export function cliActor() {
   return { type: 'local' as const, id: null, name: `cli:${os.userInfo().username}` };
 }
+
+/**
+ * Text from the outside world (request paths, user agents, token names) made safe
+ * for a terminal: control characters, which could move the cursor or retitle the
+ * window, are shown as \u escapes.
+ */
+export function terminalSafe(text: string): string {
+  return text.replace(/[\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/gu, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}

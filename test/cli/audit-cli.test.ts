@@ -81,17 +81,18 @@ describe('loki enterprise audit (CLI on the database)', () => {
     expect(r.stdout).toBe('audit log INVALID: missing_entry at seq 123 (122 entries checked before it)\n');
   });
 
-  it('tail -n prints the last entries as JSON lines', async () => {
-    const r = await runCli(['enterprise', 'audit', 'tail', '-n', '3'], { LOKI_HOME: home });
+  it('tail -n --json prints the last entries as JSON lines', async () => {
+    const r = await runCli(['enterprise', 'audit', 'tail', '-n', '3', '--json'], { LOKI_HOME: home });
     const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
     expect(lines).toHaveLength(3);
     expect(lines[1].seq).toBe(lines[0].seq + 1);
+    expect(lines[0]).toHaveProperty('hash');
     expect((await runCli(['enterprise', 'audit', 'tail', '-n', 'abc'], { LOKI_HOME: home })).code).toBe(2);
   });
 
   it('tail -f prints entries as they commit', async () => {
     const t = await makeAuditLog({ entries: 5 });
-    const child = spawn(process.execPath, [LOKI_BIN, 'enterprise', 'audit', 'tail', '-n', '1', '-f'], {
+    const child = spawn(process.execPath, [LOKI_BIN, 'enterprise', 'audit', 'tail', '-n', '1', '-f', '--json'], {
       env: { PATH: process.env.PATH ?? '', LOKI_HOME: t.dir, HOME: t.dir },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -124,6 +125,105 @@ describe('loki enterprise audit (CLI on the database)', () => {
     const bad = await runCli(['enterprise', 'audit', 'prune', '--before', 'last tuesday'], { LOKI_HOME: t.dir });
     expect(bad.code).toBe(2);
     expect(bad.stderr).toBe('loki: --before must be an ISO 8601 date such as 2026-01-31 (got "last tuesday")\n');
+  });
+});
+
+describe('loki enterprise audit tail: readable lines, filters, a closed pipe', () => {
+  const when = (i: number) => new Date(sampleEntry(i).ts).toISOString().replace('T', ' ').replace('.000Z', 'Z');
+
+  it('one readable line per entry by default (no JSON), oldest first', async () => {
+    const t = await makeAuditLog({ entries: 10 });
+    t.close();
+    const r = await runCli(['enterprise', 'audit', 'tail', '-n', '2'], { LOKI_HOME: t.dir });
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe('');
+    const detail = 'nested={"a":true,"b":[1,2,null]}, unicode=ünïcödé ✓';
+    expect(r.stdout).toBe(
+      `#9  ${when(9)}  http.request  by user-4 (token)  GET /api/status?i=9  token tok_9  200 ok  from 127.0.0.1  i=9, ${detail}\n` +
+        `#10  ${when(10)}  http.request  by user-0 (token)  GET /api/status?i=10  token tok_10  200 ok  from 127.0.0.1  i=10, ${detail}\n`,
+    );
+  });
+
+  it('--action, --actor and --since (ISO or ago) filter; -n counts the matching entries', async () => {
+    const t = await makeAuditLog({ entries: 30 });
+    await t.audit.append({ ...sampleEntry(31), ts: Date.now() - 60_000, action: 'token.revoke', actor: { type: 'local', id: null, name: 'cli:alice' } });
+    await t.audit.drain();
+    t.close();
+    const seqs = async (...args: string[]) => {
+      const r = await runCli(['enterprise', 'audit', 'tail', '--json', ...args], { LOKI_HOME: t.dir });
+      expect(r.code, args.join(' ')).toBe(0);
+      return r.stdout.trim() ? r.stdout.trim().split('\n').map((l) => JSON.parse(l).seq as number) : [];
+    };
+    expect(await seqs('--action', 'token.create')).toEqual([7, 14, 21, 28]);
+    expect(await seqs('--action', 'token.create', '-n', '2')).toEqual([21, 28]);
+    expect(await seqs('--actor', 'user-3', '-n', '3')).toEqual([18, 23, 28]);
+    expect(await seqs('--actor', 'user-3', '--action', 'token.create')).toEqual([28]);
+    expect(await seqs('--since', new Date(sampleEntry(27).ts).toISOString())).toEqual([27, 28, 29, 30, 31]);
+    expect(await seqs('--since', '10m')).toEqual([31]);
+    expect(await seqs('--since', '30s')).toEqual([]);
+    expect(await seqs('--actor', 'cli:alice', '--since', '2h')).toEqual([31]);
+    const none = await runCli(['enterprise', 'audit', 'tail', '--actor', 'nobody'], { LOKI_HOME: t.dir });
+    expect(none).toEqual({ code: 0, stdout: '', stderr: 'loki: no audit entries match\n' });
+    const bad = await runCli(['enterprise', 'audit', 'tail', '--since', 'yesterday'], { LOKI_HOME: t.dir });
+    expect(bad).toEqual({
+      code: 2,
+      stdout: '',
+      stderr: 'loki: --since must be an ISO 8601 time such as 2026-01-31T12:00:00Z, or a time ago such as 10m, 2h or 7d (got "yesterday")\n',
+    });
+  }, 240_000);
+
+  it('control characters from a request are shown escaped, never sent to the terminal', async () => {
+    const t = await makeAuditLog({ entries: 1 });
+    await t.audit.append({ ...sampleEntry(2), request: { id: 'r', method: 'GET', path: '/x\u001b]0;pwned\u0007\u001b[2J' } });
+    await t.audit.drain();
+    t.close();
+    const r = await runCli(['enterprise', 'audit', 'tail', '-n', '1'], { LOKI_HOME: t.dir });
+    expect(r.stdout).toContain('GET /x\\u001b]0;pwned\\u0007\\u001b[2J  token tok_2');
+    expect(r.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f]/);
+  });
+
+  /** Spawn `loki enterprise audit tail …` with stdout piped; destroy the read end after the first line (as `| head -1` does). */
+  function tailIntoClosedPipe(dir: string, args: string[], afterClose?: () => Promise<void>) {
+    const child = spawn(process.execPath, [LOKI_BIN, 'enterprise', 'audit', 'tail', ...args], {
+      env: { PATH: process.env.PATH ?? '', LOKI_HOME: dir, HOME: dir },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let first = '';
+    let stderr = '';
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    child.stdout.on('data', (d: Buffer) => {
+      if (first) return;
+      first = d.toString().split('\n')[0]!;
+      child.stdout.destroy();
+      void afterClose?.();
+    });
+    return new Promise<{ first: string; code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) =>
+      child.once('close', (code, signal) => resolve({ first, code, signal, stderr })),
+    );
+  }
+
+  it('tail -n 1500 --json | head -1: the closed pipe ends it as SIGPIPE ends cat (no EPIPE stack trace)', async () => {
+    const t = await makeAuditLog({ entries: 1500 });
+    t.close();
+    // 1500 JSON lines (~700 kB) cannot all sit in the pipe's buffer: writes after the close fail with EPIPE.
+    const r = await tailIntoClosedPipe(t.dir, ['-n', '1500', '--json']);
+    expect(JSON.parse(r.first)).toMatchObject({ seq: expect.any(Number) });
+    expect(r.stderr).toBe('');
+    expect(r).toMatchObject({ code: null, signal: 'SIGPIPE' });
+  });
+
+  it('tail -f after the reader is gone: the next entry ends it the same way', async () => {
+    const t = await makeAuditLog({ entries: 3 });
+    const r = await tailIntoClosedPipe(t.dir, ['-n', '1', '-f'], async () => {
+      await new Promise((res) => setTimeout(res, 300));
+      await t.audit.append(sampleEntry(4));
+    });
+    t.close();
+    expect(r.first).toMatch(/^#3 {2}/);
+    expect(r.stderr).toBe('');
+    expect(r).toMatchObject({ code: null, signal: 'SIGPIPE' });
   });
 });
 

@@ -198,7 +198,7 @@ describe('the flood: unauthenticated failures cannot inflate the log (real serve
     await flood(27, 4, (i) => s.req(`/nowhere/${i}`));
     await s.stop();
     const env = { LOKI_HOME: s.home };
-    const tail = await runCli(['enterprise', 'audit', 'tail', '-n', '3'], env);
+    const tail = await runCli(['enterprise', 'audit', 'tail', '-n', '3', '--json'], env);
     expect(tail.code).toBe(0);
     const last = tail.stdout
       .trim()
