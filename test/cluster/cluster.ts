@@ -70,8 +70,16 @@ export async function startCluster(opts: { servers: number; env?: Record<string,
     return s;
   };
   // The first server creates the audit keys (and the log's genesis checkpoint); the others find them.
-  await startServer();
-  await Promise.all(Array.from({ length: opts.servers - 1 }, () => startServer()));
+  try {
+    await startServer();
+    await Promise.all(Array.from({ length: opts.servers - 1 }, () => startServer()));
+  } catch (err) {
+    // Nothing is left running when the cluster does not come up.
+    for (const s of servers) s.child.kill('SIGKILL');
+    await backend.close();
+    if (!opts.pg) await pg.stop();
+    throw err;
+  }
   const token = async (name: string, role: Role, workerId?: string) =>
     (await createToken(backend.store.tokens, { name, role, workerId, createdBy: 'test' }, Date.now())).plaintext;
   return {
