@@ -326,9 +326,11 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
         .split(',')
         .map((s) => s.trim())
         .filter(Boolean)
-    : [defaults.cwd];
+    : defaultWorkspaceRoots(defaults.home, defaults.cwd);
   for (const r of workspaceRoots) {
-    if (!r.startsWith('/')) throw new ConfigError('LOKI_WORKSPACE_ROOTS', r, 'absolute directory paths, comma-separated');
+    if (!r.startsWith('/') || /^\/+$/.test(r)) {
+      throw new ConfigError('LOKI_WORKSPACE_ROOTS', r, 'absolute directory paths other than /, comma-separated');
+    }
   }
 
   const token = read(env, 'LOKI_TOKEN') ?? null;
@@ -428,6 +430,22 @@ function oidcRoleMapFrom(env: Env): Record<string, OidcMappedRole> {
     out[key] = role;
   }
   return out;
+}
+
+/**
+ * `LOKI_WORKSPACE_ROOTS` when unset: the user's home directory and the server's working
+ * directory (when it is not inside the home), so `loki start` works from any project
+ * of the user's wherever the server was started. Never `/`: a home or working
+ * directory that is `/` is left out (then no workspace is allowed until the variable
+ * is set).
+ */
+export function defaultWorkspaceRoots(home: string, cwd: string): string[] {
+  const roots: string[] = [];
+  const isRoot = (p: string) => !p.startsWith('/') || /^\/+$/.test(p);
+  const under = (parent: string, child: string) => child === parent || child.startsWith(`${parent.replace(/\/+$/, '')}/`);
+  if (!isRoot(home)) roots.push(home.replace(/\/+$/, ''));
+  if (!isRoot(cwd) && !roots.some((r) => under(r, cwd))) roots.push(cwd.replace(/\/+$/, ''));
+  return roots;
 }
 
 function absPath(env: Env, name: string): string | undefined {

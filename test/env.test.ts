@@ -22,7 +22,7 @@ describe('loadConfig', () => {
     expect(c.enterpriseAuth).toBe(false);
     expect(c.auditEnabled).toBe(true);
     expect(c.branchProtection).toBe(true);
-    expect(c.workspaceRoots).toEqual(['/work/project']);
+    expect(c.workspaceRoots).toEqual(['/home/u', '/work/project']);
     expect(c.url).toBe('http://127.0.0.1:57374');
     expect(c.shutdownTimeoutMs).toBe(10_000);
     expect(c.oidc).toBeNull();

@@ -62,7 +62,15 @@ export function createNodeSessionValidator(opts: NodeSessionValidatorOptions): S
       if (!statSync(realWorkspace).isDirectory()) invalidPath(`workspace is not a directory: ${workspace}`);
       const roots = realRoots(opts.roots);
       if (!roots.some((root) => isInside(root, realWorkspace))) {
-        invalidPath(`workspace ${workspace} is outside the allowed roots (LOKI_WORKSPACE_ROOTS: ${opts.roots.join(', ')})`);
+        const allowed = opts.roots.length ? opts.roots.join(', ') : 'none';
+        invalidPath(
+          `workspace ${workspace} is outside the allowed roots (${allowed}); set LOKI_WORKSPACE_ROOTS on the server to comma-separated absolute directories that include it, and restart the server`,
+        );
+      }
+      // The control plane's own state (token database, signing keys) never goes into a session.
+      const lokiHome = opts.lokiHome ? realRoots([opts.lokiHome])[0] : undefined;
+      if (lokiHome && isInside(realWorkspace, lokiHome)) {
+        invalidPath(`workspace ${workspace} contains the server's state directory (LOKI_HOME ${opts.lokiHome}); use a project directory instead`);
       }
 
       let realPrd: string;
