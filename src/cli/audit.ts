@@ -76,6 +76,10 @@ function printVerify(result: VerifyResult, json: boolean | undefined): void {
   }
 }
 
+function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
 function parseCount(v: string): number {
   if (!/^\d{1,6}$/.test(v) || Number(v) < 1) fail(`-n must be a whole number from 1 to 999999 (got "${v}")`);
   return Number(v);
@@ -225,7 +229,8 @@ export function auditCommands(enterprise: Command): void {
     .description('write a C2SP tlog-proof that entry SEQ is in the log (its inclusion proof, the entry and a signed checkpoint)')
     .argument('<seq>', "the entry's sequence number")
     .requiredOption('--out <file.tlog-proof>', 'output file (must not exist)')
-    .action(async (seqArg: string, o: { out: string }) => {
+    .option('--json', 'print {seq, tree_size, file} as JSON')
+    .action(async (seqArg: string, o: { out: string; json?: boolean }) => {
       const seq = parseSeq(seqArg);
       if (existsSync(o.out)) fail(`cannot create ${o.out}: file exists`);
       const ctx = await openLocal();
@@ -244,7 +249,8 @@ export function auditCommands(enterprise: Command): void {
         const proof = await proveRecord(cp.size, seq - 1, (idx) => storage.readHashes(idx), ctx.audit.hasher);
         writeNew(o.out, formatTlogProof({ extra: utf8(row.entry), index: seq - 1, proof, checkpoint: cp.note }));
         await recordCli(ctx, 'audit.prove', { details: { seq, tree_size: cp.size, file: path.resolve(o.out) } });
-        process.stdout.write(`wrote the proof that entry ${seq} is in the tree of size ${cp.size} to ${o.out}\n`);
+        if (o.json) printJson({ seq, tree_size: cp.size, file: path.resolve(o.out) });
+        else process.stdout.write(`wrote the proof that entry ${seq} is in the tree of size ${cp.size} to ${o.out}\n`);
       } finally {
         await ctx.close();
       }
@@ -350,7 +356,8 @@ export function auditCommands(enterprise: Command): void {
     .command('export')
     .description('write the log with its checkpoints and Merkle tree as JSONL (mode 0600), verifiable offline')
     .requiredOption('--out <file>', 'output file (must not exist)')
-    .action(async (o: { out: string }) => {
+    .option('--json', 'print {file, entries} as JSON')
+    .action(async (o: { out: string; json?: boolean }) => {
       const ctx = await openLocal();
       let fd: number;
       try {
@@ -395,7 +402,8 @@ export function auditCommands(enterprise: Command): void {
         }
         closeSync(fd);
         await recordCli(ctx, 'audit.export', { details: { file: path.resolve(o.out), entries: n } });
-        process.stdout.write(`exported ${n} entries to ${o.out}\n`);
+        if (o.json) printJson({ file: path.resolve(o.out), entries: n });
+        else process.stdout.write(`exported ${n} entries to ${o.out}\n`);
       } finally {
         await ctx.close();
       }
@@ -406,14 +414,16 @@ export function auditCommands(enterprise: Command): void {
     .description('print the latest signed checkpoint (save it: verify --checkpoint detects a rollback or rewrite)')
     .option('--new', 'sign a fresh checkpoint of the current head first')
     .option('--note', 'print only the C2SP checkpoint note (the signed tree head)')
-    .action(async (o: { new?: boolean; note?: boolean }) => {
+    .option('--json', 'print JSON (the default; with --note: {note})')
+    .action(async (o: { new?: boolean; note?: boolean; json?: boolean }) => {
       const ctx = await openLocal(o.new ? {} : { signer: false, syncTree: false });
       try {
         if (o.new) await ctx.audit.checkpoint('manual');
         if (o.note) {
           const cp = await ctx.audit.storage.latestNote();
           if (!cp?.note) fail('no checkpoint note yet (the server signs one at start and every 1,000 entries; or use --new)', 1);
-          process.stdout.write(cp.note);
+          if (o.json) printJson({ note: cp.note });
+          else process.stdout.write(cp.note);
           return;
         }
         const cp = await ctx.audit.storage.latestCheckpoint();
@@ -428,14 +438,16 @@ export function auditCommands(enterprise: Command): void {
     .command('pubkey')
     .description('print the public key (JWK) that verifies checkpoints; --note: the C2SP note verifier key')
     .option('--note', 'print the note verifier key (name+id+key) that tlog clients and verify-proof use')
-    .action(async (o: { note?: boolean }) => {
+    .option('--json', 'print JSON (the JWK is JSON already; with --note: {note_vkey})')
+    .action(async (o: { note?: boolean; json?: boolean }) => {
       const ctx = await openLocal();
       try {
         const signer = ctx.audit.signer;
         if (!signer) fail('audit is disabled (LOKI_AUDIT_DISABLED)');
         if (o.note) {
           if (!ctx.audit.tlog) fail('no note key');
-          process.stdout.write(`${ctx.audit.tlog.vkey}\n`);
+          if (o.json) printJson({ note_vkey: ctx.audit.tlog.vkey });
+          else process.stdout.write(`${ctx.audit.tlog.vkey}\n`);
           return;
         }
         process.stdout.write(`${JSON.stringify(await signer.publicJwk())}\n`);
@@ -448,14 +460,16 @@ export function auditCommands(enterprise: Command): void {
     .command('prune')
     .description('delete entries before a date, keeping a signed checkpoint at the cut so the rest still verifies')
     .requiredOption('--before <date>', 'ISO 8601 date; entries older than this are deleted')
-    .action(async (o: { before: string }) => {
+    .option('--json', 'print {status, deleted, cut_seq, cut_hash} as JSON')
+    .action(async (o: { before: string; json?: boolean }) => {
       const before = parseDate(o.before);
       const ctx = await openLocal();
       try {
         const r = await pruneAudit(ctx.audit, before, { newest: 'refuse', record: (details) => recordCli(ctx, 'audit.prune', { details }) });
         if (r.status === 'refused' && r.why === 'invalid') fail(`refusing to prune: the log does not verify (${r.reason} at seq ${r.firstInvalidSeq})`, 1);
         if (r.status === 'refused') fail('refusing to prune the newest entry: the cut would leave no head to link to', 1);
-        if (r.status === 'nothing') process.stdout.write('nothing to prune\n');
+        if (o.json) printJson(r.status === 'nothing' ? { status: 'nothing', deleted: 0, cut_seq: null, cut_hash: null } : { status: r.status, deleted: r.deleted, cut_seq: r.cut.seq, cut_hash: r.cut.hash });
+        else if (r.status === 'nothing') process.stdout.write('nothing to prune\n');
         else process.stdout.write(`pruned ${r.deleted} entries through seq ${r.cut.seq}; prune checkpoint signed at ${r.cut.hash}\n`);
       } finally {
         await ctx.close();
@@ -475,11 +489,13 @@ export function auditCommands(enterprise: Command): void {
     .command('import-legacy')
     .description('import Loki Mode JSONL audit logs, recording the legacy tip hash in the new chain')
     .argument('<dir>', 'directory holding audit-*.jsonl')
-    .action(async (dir: string) => {
+    .option('--json', 'print {imported, tip_hash, marker_seq} as JSON')
+    .action(async (dir: string, o: { json?: boolean }) => {
       const ctx = await openLocal();
       try {
         const r = await importLegacyAudit(ctx.audit, dir, cliActor());
-        process.stdout.write(`imported ${r.imported} legacy entries; legacy tip ${r.tipHash} recorded at seq ${r.markerSeq}\n`);
+        if (o.json) printJson({ imported: r.imported, tip_hash: r.tipHash, marker_seq: r.markerSeq });
+        else process.stdout.write(`imported ${r.imported} legacy entries; legacy tip ${r.tipHash} recorded at seq ${r.markerSeq}\n`);
       } catch (err) {
         fail((err as Error).message, 1);
       } finally {

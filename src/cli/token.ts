@@ -83,13 +83,15 @@ export function tokenCommands(enterprise: Command): void {
     .command('revoke')
     .description('revoke a token by id or name (takes effect on the next request)')
     .argument('<id-or-name>')
-    .action(async (idOrName: string) => {
+    .option('--json', 'print the revoked token as JSON (never its secret)')
+    .action(async (idOrName: string, o: { json?: boolean }) => {
       const ctx = await openLocal();
       try {
         const t = await revokeToken(ctx.store.tokens, idOrName, Date.now());
         await recordCli(ctx, 'token.revoke', { resource: { type: 'token', id: t.id }, details: { name: t.name } });
         await ctx.store.events.insert('token_revoked', null, { id: t.id, name: t.name }, Date.now());
-        process.stdout.write(`Revoked token ${t.name} (${t.id})\n`);
+        if (o.json) process.stdout.write(`${JSON.stringify(publicToken(t), null, 2)}\n`);
+        else process.stdout.write(`Revoked token ${t.name} (${t.id})\n`);
       } catch (err) {
         if (err instanceof TokenInputError) fail(err.message, 1);
         throw err;
