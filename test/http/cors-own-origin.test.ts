@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../helpers/server';
+import { openWs } from '../helpers/streams';
 
 /** Issue 13: LOKI_DASHBOARD_CORS replaces the default list, but never the server's own origin. */
 describe('CORS: the server\'s own origin with LOKI_DASHBOARD_CORS set', () => {
@@ -42,6 +43,22 @@ describe('CORS: the server\'s own origin with LOKI_DASHBOARD_CORS set', () => {
     expect((await createToken(`http://127.0.0.1:${s.port + 1}`, 'other-port')).status).toBe(403);
     const list = await (await s.req('/api/enterprise/tokens')).json();
     expect(list.tokens.map((t: { name: string }) => t.name).sort()).toEqual(['from-3000', 'own-127.0.0.1', 'own-localhost']);
+  });
+});
+
+describe('WebSocket handshake: the server\'s own origin with LOKI_DASHBOARD_CORS set', () => {
+  it('the dashboard page\'s origin may open /ws; a foreign one gets 403', async () => {
+    const s = await startTestServer({ LOKI_DASHBOARD_CORS: 'http://localhost:3000' });
+    try {
+      const url = `ws://127.0.0.1:${s.port}/ws`;
+      const ok = openWs(url, { origin: `http://127.0.0.1:${s.port}`, protocols: ['loki.v1'] });
+      await ok.opened;
+      ok.ws.close();
+      await ok.closed;
+      expect(await openWs(url, { origin: 'http://evil.example', protocols: ['loki.v1'] }).refused).toBe(403);
+    } finally {
+      await s.stop();
+    }
   });
 });
 
