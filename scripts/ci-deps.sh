@@ -19,10 +19,26 @@ command -v go >/dev/null 2>&1 || need+=(golang-go)
 [ -d /usr/share/gocode/src/golang.org/x/mod/sumdb/tlog ] || need+=(golang-golang-x-mod-dev)
 # PostgreSQL (the API suites also run on it, and the audit log's multi-process tests): Debian's server packages.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# syslog-ng, the second syslog receiver of the SIEM tests (test/helpers/syslog-ng.ts): Debian's
+# syslog-ng-core conflicts with rsyslog (both are the system log daemon), so it is unpacked into
+# /opt/syslog-ng (below) rather than installed; its shared libraries are installed as usual.
+for lib in libivykis0 libnet1 libwrap0 libjson-c5 libpcre3 libglib2.0-0 libcap2 libsystemd0 libssl3; do
+  dpkg -s "$lib" >/dev/null 2>&1 || need+=("$lib")
+done
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "ci-deps: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+syslog_ng_root=/opt/syslog-ng
+if [ ! -x /usr/sbin/syslog-ng ] && [ ! -x "$syslog_ng_root/usr/sbin/syslog-ng" ]; then
+  echo "ci-deps: unpacking syslog-ng-core into $syslog_ng_root"
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  (cd "$tmp" && { apt-get download -qq syslog-ng-core >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get download -qq syslog-ng-core >/dev/null 2>&1; }; })
+  dpkg-deb -x "$tmp"/syslog-ng-core_*.deb "$syslog_ng_root"
+  rm -rf "$tmp"
 fi
