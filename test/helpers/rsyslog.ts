@@ -107,6 +107,18 @@ export interface RsyslogOptions {
   tls?: boolean;
   /** Fixed ports (to listen where a client already points); free ones are picked otherwise. */
   ports?: { udp?: number; tcp?: number; tls?: number };
+  /**
+   * Also parse each message with rsyslog's own parsers (docs/siem.md formats):
+   * mmjsonparse for a JSON body, mmnormalize with liblognorm's `cef` parser for
+   * CEF, mmpstrucdata for RFC 5424 structured data; `parsed()` reads the result.
+   */
+  parse?: boolean;
+}
+
+/** One message as rsyslog's parsers left it: `$!all-json` (`cef`, `rfc5424-sd` or the JSON body's fields). */
+export interface ParsedByRsyslog {
+  msgid: string;
+  parsed: Record<string, unknown>;
 }
 
 export interface Rsyslog {
@@ -119,6 +131,8 @@ export interface Rsyslog {
   /** Stop and remove the temp dir. */
   dispose(): Promise<void>;
   messages(): Promise<ReceivedMessage[]>;
+  /** With `parse`: what rsyslog's parsers made of each message. */
+  parsed(): Promise<ParsedByRsyslog[]>;
   /** Wait until at least `count` received messages satisfy `filter`. */
   waitFor(filter: (m: ReceivedMessage) => boolean, count?: number, timeoutMs?: number): Promise<ReceivedMessage[]>;
 }
@@ -138,6 +152,9 @@ export async function createRsyslog(options: RsyslogOptions): Promise<Rsyslog> {
   if (options.tcp) ports.tcp = options.ports?.tcp ?? (await freePort());
   if (options.tls) ports.tls = options.ports?.tls ?? (await freePort());
   const cert = options.tls ? makeSelfSignedCert(dir) : null;
+  const parsedFile = join(dir, 'parsed.jsonl');
+  const rulebase = join(dir, 'cef.rb');
+  if (options.parse) await writeFile(rulebase, 'version=2\nrule=:%cef:cef%\n');
 
   const conf = [
     `global(workDirectory="${work}" maxMessageSize="64k"${
@@ -148,9 +165,19 @@ export async function createRsyslog(options: RsyslogOptions): Promise<Rsyslog> {
     options.udp ? 'module(load="imudp")' : '',
     options.tcp || options.tls ? 'module(load="imtcp")' : '',
     `template(name="received" type="string" string="${FIELDS.map((f) => `%${f}%`).join('\\t')}\\n")`,
+    options.parse ? 'module(load="mmjsonparse")\nmodule(load="mmnormalize")\nmodule(load="mmpstrucdata")' : '',
+    options.parse ? 'template(name="parsed" type="string" string="{\\"msgid\\":\\"%msgid:::json%\\",\\"parsed\\":%$!all-json%}\\n")' : '',
     'ruleset(name="received") {',
     `  if $app-name == "${READY_APP}" then { action(type="omfile" file="${join(dir, 'ready.log')}") stop }`,
     `  action(type="omfile" file="${outFile}" template="received")`,
+    options.parse
+      ? [
+          `  if $msg startswith "CEF:" or $msg startswith " CEF:" then { action(type="mmnormalize" rulebase="${rulebase}") }`,
+          '  else if $msg startswith "{" or $msg startswith " {" then { action(type="mmjsonparse" cookie="") }',
+          '  else { action(type="mmpstrucdata") }',
+          `  action(type="omfile" file="${parsedFile}" template="parsed")`,
+        ].join('\n')
+      : '',
     '}',
     ports.udp ? `input(type="imudp" address="${LOOPBACK}" port="${ports.udp}" ruleset="received" name="udp")` : '',
     ports.tcp ? `input(type="imtcp" address="${LOOPBACK}" port="${ports.tcp}" ruleset="received" name="tcp")` : '',
@@ -235,8 +262,23 @@ export async function createRsyslog(options: RsyslogOptions): Promise<Rsyslog> {
       });
   }
 
+  async function parsed(): Promise<ParsedByRsyslog[]> {
+    let text: string;
+    try {
+      text = await readFile(parsedFile, 'utf8');
+    } catch {
+      return [];
+    }
+    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
+    return complete
+      .split('\n')
+      .filter((l) => l.length > 0)
+      .map((l) => JSON.parse(l) as ParsedByRsyslog);
+  }
+
   await start();
   return {
+    parsed,
     dir,
     ports,
     caFile: cert?.certFile,
