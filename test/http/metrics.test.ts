@@ -90,7 +90,6 @@ describe('GET /metrics on a spawned server with auth on', () => {
       received++;
     });
     await new Promise<void>((r) => udp.bind(0, '127.0.0.1', () => r()));
-    [viewer, operator, worker] = await Promise.all([token('prometheus', 'viewer'), token('ops', 'operator'), token('w1', 'worker', ['--worker-id', 'w1'])]);
     server = await spawnServer(
       {
         LOKI_ENTERPRISE_AUTH: 'true',
@@ -101,6 +100,8 @@ describe('GET /metrics on a spawned server with auth on', () => {
       },
       home,
     );
+    // After the server: on PostgreSQL the CLI finds the database the server was given for this home.
+    [viewer, operator, worker] = await Promise.all([token('prometheus', 'viewer'), token('ops', 'operator'), token('w1', 'worker', ['--worker-id', 'w1'])]);
   });
 
   afterAll(async () => {

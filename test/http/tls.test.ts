@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
+import { testStoreEnv } from '../helpers/postgres';
 import { freePort, LOKI_BIN, runCli, tempHome } from '../helpers/server';
 import { makeCerts, run, type TestCerts } from './tls-certs';
 
@@ -33,6 +34,8 @@ describe('HTTPS and WSS with LOKI_TLS_CERT / LOKI_TLS_KEY', () => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'loki-tls-'));
     home = tempHome('loki-tls-home-');
     certs = await makeCerts(dir);
+    // The store under test (LOKI_TEST_STORE): the CLI below and the server use the same database.
+    const store = await testStoreEnv(home);
     const made = await runCli(['enterprise', 'token', 'generate', 'admin', '--role', 'admin', '--json'], { LOKI_HOME: home });
     expect(made.code, made.stderr).toBe(0);
     admin = JSON.parse(made.stdout).token;
@@ -44,6 +47,7 @@ describe('HTTPS and WSS with LOKI_TLS_CERT / LOKI_TLS_KEY', () => {
         HOME: home,
         LOKI_HOME: home,
         LOKI_EMBEDDED_WORKER: 'off',
+        ...store,
         LOKI_ENTERPRISE_AUTH: 'true',
         LOKI_DASHBOARD_PORT: String(port),
         LOKI_TLS_CERT: certs.cert,
