@@ -166,6 +166,13 @@ describe('Workers (wrangler dev, local D1)', () => {
     expect(body.audit?.seq).toBeGreaterThan(0);
   });
 
+  it('GET /metrics: a token still required; with one, 501 (prom-client is Node-only, not in the Workers bundle)', async () => {
+    expect((await fetch(`${authOn!.url}/metrics`)).status).toBe(401);
+    const res = await fetch(`${authOn!.url}/metrics`, { headers: bearer() });
+    expect(res.status).toBe(501);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('not_implemented');
+  });
+
   it('answers an unknown route with the JSON error shape', async () => {
     const res = await fetch(`${authOn!.url}/no/such/route`);
     expect(res.status).toBe(404);
