@@ -11,7 +11,7 @@ import { REDACTED } from './util/redact';
 
 export type Role = 'admin' | 'operator' | 'viewer' | 'auditor' | 'worker';
 export type SyslogProto = 'udp' | 'tcp' | 'tls';
-export const SYSLOG_FORMATS = ['rfc5424', 'json', 'cef'] as const;
+export const SYSLOG_FORMATS = ['rfc5424', 'json', 'cef', 'ocsf'] as const;
 export type SyslogFormat = (typeof SYSLOG_FORMATS)[number];
 /** RFC 5424 SD-ID for our own element: `name@PEN` (SD-NAME characters, at most 32; PEN digits, optionally dotted). */
 export const SYSLOG_SDID_RE = /^(?=.{3,32}$)[!#-<>-?A-\\^-~]+@\d+(?:\.\d+)*$/;

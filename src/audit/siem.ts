@@ -326,3 +326,90 @@ export function detailsParams(details: Record<string, unknown> | undefined): Rec
   }
   return out;
 }
+
+// ---------------------------------------------------------------------------
+// OCSF 1.1 (format `ocsf`): Authentication (3002) for `auth.*`, API Activity (6003) for the rest
+// ---------------------------------------------------------------------------
+
+export const OCSF_VERSION = '1.1.0';
+
+/** API Activity's activity_id from the HTTP method, else from the action's verb. */
+function apiActivityId(method: string | undefined, action: string): number {
+  const m = method?.toUpperCase();
+  if (m === 'POST') return 1;
+  if (m === 'GET' || m === 'HEAD') return 2;
+  if (m === 'PUT' || m === 'PATCH') return 3;
+  if (m === 'DELETE') return 4;
+  if (/\b(create|import|generate|start)\b/.test(action.replace(/[._]/g, ' '))) return 1;
+  if (/\b(revoke|delete|prune|stop|kill)\b/.test(action.replace(/[._]/g, ' '))) return 4;
+  return 99;
+}
+
+/**
+ * The same event as an OCSF 1.1 object: `auth.*` as Authentication (class 3002,
+ * activity Logon), everything else, checkpoints included, as API Activity (class
+ * 6003, activity from the HTTP method). What OCSF has no attribute for (details,
+ * resource, actor type, the signed checkpoint) is under `unmapped.loki`.
+ */
+export function ocsfEvent(ev: SiemEvent, version: string): Record<string, unknown> {
+  const auth = ev.event.action.startsWith('auth.');
+  const classUid = auth ? 3002 : 6003;
+  const activityId = auth ? 1 : apiActivityId(ev.http?.request?.method, ev.event.action);
+  const failed = ev.event.outcome === 'failure';
+  const user = ev.user ? { ...(ev.user.name ? { name: ev.user.name } : {}), ...(ev.user.id ? { uid: ev.user.id } : {}) } : undefined;
+  const out: Record<string, unknown> = {
+    category_uid: auth ? 3 : 6,
+    class_uid: classUid,
+    activity_id: activityId,
+    type_uid: classUid * 100 + activityId,
+    time: Date.parse(ev['@timestamp']),
+    severity_id: ev.log.level === 'warning' ? 3 : 1,
+    status_id: failed ? 2 : 1,
+    status: failed ? 'Failure' : 'Success',
+    message: ev.message,
+    metadata: {
+      version: OCSF_VERSION,
+      product: { name: CEF_PRODUCT, vendor_name: CEF_VENDOR, version },
+      log_name: 'audit',
+      event_code: ev.event.action,
+      ...(ev.event.sequence !== undefined ? { sequence: ev.event.sequence } : {}),
+      ...(ev.event.hash ? { uid: ev.event.hash } : {}),
+    },
+  };
+  if (ev.http?.response) out.status_code = String(ev.http.response.status_code);
+  if (ev.error) out.status_detail = ev.error.message;
+  if (user) {
+    if (auth) out.user = user;
+    out.actor = { user };
+  }
+  if (ev.source) out.src_endpoint = ev.source.ip ? { ip: ev.source.ip } : { hostname: ev.source.address };
+  if (ev.url || ev.http?.request || ev.user_agent) {
+    out.http_request = {
+      ...(ev.http?.request?.method ? { http_method: ev.http.request.method } : {}),
+      ...(ev.url ? { url: { path: ev.url.path, ...(ev.url.query !== undefined ? { query_string: ev.url.query } : {}) } } : {}),
+      ...(ev.user_agent ? { user_agent: ev.user_agent.original } : {}),
+      ...(ev.http?.request?.id ? { uid: ev.http.request.id } : {}),
+    };
+  }
+  if (ev.http?.response) out.http_response = { code: ev.http.response.status_code };
+  if (!auth) {
+    out.api = {
+      operation: ev.event.action,
+      ...(ev.http?.request?.id ? { request: { uid: ev.http.request.id } } : {}),
+      ...(ev.http?.response ? { response: { code: ev.http.response.status_code } } : {}),
+    };
+  }
+  const loki: Record<string, unknown> = {};
+  if (ev.loki.actor) loki.actor_type = ev.loki.actor.type;
+  if (ev.loki.resource) loki.resource = ev.loki.resource;
+  if (ev.loki.details) loki.details = ev.loki.details;
+  if (ev.loki.details_truncated) loki.details_truncated = true;
+  if (ev.loki.checkpoint) loki.checkpoint = ev.loki.checkpoint;
+  if (Object.keys(loki).length > 0) out.unmapped = { loki };
+  return out;
+}
+
+/** The OCSF body: one line of JSON. */
+export function ocsfBody(ev: SiemEvent, version: string): string {
+  return JSON.stringify(ocsfEvent(ev, version));
+}

@@ -17,11 +17,11 @@ import os from 'node:os';
 import tls from 'node:tls';
 import { redactString, redactValue } from '../util/redact';
 import { VERSION } from '../version';
-import { cefBody, jsonBody, type SiemEvent, withoutDetails } from './siem';
+import { cefBody, jsonBody, ocsfBody, type SiemEvent, withoutDetails } from './siem';
 
 export type SyslogProto = 'udp' | 'tcp' | 'tls';
-/** The MSG part: RFC 5424 structured data + text (default), an ECS JSON event, or a CEF event. */
-export type SyslogFormat = 'rfc5424' | 'json' | 'cef';
+/** The MSG part: RFC 5424 structured data + text (default), an ECS JSON event, a CEF event, or an OCSF 1.1 event. */
+export type SyslogFormat = 'rfc5424' | 'json' | 'cef' | 'ocsf';
 export type SyslogSeverity = 'warning' | 'info';
 export type StructuredValue = string | number | boolean | null;
 
@@ -167,8 +167,8 @@ export interface FormatOptions {
  * Every free-text part goes through the redaction helper (the checkpoint's
  * signed JWS and note excepted). With format `rfc5424`, if the message is too
  * long the MSG is cut; if even the header and structured data are, the
- * structured data is replaced by `-` rather than cut mid-element. With `json`
- * and `cef` the SD is `-` and the MSG is the event; if it is too long the
+ * structured data is replaced by `-` rather than cut mid-element. With `json`,
+ * `cef` and `ocsf` the SD is `-` and the MSG is the event; if it is too long the
  * details are left out (`details_truncated`), and only then is it cut.
  */
 export function formatSyslogMessage(entry: SyslogEntry, o: FormatOptions): Buffer {
@@ -184,7 +184,8 @@ export function formatSyslogMessage(entry: SyslogEntry, o: FormatOptions): Buffe
   const format = o.format ?? 'rfc5424';
   if (format !== 'rfc5424' && entry.event) {
     const event = entry.event();
-    const render = (ev: SiemEvent) => Buffer.from(`${head} - ${format === 'json' ? jsonBody(ev) : cefBody(ev, o.version ?? VERSION)}`, 'utf8');
+    const body = (ev: SiemEvent) => (format === 'json' ? jsonBody(ev) : format === 'cef' ? cefBody(ev, o.version ?? VERSION) : ocsfBody(ev, o.version ?? VERSION));
+    const render = (ev: SiemEvent) => Buffer.from(`${head} - ${body(ev)}`, 'utf8');
     const full = render(event);
     if (full.length <= o.maxMessageBytes) return full;
     return truncateUtf8(render(withoutDetails(event)), o.maxMessageBytes);

@@ -130,6 +130,30 @@ describe.skipIf(!ok)('SIEM formats through rsyslog parsers', () => {
     }
   }, 60_000);
 
+  it('ocsf: mmjsonparse reads class, activity, status, user, source ip, seq, details', async () => {
+    const { s, adminName, createSeq, deniedSeq, cp } = await scenario('ocsf');
+    try {
+      const c = await waitParsed((m) => m.msgid === 'token.create' && at(m.parsed, 'api', 'request', 'uid') === 'rs-create-ocsf');
+      const d = await waitParsed((m) => m.msgid === 'scope.denied' && at(m.parsed, 'api', 'request', 'uid') === 'rs-denied-ocsf');
+      const pick = (p: Record<string, unknown>) => [
+        at(p, 'class_uid'),
+        at(p, 'type_uid'),
+        at(p, 'status'),
+        at(p, 'actor', 'user', 'name'),
+        at(p, 'src_endpoint', 'ip'),
+        at(p, 'metadata', 'sequence'),
+      ];
+      expect(pick(c.parsed)).toEqual([6003, 600301, 'Success', adminName, '127.0.0.1', createSeq]);
+      expect(at(c.parsed, 'unmapped', 'loki', 'details', 'role')).toBe('viewer');
+      expect(pick(d.parsed)).toEqual([6003, 600302, 'Failure', 'rs-viewer-ocsf', '127.0.0.1', deniedSeq]);
+      expect(at(d.parsed, 'unmapped', 'loki', 'details', 'needed_scope')).toBe('audit');
+      const k = await waitParsed((m) => m.msgid === 'audit.checkpoint' && at(m.parsed, 'unmapped', 'loki', 'checkpoint', 'jws') === cp.jws);
+      expect(at(k.parsed, 'unmapped', 'loki', 'checkpoint', 'note')).toBe(cp.note);
+    } finally {
+      await s.stop();
+    }
+  }, 60_000);
+
   it('rfc5424: mmpstrucdata reads the details and the JWS from the structured data', async () => {
     const { s, createSeq, cp } = await scenario('rfc5424');
     try {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { CommittedEntry } from '../../src/audit/log';
 import { syslogCheckpointMessage, syslogMessageFor } from '../../src/audit/node-audit';
-import { auditEvent, cefBody, cefHeader, cefValue, checkpointEvent, detailsParams } from '../../src/audit/siem';
+import { auditEvent, cefBody, cefHeader, cefValue, checkpointEvent, detailsParams, ocsfEvent } from '../../src/audit/siem';
 import { formatSyslogMessage } from '../../src/audit/syslog';
 import { ConfigError, loadConfig } from '../../src/env';
 
@@ -134,6 +134,61 @@ describe('CEF', () => {
     expect(body).toContain(`cs5Label=checkpointJws cs5=${CHECKPOINT.jws} `);
     expect(body).toContain('cs6Label=checkpointNote cs6=loki.example/audit\\n9\\nq83vEjRWeJA\\=\\n\\n— loki.example/audit AbCd+/\\=\\n ');
     expect(body).toContain('cn1Label=checkpointSize cn1=9');
+  });
+});
+
+describe('OCSF 1.1', () => {
+  it('token.create over POST: API Activity (6003) Create, the details unmapped', () => {
+    expect(ocsfEvent(auditEvent(entry(), 'warning'), '0.1.0')).toEqual({
+      category_uid: 6,
+      class_uid: 6003,
+      activity_id: 1,
+      type_uid: 600301,
+      time: TS,
+      severity_id: 3,
+      status_id: 1,
+      status: 'Success',
+      status_code: '201',
+      message: 'token.create by admin POST /api/enterprise/tokens -> ok',
+      metadata: { version: '1.1.0', product: { name: 'control-plane', vendor_name: 'Loki', version: '0.1.0' }, log_name: 'audit', event_code: 'token.create', sequence: 42, uid: 'a'.repeat(64) },
+      actor: { user: { name: 'admin', uid: 'tok_1' } },
+      src_endpoint: { ip: '127.0.0.1' },
+      http_request: { http_method: 'POST', url: { path: '/api/enterprise/tokens' }, user_agent: 'curl/8.0', uid: 'req-1' },
+      http_response: { code: 201 },
+      api: { operation: 'token.create', request: { uid: 'req-1' }, response: { code: 201 } },
+      unmapped: {
+        loki: { actor_type: 'token', resource: { type: 'token', id: 'tok_2' }, details: { name: 'ci', role: 'viewer', scopes: ['read'], token: '[REDACTED]' } },
+      },
+    });
+  });
+
+  it('auth.failure: Authentication (3002) Logon, Failure, the user; scope.denied over GET: API Activity Read, Failure', () => {
+    const authFail = ocsfEvent(
+      auditEvent(entry({ action: 'auth.failure', request: { id: 'r', method: 'GET', path: '/api/status' }, outcome: { status: 401, success: false, error: 'invalid_token' }, details: { reason: 'unknown' } }), 'warning'),
+      '1',
+    );
+    expect([authFail.class_uid, authFail.category_uid, authFail.type_uid, authFail.status, authFail.status_detail, authFail.user, authFail.api]).toEqual([
+      3002,
+      3,
+      300201,
+      'Failure',
+      'invalid_token',
+      { name: 'admin', uid: 'tok_1' },
+      undefined,
+    ]);
+    const denied = ocsfEvent(auditEvent(entry({ action: 'scope.denied', request: { id: 'r', method: 'GET', path: '/x' }, outcome: { status: 403, success: false, error: null } }), 'warning'), '1');
+    expect([denied.class_uid, denied.type_uid, denied.status_id, denied.status_code]).toEqual([6003, 600302, 2, '403']);
+  });
+
+  it('a checkpoint: API Activity, the signed checkpoint unmapped verbatim', () => {
+    const o = ocsfEvent(checkpointEvent(CHECKPOINT), '1');
+    expect([o.class_uid, o.activity_id]).toEqual([6003, 99]);
+    expect(o.unmapped).toEqual({ loki: { checkpoint: CHECKPOINT } });
+  });
+
+  it('format ocsf: SD "-" and the OCSF event as MSG', () => {
+    const out = formatSyslogMessage(syslogMessageFor(entry()), { ...opts, format: 'ocsf', version: '2.0.0' }).toString();
+    expect(JSON.parse(out.slice(out.indexOf(' - ') + 3))).toEqual(ocsfEvent(auditEvent(entry(), 'warning'), '2.0.0'));
   });
 });
 
