@@ -109,6 +109,7 @@ export async function startCluster(opts: { servers: number; env?: Record<string,
           ...extra,
         },
         ['--concurrency', '4'],
+        { startTimeoutMs: 120_000 },
       );
       workers.push(w);
       return w;

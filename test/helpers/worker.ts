@@ -26,8 +26,10 @@ export interface SpawnedWorker {
 /**
  * Spawn `loki sandbox worker` and wait for its start-up line. Without `--warm` in
  * `args` it runs with `--warm 0` (fresh containers); the warm pool has tests of its own.
+ * `opts.startTimeoutMs`: how long to wait for that line (default 20 s); a worker that
+ * does not come up is killed.
  */
-export async function spawnWorker(env: Record<string, string>, args: string[] = []): Promise<SpawnedWorker> {
+export async function spawnWorker(env: Record<string, string>, args: string[] = [], opts: { startTimeoutMs?: number } = {}): Promise<SpawnedWorker> {
   const warm = args.includes('--warm') ? [] : ['--warm', '0'];
   const child = spawn(process.execPath, [LOKI_BIN, 'sandbox', 'worker', ...warm, ...args], {
     env: childEnv(env),
@@ -51,7 +53,13 @@ export async function spawnWorker(env: Record<string, string>, args: string[] = 
     }
   };
   const worker = { child, output: () => out, exited, waitFor };
-  await waitFor(/sandbox worker started/);
+  try {
+    await waitFor(/sandbox worker started/, opts.startTimeoutMs);
+  } catch (err) {
+    // A worker that did not come up is not left running.
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    throw err;
+  }
   return worker;
 }
 
