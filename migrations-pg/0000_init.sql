@@ -13,9 +13,9 @@ CREATE TABLE "audit_log" (
 	"entry" text NOT NULL,
 	"prev_hash" text NOT NULL,
 	"hash" text NOT NULL,
-	"ts" bigint GENERATED ALWAYS AS (((entry::jsonb ->> 'ts')::bigint)) STORED,
-	"action" text GENERATED ALWAYS AS ((entry::jsonb ->> 'action')) STORED,
-	"actor" text GENERATED ALWAYS AS ((entry::jsonb -> 'actor' ->> 'name')) STORED
+	"ts" bigint GENERATED ALWAYS AS ((((replace(entry, '\u0000', '\ufffd')::json) ->> 'ts')::bigint)) STORED,
+	"action" text GENERATED ALWAYS AS (((replace(entry, '\u0000', '\ufffd')::json) ->> 'action')) STORED,
+	"actor" text GENERATED ALWAYS AS (((replace(entry, '\u0000', '\ufffd')::json) -> 'actor' ->> 'name')) STORED
 );
 --> statement-breakpoint
 CREATE TABLE "audit_tiles" (

@@ -40,8 +40,13 @@ export const tokens = pgTable(
 /**
  * The audit chain. `entry` holds the canonical JSON text of the entry (hashed
  * into the chain); the query columns are stored generated columns computed from
- * it, so they can never disagree with what was hashed.
+ * it, so they can never disagree with what was hashed. PostgreSQL refuses to
+ * turn the JSON escape \u0000 into text (an entry may carry one: a refused path
+ * with a NUL byte), so the columns read the entry with each \u0000 as \ufffd:
+ * one six-character escape for another, the text stays valid JSON.
  */
+const ENTRY_JSON = sql.raw(`(replace(entry, '\\u0000', '\\ufffd')::json)`);
+
 export const auditLog = pgTable(
   'audit_log',
   {
@@ -49,9 +54,9 @@ export const auditLog = pgTable(
     entry: text('entry').notNull(),
     prevHash: text('prev_hash').notNull(),
     hash: text('hash').notNull(),
-    ts: ms('ts').generatedAlwaysAs(sql`((entry::jsonb ->> 'ts')::bigint)`),
-    action: text('action').generatedAlwaysAs(sql`(entry::jsonb ->> 'action')`),
-    actor: text('actor').generatedAlwaysAs(sql`(entry::jsonb -> 'actor' ->> 'name')`),
+    ts: ms('ts').generatedAlwaysAs(sql`((${ENTRY_JSON} ->> 'ts')::bigint)`),
+    action: text('action').generatedAlwaysAs(sql`(${ENTRY_JSON} ->> 'action')`),
+    actor: text('actor').generatedAlwaysAs(sql`(${ENTRY_JSON} -> 'actor' ->> 'name')`),
   },
   (t) => [index('audit_ts_idx').on(t.ts), index('audit_action_idx').on(t.action)],
 );

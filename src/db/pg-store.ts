@@ -233,7 +233,8 @@ export function createPgStore(pool: pg.Pool): Store {
         if (lines.length === 0) return;
         await db
           .insert(sessionLogs)
-          .values(lines.map((l) => ({ sessionId: id, line: l.line, stream: l.stream, text: l.text, ts: l.ts })))
+          // PostgreSQL text cannot hold U+0000 (SQLite can): an agent's NUL bytes are stored as U+FFFD.
+          .values(lines.map((l) => ({ sessionId: id, line: l.line, stream: l.stream, text: l.text.replace(/\u0000/g, '\ufffd'), ts: l.ts })))
           .onConflictDoNothing();
       },
       async logs(id, afterLine, limit) {

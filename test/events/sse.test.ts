@@ -167,7 +167,7 @@ describe('SSE /api/events (auth on)', () => {
 
   it('closes the stream when the token expires', async () => {
     const t = await makeToken(s, 'sse-expiring', 'viewer', { expiresDays: 1 });
-    s.runtime.db.prepare('UPDATE tokens SET expires_at = ? WHERE id = ?').run(Date.now() + 1500, t.id);
+    await s.sql('UPDATE tokens SET expires_at = ? WHERE id = ?', Date.now() + 1500, t.id);
     const c = await sse('/api/events?types=none', { token: t.token });
     expect(c.status).toBe(200);
     const t0 = Date.now();

@@ -65,7 +65,7 @@ describe('WebSocket /ws (auth on)', () => {
     const bad = connect({ protocols: [], query: '?token=not-a-token-at-all' });
     expect(await bad.refused).toBe(401);
     await s.runtime.audit.drain();
-    const rows = s.runtime.db.prepare('SELECT entry FROM audit_log').all() as { entry: string }[];
+    const rows = await s.sql<{ entry: string }>('SELECT entry FROM audit_log');
     const all = rows.map((r) => r.entry).join('\n');
     expect(all).not.toContain(t.token);
     expect(all).not.toContain(t.token.slice(5));

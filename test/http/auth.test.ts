@@ -227,7 +227,7 @@ describe('token auth and RBAC on a real server', () => {
       const t = await makeToken(s, 'short-lived', 'viewer', { expiresDays: 1 });
       expect((await s.req('/api/status', { token: t.token })).status).toBe(200);
       // As if the clock had passed expires_at (written behind the server's back: the lookup cache lives ≤ 500 ms).
-      s.runtime.db.prepare('UPDATE tokens SET expires_at = ? WHERE id = ?').run(Date.now() - 1, t.id);
+      await s.sql('UPDATE tokens SET expires_at = ? WHERE id = ?', Date.now() - 1, t.id);
       await new Promise((r) => setTimeout(r, 600));
       const r = await s.req('/api/status', { token: t.token });
       expect(r.status).toBe(401);
@@ -238,11 +238,11 @@ describe('token auth and RBAC on a real server', () => {
       const t = await makeToken(s, 'touchy', 'viewer');
       for (let i = 0; i < 5; i++) await s.req('/api/status', { token: t.token });
       await new Promise((r) => setTimeout(r, 50));
-      const first = (s.runtime.db.prepare('SELECT last_used_at FROM tokens WHERE id = ?').get(t.id) as { last_used_at: number }).last_used_at;
+      const first = (await s.sql<{ last_used_at: number }>('SELECT last_used_at FROM tokens WHERE id = ?', t.id))[0]?.last_used_at;
       expect(first).toBeGreaterThan(0);
       for (let i = 0; i < 5; i++) await s.req('/api/status', { token: t.token });
       await new Promise((r) => setTimeout(r, 50));
-      const again = (s.runtime.db.prepare('SELECT last_used_at FROM tokens WHERE id = ?').get(t.id) as { last_used_at: number }).last_used_at;
+      const again = (await s.sql<{ last_used_at: number }>('SELECT last_used_at FROM tokens WHERE id = ?', t.id))[0]?.last_used_at;
       expect(again).toBe(first);
     });
   });

@@ -366,7 +366,7 @@ describe('worker protocol', () => {
 
   it('a queued session with no valid stored policy (created before policies) is failed at claim, never run', async () => {
     const created = await create();
-    f.s.runtime.db.prepare('UPDATE sessions SET policy = NULL WHERE id = ?').run(created.id);
+    await f.s.sql('UPDATE sessions SET policy = NULL WHERE id = ?', created.id);
     // Other tests leave nothing queued: the claim has nothing to hand out.
     expect(await f.client.claimJob({ worker_id: 'w1', wait_ms: 0 })).toBeNull();
     const s = await f.client.getSession(created.id);
@@ -387,7 +387,7 @@ describe('a tampered stored policy', () => {
   it('a policy edited in the database (no longer matching the SHA-256 the session.start entry carries) is failed at claim, never handed out', async () => {
     const created = await f.client.createSession({ workspace: f.ws, prd: 'prd.md' });
     // Someone with write access to the database widens the stored policy.
-    f.s.runtime.db.prepare(`UPDATE sessions SET policy = replace(policy, '"network":false', '"network":true') WHERE id = ?`).run(created.id);
+    await f.s.sql(`UPDATE sessions SET policy = replace(policy, '"network":false', '"network":true') WHERE id = ?`, created.id);
     expect(await f.client.claimJob({ worker_id: 'w1', wait_ms: 0 })).toBeNull();
     const s = await f.client.getSession(created.id);
     expect(s).toMatchObject({ status: 'failed', reason: 'the session has no valid stored policy (missing, or not matching its SHA-256); start it again' });
