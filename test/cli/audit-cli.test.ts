@@ -101,7 +101,8 @@ describe('loki enterprise audit (CLI on the database)', () => {
       out += d;
     });
     const waitFor = async (pred: () => boolean) => {
-      for (let i = 0; i < 100 && !pred(); i++) await new Promise((r) => setTimeout(r, 100));
+      // The CLI's start-up takes seconds on a busy machine: entry 6 must come after it printed entry 5.
+      for (let i = 0; i < 600 && !pred(); i++) await new Promise((r) => setTimeout(r, 100));
     };
     await waitFor(() => out.includes('"seq":5,'));
     await t.audit.append({ ...sampleEntry(6), action: 'followed.entry' });
@@ -110,7 +111,7 @@ describe('loki enterprise audit (CLI on the database)', () => {
     t.close();
     const seqs = out.trim().split('\n').map((l) => JSON.parse(l).seq);
     expect(seqs).toEqual([5, 6]);
-  });
+  }, 180_000);
 
   it('prune --before keeps a signed cut: the rest verifies, appends continue', async () => {
     const t = await makeAuditLog({ entries: 2500 });
@@ -349,7 +350,7 @@ describe('Loki Mode legacy logs', () => {
     const r = await runCli(['enterprise', 'audit', 'import-legacy', `${LEGACY}single`], { LOKI_HOME: home });
     expect(r.code).toBe(0);
     expect(r.stdout).toBe(`imported 500 legacy entries; legacy tip ${v.tip_hash} recorded at seq 501\n`);
-    const tail = JSON.parse((await runCli(['enterprise', 'audit', 'tail', '-n', '1'], { LOKI_HOME: home })).stdout);
+    const tail = JSON.parse((await runCli(['enterprise', 'audit', 'tail', '-n', '1', '--json'], { LOKI_HOME: home })).stdout);
     expect(tail).toMatchObject({ seq: 501, action: 'audit.legacy_import', details: { legacy_tip_hash: v.tip_hash, entries: 500 } });
     expect((await runCli(['enterprise', 'audit', 'verify'], { LOKI_HOME: home })).code).toBe(0);
   });

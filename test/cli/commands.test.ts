@@ -53,7 +53,7 @@ describe('--json where it was missing', () => {
     const t = JSON.parse(r.stdout);
     expect(t).toMatchObject({ id: made.id, name: 'ci-bot', role: 'viewer', status: 'revoked' });
     expect(r.stdout).not.toContain(made.token);
-  });
+  }, 180_000);
 
   it('audit export, pubkey --note, checkpoint --note and prune --json', async () => {
     const t = await makeAuditLog({ entries: 40 });
@@ -70,5 +70,5 @@ describe('--json where it was missing', () => {
     const p = await runCli(['enterprise', 'audit', 'prune', '--before', new Date(1_790_000_000_000 + 10_500).toISOString(), '--json'], env);
     expect(p.code).toBe(0);
     expect(JSON.parse(p.stdout)).toEqual({ status: 'pruned', deleted: 10, cut_seq: 10, cut_hash: expect.stringMatching(/^[0-9a-f]{64}$/) });
-  });
+  }, 180_000);
 });

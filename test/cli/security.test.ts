@@ -20,7 +20,7 @@ describe('loki security check', () => {
     expect(r.stdout).toContain('warning: .gitignore does not list .loki/');
     expect(r.stdout).toContain('error: src/config.js:2: looks like a secret (40 characters; not shown)');
     expect(r.stdout).not.toContain(secret);
-  });
+  }, 180_000);
 
   it('a clean workspace and state → exit 0', async () => {
     const home = tempHome();
@@ -31,7 +31,7 @@ describe('loki security check', () => {
     const r = await runCli(['security', 'check', '--workspace', ws], { LOKI_HOME: home });
     expect(r.stdout).toBe('security check: no findings\n');
     expect(r.code).toBe(0);
-  });
+  }, 180_000);
 
   /** A git workspace whose .gitignore lists .loki/ and .env, with an ignored .env of mode `mode`. */
   function gitWorkspace(mode: number): string {
@@ -65,7 +65,7 @@ describe('loki security check', () => {
     chmodSync(path.join(ws, 'api', '.env.local'), 0o600);
     const clean = await runCli(['security', 'check', '--workspace', ws], { LOKI_HOME: home });
     expect(clean).toEqual({ code: 0, stdout: 'security check: no findings\n', stderr: '' });
-  });
+  }, 180_000);
 
   it('each secret is reported once, also where the patterns overlap (sk-ant- is also sk-; ?token=loki_… is also a token parameter)', async () => {
     const home = tempHome();
@@ -84,5 +84,5 @@ describe('loki security check', () => {
       ].join('\n'),
     );
     expect(r.stdout).not.toContain('abcdefghijklmnop');
-  });
+  }, 180_000);
 });
