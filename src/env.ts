@@ -392,8 +392,9 @@ const DATABASE_URL = z
   .string()
   .url()
   .refine((v) => {
-    const u = new URL(v);
-    return (u.protocol === 'postgres:' || u.protocol === 'postgresql:') && u.pathname.length > 1 && !u.hash;
+    // zod runs refinements even after .url() failed: parse defensively.
+    const u = URL.canParse(v) ? new URL(v) : null;
+    return u !== null && (u.protocol === 'postgres:' || u.protocol === 'postgresql:') && u.pathname.length > 1 && !u.hash;
   });
 
 /** `LOKI_DATABASE_URL` and its pool settings; the password never appears in an error. */
