@@ -124,7 +124,7 @@ export async function runStop(id: string, o: { json?: boolean }): Promise<number
 /** `a=1, b.c=x` for an object the server added to its status that `loki status` has no words for. */
 function flat(value: unknown, prefix = ''): string[] {
   if (value === null || typeof value !== 'object') return [`${prefix || 'value'}=${value === null ? '-' : String(value)}`];
-  if (Array.isArray(value)) return value.length === 0 ? [`${prefix || 'items'}=none`] : value.flatMap((v, i) => flat(v, `${prefix}[${i}]`));
+  if (Array.isArray(value)) return value.length === 0 ? [prefix ? `${prefix}=none` : 'none'] : value.flatMap((v, i) => flat(v, `${prefix}[${i}]`));
   const entries = Object.entries(value);
   if (entries.length === 0) return [`${prefix || 'value'}=none`];
   return entries.flatMap(([k, v]) => flat(v, prefix ? `${prefix}.${k}` : k));
@@ -151,7 +151,7 @@ export function statusLines(s: ServerStatus, url: string): string[] {
     lines.push(['sessions', `${s.sessions.total} total${by.length ? `: ${by.join(', ')}` : ''}`]);
   }
   const known = new Set(['status', 'service', 'version', 'uptime_seconds', 'runtime', 'flags', 'sessions', 'audit']);
-  for (const [k, v] of Object.entries(s)) if (!known.has(k)) lines.push([k, v === null ? 'off' : flat(v).join(', ')]);
+  for (const [k, v] of Object.entries(s)) if (!known.has(k)) lines.push([k.replaceAll('_', ' '), v === null ? 'off' : flat(v).join(', ')]);
   const width = Math.max(...lines.map(([k]) => k.length));
   return lines.map(([k, v]) => `${k.padEnd(width)}  ${v}`);
 }

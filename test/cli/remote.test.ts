@@ -81,7 +81,7 @@ describe('loki sessions / logs / stop / status against a server', () => {
     expect((JSON.parse(done.stdout) as { sessions: SessionView[] }).sessions.map((x) => x.id)).toEqual([a.id]);
     const none = await runCli(['sessions', '--status', 'oom_killed'], env());
     expect(none).toEqual({ code: 0, stdout: '', stderr: `loki: no oom_killed sessions on ${s.url}\n` });
-  });
+  }, 180_000);
 
   it('loki sessions: bad --status or --limit is a usage error (exit 2) before any request', async () => {
     const bad = await runCli(['sessions', '--status', 'done'], { ...env(), LOKI_URL: `http://127.0.0.1:${await freePort()}` });
@@ -105,7 +105,7 @@ describe('loki sessions / logs / stop / status against a server', () => {
       [3, 'stderr', 'oops'],
     ]);
     await post(job, [{ seq: 3, type: 'state', data: { status: 'failed', exit_code: 1, reason: 'done here' } }]);
-  });
+  }, 180_000);
 
   it('loki logs -f follows a running session to its end; the exit code is its outcome (timed_out → 5)', async () => {
     const x = await api.createSession({ workspace: ws, prd: 'prd.md' });
@@ -129,7 +129,7 @@ describe('loki sessions / logs / stop / status against a server', () => {
     expect(await closed).toBe(5);
     expect(stdout).toBe('before\nduring 1\nduring 2\nlast\n');
     expect(stderr).toMatch(new RegExp(`^loki: session ${x.id} timed_out in [\\d.]+ s: the session ran past 60 s\\n$`));
-  });
+  }, 180_000);
 
   it('loki stop ID: a queued session ends at once; a running one is asked to stop; an ended one is refused (409 → exit 2)', async () => {
     const queued = await api.createSession({ workspace: ws, prd: 'prd.md' });
@@ -154,7 +154,7 @@ describe('loki sessions / logs / stop / status against a server', () => {
 
     const ended = await runCli(['stop', queued.id], env());
     expect(ended).toEqual({ code: 2, stdout: '', stderr: `loki: session ${queued.id} has already ended (stopped) (conflict)\n` });
-  });
+  }, 180_000);
 
   it('loki status: the server status in words; --json is /api/status', async () => {
     const r = await runCli(['status'], env(viewer));
@@ -173,7 +173,7 @@ describe('loki sessions / logs / stop / status against a server', () => {
     const direct = await (await s.req('/api/status', { token: operator })).json();
     expect(doc).toMatchObject({ status: 'running', service: 'loki-dashboard', version: direct.version, flags: direct.flags });
     expect(Object.keys(doc).sort()).toEqual(Object.keys(direct).sort());
-  });
+  }, 180_000);
 
   it('401 (no token): exit 2 with one line telling to set LOKI_TOKEN', async () => {
     for (const args of [['sessions'], ['logs', 'ses_0000000000000000'], ['stop', 'ses_0000000000000000'], ['status']]) {
@@ -182,7 +182,7 @@ describe('loki sessions / logs / stop / status against a server', () => {
       expect(r.stdout).toBe('');
       expect(r.stderr).toBe('loki: the server refused the token (invalid_token): a bearer token is required; set LOKI_TOKEN to a valid token\n');
     }
-  });
+  }, 180_000);
 
   it('403: one line naming the role needed (viewer stopping, worker listing), exit 2', async () => {
     const x = await api.createSession({ workspace: ws, prd: 'prd.md' });
@@ -198,7 +198,7 @@ describe('loki sessions / logs / stop / status against a server', () => {
     const status = await runCli(['status'], env(workerToken));
     expect(status.stderr).toBe('loki: not allowed: reading the server status needs the viewer, auditor, operator or admin role (scope "read"); the token in LOKI_TOKEN lacks it\n');
     await api.stopSession(x.id);
-  });
+  }, 180_000);
 
   it('404: an unknown session is one line, exit 2 (logs, logs -f, stop)', async () => {
     const id = 'ses_0123456789abcdef';
@@ -206,7 +206,7 @@ describe('loki sessions / logs / stop / status against a server', () => {
       const r = await runCli(args, env());
       expect(r, args.join(' ')).toEqual({ code: 2, stdout: '', stderr: `loki: no session ${id} on ${s.url} (loki sessions lists them)\n` });
     }
-  });
+  }, 180_000);
 });
 
 describe('API client commands without a server', () => {
