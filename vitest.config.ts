@@ -37,6 +37,8 @@ export default defineConfig({
               test: {
                 name: 'postgres',
                 include: POSTGRES_SUITES,
+                // TLS start-up errors and the browser load nothing from the store: once, on SQLite.
+                exclude: ['test/http/tls*.test.ts', 'test/**/*.browser.test.ts'],
                 env: { LOKI_TEST_STORE: 'postgres' },
                 globalSetup: ['test/helpers/postgres.ts'],
               },
