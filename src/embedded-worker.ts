@@ -320,7 +320,7 @@ export class EmbeddedWorker {
     Object.assign(env, { LOKI_URL: d.serverUrl, LOKI_WORKER_TOKEN: plaintext, LOKI_WORKER_ID: workerId });
     const supervisor = new Supervisor({
       command: process.execPath,
-      args: [LOKI_BIN, 'sandbox', 'worker', '--concurrency', String(d.config.embeddedWorkerConcurrency), '--warm', String(d.config.embeddedWorkerWarm)],
+      args: [LOKI_BIN, 'sandbox', 'worker', '--concurrency', String(d.config.embeddedWorkerConcurrency), '--warm', String(d.config.embeddedWorkerWarm), '--exit-with-parent'],
       env,
       logger: d.logger,
       output: d.output,

@@ -81,7 +81,8 @@ export function sessionCommands(program: Command): void {
     .description('run a sandbox worker: claims sessions from the server and runs them')
     .option('--concurrency <n>', 'sessions at once (1-32)', '2')
     .option('--warm <n>', 'containers of the default image and policy kept started ahead of time (0-32; 0: none)', '2')
-    .action(async (o: { concurrency: string; warm: string }) => {
+    .option('--exit-with-parent', 'shut down (as on SIGTERM) when the process that started this worker is gone (used by the embedded worker)')
+    .action(async (o: { concurrency: string; warm: string; exitWithParent?: boolean }) => {
       const { runWorkerCli } = await import('../sandbox/worker');
       await runWorkerCli(o);
     });

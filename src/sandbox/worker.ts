@@ -43,6 +43,8 @@ const CLAIM_WAIT_MS = 25_000;
 /** Orphan check: quickly while the server lists sessions for this id that we do not run, else rarely. */
 const ORPHAN_SWEEP_SUSPECT_MS = 1_000;
 const ORPHAN_SWEEP_IDLE_MS = 30_000;
+/** How often `--exit-with-parent` checks that the parent is still there. */
+const PARENT_CHECK_MS = 1_000;
 /** Everything is over within this after SIGTERM (the contract says 15 s). */
 export const SHUTDOWN_DEADLINE_MS = 14_000;
 
@@ -558,7 +560,7 @@ export function parseConcurrency(value: string): number | null {
 }
 
 /** `loki sandbox worker [--concurrency N]`. */
-export async function runWorkerCli(o: { concurrency: string; warm: string }): Promise<void> {
+export async function runWorkerCli(o: { concurrency: string; warm: string; exitWithParent?: boolean }): Promise<void> {
   const concurrency = parseConcurrency(o.concurrency);
   if (concurrency === null) {
     process.stderr.write(`loki: --concurrency must be an integer from ${MIN_CONCURRENCY} to ${MAX_CONCURRENCY}, got ${JSON.stringify(o.concurrency)}\n`);
@@ -604,6 +606,18 @@ export async function runWorkerCli(o: { concurrency: string; warm: string }): Pr
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  if (o.exitWithParent) {
+    // A parent killed without a word (SIGKILL) leaves this process to init or a
+    // subreaper: its parent pid changes, and the worker stops as on SIGTERM.
+    const parent = process.ppid;
+    const watch = setInterval(() => {
+      if (process.ppid === parent) return;
+      clearInterval(watch);
+      logger.warn('the process that started this worker is gone; shutting down', { parent_pid: parent });
+      void worker.shutdown('parent process gone').then(() => process.exit(worker.exitCode));
+    }, PARENT_CHECK_MS);
+    watch.unref();
+  }
   await worker.run();
   process.exit(worker.exitCode);
 }

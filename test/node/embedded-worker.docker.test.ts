@@ -123,7 +123,7 @@ describeDocker('embedded sandbox worker (LOKI_EMBEDDED_WORKER=on, real engine)',
     expect(environ).toContain(`LOKI_URL=${server.url}`);
     expect(environ.some((v) => v.startsWith('LOKI_TOKEN='))).toBe(false);
     const argv = readFileSync(`/proc/${s0.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-    expect(argv.slice(1)).toEqual([path.resolve(import.meta.dirname, '../../bin/loki.js'), 'sandbox', 'worker', '--concurrency', '2', '--warm', '1']);
+    expect(argv.slice(1)).toEqual([path.resolve(import.meta.dirname, '../../bin/loki.js'), 'sandbox', 'worker', '--concurrency', '2', '--warm', '1', '--exit-with-parent']);
     expect(server.output()).not.toContain(plain);
   }, 60_000);
 
