@@ -72,6 +72,10 @@ export function createNodeSessionValidator(opts: NodeSessionValidatorOptions): S
       if (lokiHome && isInside(realWorkspace, lokiHome)) {
         invalidPath(`workspace ${workspace} contains the server's state directory (LOKI_HOME ${opts.lokiHome}); use a project directory instead`);
       }
+      // Nor a directory inside it (LOKI_HOME/dashboard holds loki.db and the audit signing keys).
+      if (lokiHome && isInside(lokiHome, realWorkspace)) {
+        invalidPath(`workspace ${workspace} is inside the server's state directory (LOKI_HOME ${opts.lokiHome}); use a project directory instead`);
+      }
 
       let realPrd: string;
       try {

@@ -12,7 +12,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ROOT, startTestServer, type TestServer } from '../helpers/server';
+import { ROOT, startTestServer, type TestServer, tempHome } from '../helpers/server';
 import { makeToken } from '../helpers/tokens';
 import { XSS_PAYLOADS } from './xss-payloads';
 
@@ -101,6 +101,7 @@ async function assertClean(page: Page, watch: Watch): Promise<void> {
 
 describe.skipIf(!haveChromium)(haveChromium ? 'dashboard in headless Chromium' : `dashboard in headless Chromium (skipped: ${CHROMIUM} is not installed)`, () => {
   let s: TestServer;
+  let wsRoot: string;
   let admin: string;
   let browser: Browser;
   let sessionId = '';
@@ -109,7 +110,9 @@ describe.skipIf(!haveChromium)(haveChromium ? 'dashboard in headless Chromium' :
 
   beforeAll(async () => {
     mkdirSync(ARTIFACTS, { recursive: true });
-    s = await startTestServer({ LOKI_ENTERPRISE_AUTH: 'true' });
+    // Workspaces live outside LOKI_HOME (a directory inside it is refused as a workspace).
+    wsRoot = tempHome('loki-dashboard-ws-');
+    s = await startTestServer({ LOKI_ENTERPRISE_AUTH: 'true', LOKI_WORKSPACE_ROOTS: wsRoot });
     admin = (await makeToken(s, 'admin', 'admin')).token;
     const json = (method: string, p: string, body?: unknown) =>
       s.req(p, { method, token: admin, headers: { 'Content-Type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
@@ -118,7 +121,7 @@ describe.skipIf(!haveChromium)(haveChromium ? 'dashboard in headless Chromium' :
       const r = await json('POST', '/api/enterprise/tokens', { name, role: 'viewer' });
       expect(r.status, name).toBe(201);
     }
-    const workspace = path.join(s.home, 'ws');
+    const workspace = path.join(wsRoot, 'ws');
     mkdirSync(workspace, { recursive: true });
     writeFileSync(path.join(workspace, 'prd.md'), '# PRD\n');
     for (const p of prdPayloads) writeFileSync(path.join(workspace, p), '# PRD\n');
@@ -228,7 +231,7 @@ describe.skipIf(!haveChromium)(haveChromium ? 'dashboard in headless Chromium' :
 
     // Start a session through the form, then stop it; a refused start shows the API's message.
     const startedName = '<b>started from the form</b>';
-    await page.fill('#panel-sessions input[name=workspace]', path.join(s.home, 'ws'));
+    await page.fill('#panel-sessions input[name=workspace]', path.join(wsRoot, 'ws'));
     await page.fill('#panel-sessions input[name=prd]', 'prd.md');
     await page.fill('#panel-sessions input[name=budget]', '2.50');
     await page.fill('#panel-sessions input[name=name]', startedName);

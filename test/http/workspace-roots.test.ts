@@ -85,4 +85,18 @@ describe('a server started outside the project, LOKI_WORKSPACE_ROOTS unset (real
       message: `workspace ${home} contains the server's state directory (LOKI_HOME ${path.join(home, '.loki')}); use a project directory instead`,
     });
   });
+
+  it('a directory inside LOKI_HOME (the token database and signing keys) is not a workspace either', async () => {
+    // ~/.loki/dashboard holds loki.db and audit-signing-key; the home directory is a default root.
+    const state = path.join(home, '.loki', 'dashboard');
+    const r = await post({ workspace: state, prd: 'loki.db' });
+    expect(r.status).toBe(400);
+    expect((await r.json()).error).toMatchObject({
+      code: 'invalid_path',
+      message: `workspace ${state} is inside the server's state directory (LOKI_HOME ${path.join(home, '.loki')}); use a project directory instead`,
+    });
+    const r2 = await post({ workspace: path.join(home, '.loki'), prd: 'dashboard/loki.db' });
+    expect(r2.status).toBe(400);
+    expect((await r2.json()).error.code).toBe('invalid_path');
+  });
 });
