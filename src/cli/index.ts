@@ -9,7 +9,7 @@ import { Command, CommanderError } from 'commander';
 import { VERSION } from '../version';
 import { auditCommands } from './audit';
 import { dbCommands } from './db';
-import { exitQuietlyOnClosedPipe } from './pipe';
+import { exitQuietlyOnClosedPipe, keepServingOnClosedPipe } from './pipe';
 import { securityCommands } from './security';
 import { sessionCommands } from './session';
 import { tokenCommands } from './token';
@@ -44,6 +44,7 @@ export function buildProgram(): Command {
     .option('--port <port>', 'port (LOKI_DASHBOARD_PORT)')
     .action(async (o: { host?: string; port?: string }) => {
       const { runDashboard } = await import('../node');
+      keepServingOnClosedPipe();
       await runDashboard(o);
     });
 

@@ -8,6 +8,16 @@
  */
 
 let closing = false;
+let serving = false;
+
+/**
+ * A long-running process (`loki dashboard`, `loki sandbox worker`): a closed log
+ * pipe loses the log lines, never the process (dying of SIGPIPE would skip the
+ * graceful shutdown: sessions, the audit's shutdown checkpoint, the embedded worker).
+ */
+export function keepServingOnClosedPipe(): void {
+  serving = true;
+}
 
 /** End the process the way a Unix tool ends on a closed pipe. */
 export function dieOfClosedPipe(): void {
@@ -26,7 +36,7 @@ export function dieOfClosedPipe(): void {
 
 function onStreamError(stream: NodeJS.WriteStream, err: NodeJS.ErrnoException): void {
   if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') {
-    dieOfClosedPipe();
+    if (!serving) dieOfClosedPipe();
     return;
   }
   // Any other write error on our own output: one line on stderr if it is still there.

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { API_EXIT_CODES_HELP } from './start';
+import { keepServingOnClosedPipe } from './pipe';
 
 /** `loki start`, `sessions`, `logs`, `stop`, `status` and `loki sandbox worker` (API clients of the server). */
 export function sessionCommands(program: Command): void {
@@ -84,6 +85,7 @@ export function sessionCommands(program: Command): void {
     .option('--exit-with-parent', 'shut down (as on SIGTERM) when the process that started this worker is gone (used by the embedded worker)')
     .action(async (o: { concurrency: string; warm: string; exitWithParent?: boolean }) => {
       const { runWorkerCli } = await import('../sandbox/worker');
+      keepServingOnClosedPipe();
       await runWorkerCli(o);
     });
 }
