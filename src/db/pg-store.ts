@@ -38,6 +38,16 @@ function toSession(r: Omit<SessionRow, 'resultPatch'>): SessionRecord {
 }
 
 /** unique_violation (SQLSTATE 23505), on the error or on drizzle's wrapper's cause. */
+/**
+ * PostgreSQL text cannot hold U+0000, which a patch can (git diffs a file whose NUL
+ * byte comes after its first 8000 bytes as text): such a patch, and one that
+ * starts with the marker itself, is stored as base64 behind the marker.
+ */
+const ENCODED_PATCH = '\u0001loki-base64:';
+const storedPatch = (p: string | null): string | null =>
+  p !== null && (p.includes('\u0000') || p.startsWith(ENCODED_PATCH)) ? ENCODED_PATCH + Buffer.from(p, 'utf8').toString('base64') : p;
+const readPatch = (p: string | null): string | null => (p?.startsWith(ENCODED_PATCH) ? Buffer.from(p.slice(ENCODED_PATCH.length), 'base64').toString('utf8') : p);
+
 function isUnique(err: unknown): boolean {
   const code = (e: unknown) => (e as { code?: unknown } | null)?.code;
   return code(err) === '23505' || code((err as { cause?: unknown } | null)?.cause) === '23505';
@@ -179,9 +189,11 @@ export function createPgStore(pool: pg.Pool): Store {
         return rows.length > 0;
       },
       async transition(id, cond, patch) {
+        // A worker's reason text may carry an agent's NUL byte: stored as U+FFFD (as session output is).
+        const set = typeof patch.reason === 'string' ? { ...patch, reason: patch.reason.replace(/\u0000/g, '\ufffd') } : patch;
         const rows = await db
           .update(sessions)
-          .set(patch)
+          .set(set)
           .where(
             and(
               eq(sessions.id, id),
@@ -204,14 +216,14 @@ export function createPgStore(pool: pg.Pool): Store {
       async saveResult(id, leaseId, result, patch) {
         const rows = await db
           .update(sessions)
-          .set({ result, resultPatch: patch })
+          .set({ result, resultPatch: storedPatch(patch) })
           .where(and(eq(sessions.id, id), eq(sessions.leaseId, leaseId)))
           .returning({ id: sessions.id });
         return rows.length > 0;
       },
       async resultPatch(id) {
         const rows = await db.select({ p: sessions.resultPatch }).from(sessions).where(eq(sessions.id, id)).limit(1);
-        return rows[0]?.p ?? null;
+        return readPatch(rows[0]?.p ?? null);
       },
       async requestStop(id) {
         const rows = await db

@@ -130,5 +130,24 @@ describe.skipIf(missing !== null)(`PostgreSQL store${missing ? ` (skipped: ${mis
       await a.store.sessions.appendLogs('ses_logs', [{ line: 1, stream: 'stdout', text: 'a\u0000b', ts: 1 }]);
       expect(await b.store.sessions.logs('ses_logs', 0, 10)).toEqual([{ line: 1, stream: 'stdout', text: 'a\ufffdb', ts: 1 }]);
     });
+
+    it('a patch with a NUL byte (git diffs a file with a NUL after its first 8000 bytes as text) is stored and read back byte for byte', async () => {
+      await a.store.sessions.insert(session('ses_patch', 0)); // queued before ses_logs: claimed first
+      const claimed = await a.store.sessions.claim('worker-p', 'lease-p', 2, 60_000);
+      expect(claimed?.id).toBe('ses_patch');
+      const patch = `diff --git a/f.txt b/f.txt\n+${'a'.repeat(9000)}\n+\u0000zz\n`;
+      expect(await a.store.sessions.saveResult('ses_patch', 'lease-p', '{"has_patch":true}', patch)).toBe(true);
+      expect(await b.store.sessions.resultPatch('ses_patch')).toBe(patch);
+      // A patch without NUL is stored as it is.
+      expect(await a.store.sessions.saveResult('ses_patch', 'lease-p', '{"has_patch":true}', 'diff --git a/x b/x\n')).toBe(true);
+      expect(await b.store.sessions.resultPatch('ses_patch')).toBe('diff --git a/x b/x\n');
+      // Nor is a patch mistaken for an encoded one.
+      const lookalike = '\u0001loki-base64:ZGlmZg==';
+      expect(await a.store.sessions.saveResult('ses_patch', 'lease-p', '{"has_patch":true}', lookalike)).toBe(true);
+      expect(await b.store.sessions.resultPatch('ses_patch')).toBe(lookalike);
+      // The worker's reason for the outcome, NUL included, ends the session (U+FFFD in its place).
+      const ended = await b.store.sessions.transition('ses_patch', { from: ['running'], leaseId: 'lease-p' }, { status: 'failed', reason: 'agent said a\u0000b', endedAt: 3 });
+      expect(ended).toMatchObject({ status: 'failed', reason: 'agent said a\ufffdb' });
+    });
   });
 });
