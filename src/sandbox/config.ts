@@ -99,8 +99,12 @@ export function parseCpuLimit(value: string | number): number | null {
 }
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-/** The worker's own credentials never reach an agent, whatever the allowlist says. */
-export const FORBIDDEN_ENV = /^LOKI_(?:.*_)?(?:TOKEN|SECRET|KEY)$/i;
+/**
+ * The worker's own credentials never reach an agent, whatever the allowlist says:
+ * tokens, secrets, keys, and LOKI_DATABASE_URL (its password opens the token and
+ * audit tables; an embedded worker inherits the server's environment).
+ */
+export const FORBIDDEN_ENV = /^LOKI_(?:(?:.*_)?(?:TOKEN|SECRET|KEY)|DATABASE_URL)$/i;
 
 const memoryLimit = z
   .union([z.string(), z.number()])

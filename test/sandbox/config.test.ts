@@ -158,6 +158,7 @@ provider:
     ['sandbox:\n  mounts: ["~root/x:/x:ro"]\n', 'sandbox.mounts.0'],
     ['sandbox:\n  env_allowlist: [LOKI_WORKER_TOKEN]\n', 'sandbox.env_allowlist.0'],
     ['sandbox:\n  env_allowlist: [OK, LOKI_TOKEN]\n', 'sandbox.env_allowlist.1'],
+    ['sandbox:\n  env_allowlist: [LOKI_DATABASE_URL]\n', 'sandbox.env_allowlist.0'],
     ['sandbox:\n  env_allowlist: ["A=B"]\n', 'sandbox.env_allowlist.0'],
     ['sandbox:\n  cap_add: [SETUID]\n', 'sandbox.cap_add.0'],
     ['sandbox:\n  cap_add: [CHOWN, CAP_SYS_ADMIN]\n', 'sandbox.cap_add.1'],

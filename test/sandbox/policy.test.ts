@@ -28,7 +28,7 @@ beforeAll(() => {
     workerId: 'worker-a',
     workspace: ws,
     prd: 'prd.md',
-    env: { ANTHROPIC_API_KEY: 'sk-ant-xyz', LOKI_WORKER_TOKEN: 'loki_secret', LOKI_TOKEN: 'loki_other', PATH: '/bin' },
+    env: { ANTHROPIC_API_KEY: 'sk-ant-xyz', LOKI_WORKER_TOKEN: 'loki_secret', LOKI_TOKEN: 'loki_other', LOKI_DATABASE_URL: 'postgres://loki:pw@db/loki', PATH: '/bin' },
     home,
   };
 });
@@ -65,7 +65,7 @@ describe('containerOptions', () => {
         memory_bytes: 16 * 1024 ** 2,
         nano_cpus: 5e8,
         cap_add: ['CHOWN'],
-        env_allowlist: ['ANTHROPIC_API_KEY', 'MISSING', 'LOKI_WORKER_TOKEN', 'LOKI_TOKEN'],
+        env_allowlist: ['ANTHROPIC_API_KEY', 'MISSING', 'LOKI_WORKER_TOKEN', 'LOKI_TOKEN', 'LOKI_DATABASE_URL'],
         mounts: [{ host: data, container: '/data', mode: 'ro' }],
         user: '1001:1002',
         image: 'other:1',
