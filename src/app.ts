@@ -14,7 +14,7 @@ import { createOidcVerifier } from './auth/oidc';
 import { cachedTokenStore } from './auth/token-cache';
 import type { AppDeps, AppEnv } from './http/context';
 import { routeDefiner } from './http/define-route';
-import { ApiError, ErrorCode } from './http/errors';
+import { ApiError, ErrorCode, isStoreUnavailable, loggableError } from './http/errors';
 import { auditTrail } from './http/middleware/audit';
 import { allowedOrigins, corsAllowlist } from './http/middleware/cors';
 import { type GuardOptions, resolveIdentity } from './http/middleware/guard';
@@ -134,7 +134,11 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
     // Malformed JSON bodies and similar client faults surface as HTTPException(400).
     const status = (err as { status?: number }).status;
     if (status === 400) return errorResponse(c, 400, ErrorCode.badRequest, 'malformed request');
-    deps.logger.error('unhandled error', { request_id: c.get('requestId'), err: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+    if (isStoreUnavailable(err)) {
+      deps.logger.warn('the database is unavailable', { request_id: c.get('requestId'), err: loggableError(err) });
+      return errorResponse(c, 503, ErrorCode.unavailable, 'the database is unavailable; try again shortly');
+    }
+    deps.logger.error('unhandled error', { request_id: c.get('requestId'), err: loggableError(err) });
     return errorResponse(c, 500, ErrorCode.internal, 'internal error');
   });
   return { app, authenticator, guardOptions };

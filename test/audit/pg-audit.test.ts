@@ -11,6 +11,7 @@ import { openPostgresBackend } from '../../src/db/pg';
 import { loadConfig } from '../../src/env';
 import { postgresMissing, startPostgres, type TestPostgres } from '../helpers/postgres';
 import { ROOT, runCli, startTestServer, tempHome } from '../helpers/server';
+import { makeToken } from '../helpers/tokens';
 
 const missing = postgresMissing();
 if (missing && process.env.CI === 'true') throw new Error(missing);
@@ -144,6 +145,38 @@ describe.skipIf(missing !== null)(`audit log on PostgreSQL${missing ? ` (skipped
     expect(r.stderr).toBe(
       'loki: LOKI_DATABASE_URL="mysql://u:[REDACTED]@127.0.0.1/db" is invalid: expected a PostgreSQL URL postgres://USER:PASSWORD@HOST:PORT/DATABASE (query parameters such as ?sslmode=require allowed)\n',
     );
+  });
+
+  it('with auth on and PostgreSQL down, a token lookup that fails is a 503, and the log holds neither the query nor the token hash', async () => {
+    const url = await pgs.createDatabase();
+    const s = await startTestServer({ LOKI_DATABASE_URL: url, LOKI_ENTERPRISE_AUTH: 'true', LOKI_DATABASE_STATEMENT_TIMEOUT_MS: '5000' }, { homePrefix: 'loki-pg-auth-' });
+    try {
+      const { token } = await makeToken(s, 'pg-down', 'viewer');
+      const auth = { authorization: `Bearer ${token}` };
+      expect((await s.req('/api/status', { headers: auth })).status).toBe(200);
+      // A valid token the server has not looked up yet (its lookup must reach the database).
+      const { createHash } = await import('node:crypto');
+      const unseen = (await makeToken(s, 'pg-down-unseen', 'viewer')).token;
+      pgs.stopServer();
+      const r = await s.req('/api/status', { headers: { authorization: `Bearer ${unseen}` } });
+      expect(r.status).toBe(503);
+      expect(((await r.json()) as { error: { code: string } }).error.code).toMatch(/^(service_unavailable|audit_unavailable)$/);
+      pgs.startServer();
+      const deadline = Date.now() + 20_000;
+      let status = 0;
+      while (status !== 200 && Date.now() < deadline) {
+        status = (await s.req('/api/status', { headers: auth })).status;
+        if (status !== 200) await new Promise((res) => setTimeout(res, 100));
+      }
+      expect(status).toBe(200);
+      const logged = JSON.stringify(s.logger.lines);
+      expect(logged).not.toContain('Failed query');
+      expect(logged).not.toContain('params:');
+      for (const t of [token, unseen]) expect(logged).not.toContain(createHash('sha256').update(t).digest('hex'));
+      expect(s.logger.lines.some((l) => l.msg === 'unhandled error')).toBe(false);
+    } finally {
+      await s.stop();
+    }
   });
 
   it('a server whose PostgreSQL restarts under load answers 503 audit_unavailable (and /health 503), then recovers by itself; nothing acknowledged is lost', async () => {
