@@ -288,7 +288,7 @@ export class EmbeddedWorker {
   static async start(d: EmbeddedWorkerDeps): Promise<EmbeddedWorker> {
     const now = d.now ?? Date.now;
     const workerId = embeddedWorkerId(d.config);
-    await revokeLeftovers(d, now);
+    await revokeLeftovers(d, workerId, now);
     const { record, plaintext } = await createToken(
       d.tokens,
       {
@@ -364,10 +364,14 @@ async function revoke(d: EmbeddedWorkerDeps, id: string, name: string, reason: s
   await d.events.publish('token_revoked', null, { id, name }).catch(() => {});
 }
 
-/** Embedded-worker tokens still active from a server that did not shut down cleanly. */
-async function revokeLeftovers(d: EmbeddedWorkerDeps, now: () => number): Promise<void> {
+/**
+ * This worker id's embedded-worker tokens still active from a server that did not
+ * shut down cleanly. Only its own: servers on other hosts share a PostgreSQL
+ * database, and their embedded workers' tokens are live.
+ */
+async function revokeLeftovers(d: EmbeddedWorkerDeps, workerId: string, now: () => number): Promise<void> {
   for (const t of await d.tokens.list(false)) {
-    if (t.createdBy !== EMBEDDED_TOKEN_CREATOR || t.revokedAt !== null) continue;
+    if (t.createdBy !== EMBEDDED_TOKEN_CREATOR || t.workerId !== workerId || t.revokedAt !== null) continue;
     await revoke(d, t.id, t.name, 'left by a previous run', now);
     d.logger.info('revoked an embedded worker token left by a previous run', { token_id: t.id });
   }
