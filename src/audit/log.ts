@@ -256,7 +256,11 @@ export class AuditLog {
     const tip = at ?? (await this.opts.storage.tip());
     const latest = await this.opts.storage.latestCheckpoint();
     const forced = kind === 'prune' || kind === 'manual' || kind === 'genesis';
-    if (!forced && latest && latest.size >= tip.seq) return latest;
+    // A checkpoint due at a multiple of `checkpointEvery` is written unless that very
+    // size is already signed: another server's timer may have signed a larger size
+    // in the moment between this batch's commit and now, and the multiple still gets its own.
+    const done = latest !== null && (at ? latest.size === at.seq : latest.size >= tip.seq);
+    if (!forced && done) return latest;
     if (tip.seq === 0 && kind !== 'manual' && kind !== 'genesis') return null;
     const body: CheckpointBody = { origin: signer.origin, size: tip.seq, head_hash: tip.hash, time: this.now(), kind };
     const jws = await signer.sign(body);

@@ -6,6 +6,11 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { AuditLog } from '../../src/audit/log';
+import { createPgNodeAudit } from '../../src/audit/node-audit';
+import type { AuditStorage } from '../../src/audit/storage';
+import { migrate, openSqlite } from '../../src/db/sqlite';
+import { loadConfig } from '../../src/env';
+import { tempHome } from '../helpers/server';
 import { nodeSha256, nodeTreeHasher } from '../../src/audit/node-tlog';
 import { syslogCheckpointMessage } from '../../src/audit/node-audit';
 import { pruneAudit } from '../../src/audit/retention';
@@ -31,6 +36,31 @@ describe('the tree of the live log (SQLite)', () => {
     expect(toBase64(nodeSha256(b))).toBe(toBase64(sha256(b)));
     expect(toBase64(nodeTreeHasher.leafOfText('ünïcödé ✓'))).toBe(toBase64(defaultHasher.recordHash(utf8('ünïcödé ✓'))));
     expect(toBase64(treeHasher(nodeSha256).nodeHash(b.subarray(0, 32), b.subarray(32, 64)))).toBe(toBase64(defaultHasher.nodeHash(b.subarray(0, 32), b.subarray(32, 64))));
+  });
+
+  it('a checkpoint due at a multiple of 1,000 is written even when a larger size was signed in between (another server\'s timer)', async () => {
+    const home = tempHome('loki-tlog-');
+    const config = loadConfig({ LOKI_HOME: home }, { home, cwd: home });
+    const db = openSqlite(config.dbPath);
+    migrate(db);
+    try {
+      const real = createSqliteAuditStorage(db);
+      const storage: AuditStorage = {
+        ...real,
+        async appendBatch(inputs) {
+          const tips = await real.appendBatch(inputs);
+          // Between this batch's commit and its due checkpoint, another server signs size 1005.
+          if (tips.some((t) => t.seq === 1000)) await real.insertCheckpoint({ kind: 'periodic', size: 1005, headHash: 'f'.repeat(64), time: Date.now(), jws: 'other', note: null });
+          return tips;
+        },
+      };
+      const { audit } = await createPgNodeAudit(config, storage);
+      await Promise.all(Array.from({ length: 1000 }, (_, i) => audit.append(sampleEntry(i + 1))));
+      await audit.drain();
+      expect(db.prepare("SELECT size FROM audit_checkpoints WHERE kind = 'periodic' ORDER BY id").pluck().all()).toEqual([1005, 1000]);
+    } finally {
+      db.close();
+    }
   });
 
   it('the served tree size is read again only past the largest size seen, and a memoised root equals the recomputed one', async () => {
