@@ -25,6 +25,7 @@ import { isProviderName, PROVIDER_NAMES, type ProviderName } from '../sandbox/pr
 import { type Method, neededScope, routeSpec } from '../http/scopes';
 import type { LogsPage, SessionView } from '../sessions/api';
 import { parseBudget } from '../sessions/service';
+import { terminalSafe } from './common';
 
 export const START_EXIT_CODES: Record<SessionState | 'usage' | 'unreachable', number> = {
   succeeded: 0,
@@ -261,7 +262,10 @@ export async function followSession(
   o: { url: string; follow?: boolean; json?: boolean; after?: number; action?: ApiAction },
 ): Promise<number> {
   const follow = o.follow ?? true;
-  const print = (l: LogsPage['lines'][number]) => process.stdout.write(o.json ? `${JSON.stringify(l)}\n` : `${l.text}\n`);
+  // An agent's output is untrusted: on a terminal its control characters (retitle,
+  // clear, OSC 52 clipboard writes) are shown escaped; a pipe or file gets the text as it is.
+  const text = (t: string) => (process.stdout.isTTY ? terminalSafe(t) : t);
+  const print = (l: LogsPage['lines'][number]) => process.stdout.write(o.json ? `${JSON.stringify(l)}\n` : `${text(l.text)}\n`);
   // Live events only wake the reader; the stored log is what is printed, so
   // nothing is missed or doubled when the stream is unavailable or drops.
   const live = new AbortController();

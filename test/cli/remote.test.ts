@@ -8,7 +8,7 @@ import { rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LokiClient } from '../../src/client';
 import type { Job, SessionView, WorkerEvent } from '../../src/sessions/api';
-import { until } from '../helpers/process';
+import { runProcess, until } from '../helpers/process';
 import { freePort, LOKI_BIN, runCli, startTestServer, type TestServer, tempHome } from '../helpers/server';
 import { makeToken } from '../helpers/tokens';
 import { makeWorkspace, tempRoot } from '../sessions/helpers';
@@ -105,6 +105,23 @@ describe('loki sessions / logs / stop / status against a server', () => {
       [3, 'stderr', 'oops'],
     ]);
     await post(job, [{ seq: 3, type: 'state', data: { status: 'failed', exit_code: 1, reason: 'done here' } }]);
+  }, 180_000);
+
+  it('loki logs ID on a terminal: an agent\'s control characters (retitle, clear screen) are shown escaped; a pipe gets them as they are', async () => {
+    const x = await api.createSession({ workspace: ws, prd: 'prd.md' });
+    const job = await claim(x.id);
+    const hostile = '\u001b]0;pwned\u0007\u001b[2Jclean';
+    await post(job, [output(1, [hostile])]);
+    expect(await runCli(['logs', x.id], env(viewer))).toEqual({ code: 0, stdout: `${hostile}\n`, stderr: '' });
+    // script(1) gives the CLI a pseudo-terminal as stdout.
+    const e = env(viewer);
+    const tty = await runProcess('script', ['-qec', `${process.execPath} ${LOKI_BIN} logs ${x.id}`, '/dev/null'], {
+      env: { PATH: process.env.PATH ?? '', HOME: e.LOKI_HOME, ...e },
+    });
+    expect(tty.code).toBe(0);
+    expect(tty.stdout).not.toContain('\u001b');
+    expect(tty.stdout.trim()).toBe('\\u001b]0;pwned\\u0007\\u001b[2Jclean');
+    await post(job, [{ seq: 2, type: 'state', data: { status: 'failed', exit_code: 1, reason: 'done here' } }]);
   }, 180_000);
 
   it('loki logs -f follows a running session to its end; the exit code is its outcome (timed_out → 5)', async () => {
