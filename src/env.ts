@@ -402,7 +402,8 @@ function databaseFrom(env: Env): DatabaseConfig | null {
   const v = read(env, 'LOKI_DATABASE_URL');
   if (v === undefined) return null;
   if (!DATABASE_URL.safeParse(v).success) {
-    const shown = v.replace(/^([a-z]+:\/\/[^:@/]*):[^@/]*@/i, `$1:${REDACTED}@`);
+    // The password may hold '/' or '@' (not percent-encoded: that may be why it is refused): up to the last '@'.
+    const shown = v.replace(/^([a-z]+:\/\/[^:@/]*):[\s\S]*@/i, `$1:${REDACTED}@`).replace(/([?&]password=)[^&]*/gi, `$1${REDACTED}`);
     throw new ConfigError('LOKI_DATABASE_URL', shown, 'a PostgreSQL URL postgres://USER:PASSWORD@HOST:PORT/DATABASE (query parameters such as ?sslmode=require allowed)');
   }
   return {

@@ -34,6 +34,12 @@ describe('LOKI_DATABASE_URL', () => {
     expect(error({ LOKI_DATABASE_URL: 'mysql://root:hunter22@db/loki' })).toBe(`LOKI_DATABASE_URL="mysql://root:[REDACTED]@db/loki" is invalid: ${allowed}`);
     expect(error({ LOKI_DATABASE_URL: 'postgres://u:hunter22@db' })).toBe(`LOKI_DATABASE_URL="postgres://u:[REDACTED]@db" is invalid: ${allowed}`);
     expect(error({ LOKI_DATABASE_URL: 'loki.db' })).toBe(`LOKI_DATABASE_URL="loki.db" is invalid: ${allowed}`);
+    // A password holding '/' or '@' (not percent-encoded), or given as a query parameter, is hidden too.
+    expect(error({ LOKI_DATABASE_URL: 'postgres://u:hunter/22@db/loki' })).toBe(`LOKI_DATABASE_URL="postgres://u:[REDACTED]@db/loki" is invalid: ${allowed}`);
+    expect(error({ LOKI_DATABASE_URL: 'postgres://u:hun@ter22@db:99999/loki' })).toBe(`LOKI_DATABASE_URL="postgres://u:[REDACTED]@db:99999/loki" is invalid: ${allowed}`);
+    expect(error({ LOKI_DATABASE_URL: 'postgres://db:99999/loki?user=u&password=hunter22' })).toBe(
+      `LOKI_DATABASE_URL="postgres://db:99999/loki?user=u&password=[REDACTED]" is invalid: ${allowed}`,
+    );
   });
 
   it('pool size 1–1000 and statement timeout 0–3600000, integers', () => {
