@@ -44,8 +44,20 @@ function sortKeys(value: unknown): unknown {
   return value;
 }
 
+/**
+ * A lone UTF-16 surrogate (a JSON body may spell one: `"\ud800"`) as JSON.stringify
+ * writes it: `\udXXX` not preceded by an escaping backslash. PostgreSQL's json
+ * refuses it, so it is stored as U+FFFD on every store.
+ */
+const LONE_SURROGATE = /(?<!\\)((?:\\\\)*)\\ud[89a-f][0-9a-f]{2}/g;
+
 /** The canonical bytes (as a string) of an entry. */
 export function canonicalEntry(seq: number, e: AuditInput): string {
+  const json = canonicalJson(seq, e);
+  return json.includes('\\ud') ? json.replace(LONE_SURROGATE, '$1\\ufffd') : json;
+}
+
+function canonicalJson(seq: number, e: AuditInput): string {
   return JSON.stringify({
     seq,
     ts: e.ts,
