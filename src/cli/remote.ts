@@ -9,6 +9,7 @@ import { LokiClient, type ServerStatus } from '../client';
 import { SESSION_STATES, type SessionState } from '../db/store';
 import { configOrExit } from '../node';
 import type { SessionView } from '../sessions/api';
+import { terminalSafe } from './common';
 import { type ApiAction, apiFailure, followSession, outcomeLine, resultLine, START_EXIT_CODES, say } from './start';
 
 function client(): { client: LokiClient; url: string } {
@@ -76,7 +77,8 @@ export async function runSessions(o: { json?: boolean; status?: string; limit?: 
         s.budget_usd === null ? '-' : `$${s.budget_usd.toFixed(2)}`,
         ran(s, now),
         s.created_at.replace(/\.\d{3}Z$/, 'Z'),
-        `${s.name ?? s.prd} (${s.workspace})`,
+        // Paths come from directory names anyone with access to a workspace root chose.
+        terminalSafe(`${s.name ?? s.prd} (${s.workspace})`),
       ]),
     );
     if (list.next_cursor) say(`more sessions than --limit ${o.limit ?? 50}; --json gives next_cursor`);

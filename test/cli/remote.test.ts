@@ -83,6 +83,17 @@ describe('loki sessions / logs / stop / status against a server', () => {
     expect(none).toEqual({ code: 0, stdout: '', stderr: `loki: no oom_killed sessions on ${s.url}\n` });
   }, 180_000);
 
+  it('loki sessions: control characters in a workspace or PRD path (a directory anyone with access to a root may name) are shown escaped', async () => {
+    const hostileWs = makeWorkspace(root, 'ws\u001b]0;pwned\u0007', { files: { 'p\u001b[2J.md': '# PRD\n' } });
+    const x = await api.createSession({ workspace: hostileWs, prd: 'p\u001b[2J.md' });
+    const r = await runCli(['sessions'], env(viewer));
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain('\u001b');
+    const row = r.stdout.split('\n').find((l) => l.startsWith(x.id));
+    expect(row).toContain(`p\\u001b[2J.md (${root}/ws\\u001b]0;pwned\\u0007)`);
+    await claim(x.id).then((job) => post(job, [{ seq: 1, type: 'state', data: { status: 'failed', reason: 'test cleanup' } }]));
+  }, 180_000);
+
   it('loki sessions: bad --status or --limit is a usage error (exit 2) before any request', async () => {
     const bad = await runCli(['sessions', '--status', 'done'], { ...env(), LOKI_URL: `http://127.0.0.1:${await freePort()}` });
     expect(bad.code).toBe(2);
