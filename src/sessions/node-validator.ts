@@ -15,6 +15,7 @@ import path from 'node:path';
 import type { SessionValidator } from '../http/context';
 import { ApiError, ErrorCode } from '../http/errors';
 import { loadWorkspaceConfig, SandboxConfigError } from '../sandbox/config';
+import { SandboxPolicyError, validateHostMount } from '../sandbox/policy';
 import { providerPreset } from '../sandbox/providers';
 import { canonicalPolicyJson, effectiveSessionPolicy, type OperatorPolicy, PolicyViolation, policySha256 } from '../sandbox/session-policy';
 import { isInside, PathError, resolveInside } from '../util/paths';
@@ -75,6 +76,15 @@ export function createNodeSessionValidator(opts: NodeSessionValidatorOptions): S
       // Nor a directory inside it (LOKI_HOME/dashboard holds loki.db and the audit signing keys).
       if (lokiHome && isInside(lokiHome, realWorkspace)) {
         invalidPath(`workspace ${workspace} is inside the server's state directory (LOKI_HOME ${opts.lokiHome}); use a project directory instead`);
+      }
+      // Nor what the sandbox never mounts (~/.ssh, ~/.aws, the home itself, …): the workspace
+      // is copied into the agent's worktree and its PRD becomes the agent's prompt.
+      try {
+        const ctx = { home: opts.home, lokiHome: opts.lokiHome, dockerSocket: opts.dockerSocket, sessionId: '', workerId: '', workspace: '', prd: '', env: {} };
+        validateHostMount(realWorkspace, ctx, `workspace ${workspace}`);
+      } catch (err) {
+        if (err instanceof SandboxPolicyError) invalidPath(err.message.replace(/^mount /, ''));
+        throw err;
       }
 
       let realPrd: string;
