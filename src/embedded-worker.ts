@@ -59,6 +59,18 @@ export interface EmbeddedWorkerStatus {
 
 export class EmbeddedWorkerError extends Error {}
 
+/**
+ * The embedded worker's environment: the server's, without what the worker must
+ * not hold (it talks to the server over HTTP only: no admin token, no database
+ * URL with its password, which an agent of a host session could read from the
+ * worker's /proc/<pid>/environ), plus its URL, worker token and id.
+ */
+export function embeddedWorkerEnv(base: NodeJS.ProcessEnv, o: { url: string; token: string; workerId: string }): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...base };
+  for (const name of ['LOKI_TOKEN', 'LOKI_EMBEDDED_WORKER', 'LOKI_DATABASE_URL', 'LOKI_DB']) delete env[name];
+  return { ...env, LOKI_URL: o.url, LOKI_WORKER_TOKEN: o.token, LOKI_WORKER_ID: o.workerId };
+}
+
 /** The embedded worker's id: `embedded-` + `LOKI_WORKER_ID` or the host name (never the id of a separate worker on this host). */
 export function embeddedWorkerId(config: Pick<Config, 'workerId'>): string {
   return `embedded-${config.workerId ?? defaultWorkerId()}`.slice(0, 64).replace(/[^A-Za-z0-9]+$/, '');
@@ -314,10 +326,7 @@ export class EmbeddedWorker {
       throw err;
     }
     await d.events.publish('token_created', null, { id: record.id, name: record.name, role: record.role }).catch(() => {});
-    const env: NodeJS.ProcessEnv = { ...readProcessEnv() };
-    delete env.LOKI_TOKEN;
-    delete env.LOKI_EMBEDDED_WORKER;
-    Object.assign(env, { LOKI_URL: d.serverUrl, LOKI_WORKER_TOKEN: plaintext, LOKI_WORKER_ID: workerId });
+    const env = embeddedWorkerEnv(readProcessEnv(), { url: d.serverUrl, token: plaintext, workerId });
     const supervisor = new Supervisor({
       command: process.execPath,
       args: [LOKI_BIN, 'sandbox', 'worker', '--concurrency', String(d.config.embeddedWorkerConcurrency), '--warm', String(d.config.embeddedWorkerWarm), '--exit-with-parent'],

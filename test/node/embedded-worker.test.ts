@@ -9,7 +9,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { OUTPUT_PREFIX, restartDelay, Supervisor } from '../../src/embedded-worker';
+import { embeddedWorkerEnv, OUTPUT_PREFIX, restartDelay, Supervisor } from '../../src/embedded-worker';
 import { ConfigError, loadConfig } from '../../src/env';
 import { until } from '../helpers/process';
 import { captureLogger, ROOT, runCli, type SpawnedServer, spawnServer, tempHome } from '../helpers/server';
@@ -227,5 +227,15 @@ describe('Supervisor on real child processes', () => {
     });
     expect(readFileSync(marker, 'utf8')).toBe('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe('the embedded worker environment', () => {
+  it('holds its URL, token and id, and none of the server token, the database URL or file', () => {
+    const env = embeddedWorkerEnv(
+      { PATH: '/usr/bin', LOKI_HOME: '/h', LOKI_TOKEN: 'loki_admin', LOKI_DATABASE_URL: 'postgres://u:pw@db/loki', LOKI_DB: '/h/x.db', LOKI_EMBEDDED_WORKER: 'on' },
+      { url: 'http://127.0.0.1:57374', token: 'loki_worker', workerId: 'embedded-h' },
+    );
+    expect(env).toEqual({ PATH: '/usr/bin', LOKI_HOME: '/h', LOKI_URL: 'http://127.0.0.1:57374', LOKI_WORKER_TOKEN: 'loki_worker', LOKI_WORKER_ID: 'embedded-h' });
   });
 });
