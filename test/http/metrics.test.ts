@@ -11,6 +11,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { runCli, type SpawnedServer, spawnServer, startTestServer, tempHome } from '../helpers/server';
+import { tempRoot } from '../sessions/helpers';
 
 interface Sample {
   value?: string;
@@ -82,7 +83,8 @@ describe('GET /metrics on a spawned server with auth on', () => {
 
   beforeAll(async () => {
     home = tempHome('loki-metrics-');
-    root = path.join(home, 'roots');
+    // Outside LOKI_HOME: a workspace there is refused (it holds the database and keys).
+    root = tempRoot('loki-metrics-roots-');
     mkdirSync(path.join(root, 'ws'), { recursive: true });
     writeFileSync(path.join(root, 'ws', 'prd.md'), '# PRD\n');
     udp = dgram.createSocket('udp4');
@@ -111,6 +113,7 @@ describe('GET /metrics on a spawned server with auth on', () => {
     }
     udp?.close();
     rmSync(home, { recursive: true, force: true });
+    rmSync(root, { recursive: true, force: true });
   });
 
   it('without a token: 401 with WWW-Authenticate; with a token but without scope read: 403', async () => {
