@@ -404,7 +404,8 @@ async function runInContainer(
         let info = await container.inspect();
         // Docker records an OOM kill from an event of its own that can land after the
         // exit under load: a SIGKILL we did not send gets a moment for it to arrive.
-        for (let i = 0; i < 5 && !terminated && info.State.ExitCode === 137 && info.State.OOMKilled !== true; i++) {
+        // (Up to 3 s: half a second was not enough on a loaded CI host.)
+        for (let i = 0; i < 30 && !terminated && info.State.ExitCode === 137 && info.State.OOMKilled !== true; i++) {
           await delay(100);
           info = await container.inspect();
         }
