@@ -17,31 +17,18 @@ import { mkdtempSync } from 'node:fs';
 import autocannon from 'autocannon';
 import os from 'node:os';
 import path from 'node:path';
-import type { AuditInput } from '../../src/audit/chain';
 import { createNodeAudit } from '../../src/audit/node-audit';
 import { proveRecord } from '../../src/audit/tlog/merkle';
 import { createToken } from '../../src/auth/token-service';
 import { createSqliteStore, migrate, openSqlite } from '../../src/db/sqlite';
 import { loadConfig } from '../../src/env';
 import { durableCommitCeiling, hashCeiling } from './ceilings';
-import { load, numberArg, startTarget } from './lib';
+import { benchEntry as entry, load, numberArg, startTarget } from './lib';
 
 const TOTAL = numberArg('entries', 1_000_000);
 const seconds = numberArg('seconds', 10);
 const WRITERS = 64;
 
-function entry(i: number): AuditInput {
-  return {
-    ts: Date.now(),
-    action: 'http.request',
-    resource: null,
-    actor: { type: 'token', id: 'tok_0123456789abcdef', name: 'bench' },
-    client: { ip: '127.0.0.1', user_agent: 'bench/1.0' },
-    request: { id: `req_${i.toString(16).padStart(20, '0')}`, method: 'GET', path: '/api/status' },
-    outcome: { status: 200, success: true, error: null },
-    details: {},
-  };
-}
 
 const home = mkdtempSync(path.join(os.tmpdir(), 'loki-bench-audit-'));
 const config = loadConfig({ LOKI_HOME: home }, { home, cwd: home });

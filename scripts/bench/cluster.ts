@@ -22,7 +22,6 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import autocannon from 'autocannon';
-import type { AuditInput } from '../../src/audit/chain';
 import { createNodeAudit, createPgNodeAudit } from '../../src/audit/node-audit';
 import { createToken } from '../../src/auth/token-service';
 import type { Role } from '../../src/auth/roles';
@@ -30,7 +29,7 @@ import { openPostgresBackend } from '../../src/db/pg';
 import { createSqliteStore, migrate, openSqlite } from '../../src/db/sqlite';
 import { loadConfig } from '../../src/env';
 import { startPostgres } from '../../test/helpers/postgres';
-import { numberArg, startTarget, type Target } from './lib';
+import { benchEntry as entry, numberArg, startTarget, type Target } from './lib';
 
 const SECONDS = numberArg('seconds', 10);
 const CONNECTIONS = numberArg('connections', 64);
@@ -134,18 +133,6 @@ async function httpFigures(kind: 'postgres' | 'sqlite', n: number) {
   }
 }
 
-function entry(i: number): AuditInput {
-  return {
-    ts: Date.now(),
-    action: 'http.request',
-    resource: null,
-    actor: { type: 'token', id: 'tok_0123456789abcdef', name: 'bench' },
-    client: { ip: '127.0.0.1', user_agent: 'bench/1.0' },
-    request: { id: `req_${i.toString(16).padStart(20, '0')}`, method: 'GET', path: '/api/status' },
-    outcome: { status: 200, success: true, error: null },
-    details: {},
-  };
-}
 
 async function appendsPerSec(kind: 'postgres' | 'sqlite') {
   const home = mkdtempSync(path.join(os.tmpdir(), 'loki-bench-cluster-audit-'));

@@ -1,4 +1,5 @@
 /** Shared pieces of the benchmark scripts: spawn a target server, load it with autocannon. */
+import type { AuditInput } from '../../src/audit/chain';
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -80,4 +81,18 @@ export async function load(port: number, pathname: string, opts: { connections?:
 export function numberArg(name: string, dflt: number): number {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 && process.argv[i + 1] ? Number(process.argv[i + 1]) : dflt;
+}
+
+/** The audit entry every benchmark appends: a token-authenticated GET /api/status, request id from `i`. */
+export function benchEntry(i: number): AuditInput {
+  return {
+    ts: Date.now(),
+    action: 'http.request',
+    resource: null,
+    actor: { type: 'token', id: 'tok_0123456789abcdef', name: 'bench' },
+    client: { ip: '127.0.0.1', user_agent: 'bench/1.0' },
+    request: { id: `req_${i.toString(16).padStart(20, '0')}`, method: 'GET', path: '/api/status' },
+    outcome: { status: 200, success: true, error: null },
+    details: {},
+  };
 }
