@@ -22,12 +22,16 @@
  *    proxy (CONNECT over its Unix socket) and through the in-container forwarder
  *    (loki-forward on a loopback port, piping to the proxy) against a direct loopback
  *    transfer, in one run (target: proxied at least 0.5x direct); --egress-mb N. The
- *    origin and the client are another process (scripts/bench/egress-peer.ts).
+ *    origin and the client are another process (scripts/bench/egress-peer.ts). The
+ *    same run also measures a minimal Node CONNECT proxy (a pipe each way, no checks,
+ *    no counting) on a Unix socket: the ceiling of any proxy written in Node here.
+ *    `--only egress` runs this part alone (no Docker needed).
  *
  * Both 1 and 2 include the worktree step (a two-file workspace). Options: --rounds N,
  * --sessions N, --concurrency N, --files N, --wt-rounds N. Prints JSON.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import readline from 'node:readline';
@@ -150,6 +154,21 @@ async function egressBench(home: string) {
       decisions++;
     },
   });
+  // The ceiling: a CONNECT proxy with nothing but a pipe each way, in this process as ours is.
+  const minimalPath = path.join(home, 'bench-egress', 'minimal.sock');
+  const minimal = net.createServer((c) => {
+    c.on('error', () => undefined);
+    c.once('data', () => {
+      const up = net.connect(port, '127.0.0.1', () => {
+        c.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+        up.pipe(c);
+        c.pipe(up);
+      });
+      up.on('error', () => c.destroy());
+      c.once('close', () => up.destroy());
+    });
+  });
+  await new Promise<void>((r) => minimal.listen(minimalPath, r));
   const fwdPort = await freePort();
   // The forwarder's own mode: it runs a child (here one that waits) and pipes its port to the proxy.
   const forwarder = spawn(FORWARDER, ['-listen', `127.0.0.1:${fwdPort}`, '-socket', proxy.socketPath, '--', 'sleep', '3600'], { stdio: 'ignore' });
@@ -162,25 +181,31 @@ async function egressBench(home: string) {
     const direct: number[] = [];
     const proxied: number[] = [];
     const forwarded: number[] = [];
+    const ceiling: number[] = [];
     const rounds = 5;
     await ask('direct');
     for (let i = 0; i < rounds; i++) {
       direct.push(await ask('direct'));
       proxied.push(await ask(`unix ${proxy.socketPath}`));
       forwarded.push(await ask(`tcp ${fwdPort}`));
+      ceiling.push(await ask(`unix ${minimalPath}`));
     }
     const mbps = (ms: number[]) => stats(ms.map((m) => egressMb / (m / 1000)));
     const d = mbps(direct);
     const p = mbps(proxied);
     const f = mbps(forwarded);
+    const m = mbps(ceiling);
     return {
       mb: egressMb,
       rounds,
       direct_mb_s: d,
       proxy_mb_s: p,
       forwarder_and_proxy_mb_s: f,
+      minimal_node_proxy_mb_s: m,
       ratio_proxy_p50: Number((p.p50 / d.p50).toFixed(3)),
       ratio_forwarder_p50: Number((f.p50 / d.p50).toFixed(3)),
+      ratio_minimal_node_proxy_p50: Number((m.p50 / d.p50).toFixed(3)),
+      ratio_proxy_vs_minimal_p50: Number((p.p50 / m.p50).toFixed(3)),
       decisions,
       target: 'proxied p50 >= 0.5 x direct p50 (both paths)',
       target_met: p.p50 >= 0.5 * d.p50 && f.p50 >= 0.5 * d.p50,
@@ -188,11 +213,21 @@ async function egressBench(home: string) {
   } finally {
     forwarder.kill('SIGTERM');
     peer.stdin!.end();
+    minimal.close();
     await proxy.close();
   }
 }
 
 async function main() {
+  if (process.argv.includes('--only') && process.argv[process.argv.indexOf('--only') + 1] === 'egress') {
+    const home = mkdtempSync(path.join(os.tmpdir(), 'loki-bench-egress-'));
+    try {
+      process.stdout.write(`${JSON.stringify({ benchmark: 'sandbox', egress: await egressBench(home) }, null, 2)}\n`);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+    return;
+  }
   const docker = new Docker();
   await docker.ping();
   await docker.getImage(IMAGE).inspect();
