@@ -271,7 +271,10 @@ export class SessionService {
             return null;
           }
           const policy = sessionPolicyOf(claimed);
-          // The stored text must still hash to what the `session.start` audit entry carries.
+          // The stored text must still hash to the digest stored beside it, which the
+          // `session.start` audit entry also carries. This catches an edit of the policy
+          // alone; someone who rewrites both columns is caught only by comparing with that
+          // entry (`loki audit`), and the worker still holds the policy to its own operator's.
           const intact = policy !== null && claimed.policy !== null && claimed.policySha256 === (await sha256Hex(claimed.policy));
           if (!policy || !intact || !claimed.policySha256) {
             // Created before session policies existed (or the row was altered): it
