@@ -6,11 +6,10 @@
  * appends overlap. Prints one JSON line: the sizes of the checkpoints this
  * process stored, by kind.
  */
-import { readdirSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import { createPgNodeAudit } from '../../src/audit/node-audit';
 import { openPostgresBackend } from '../../src/db/pg';
 import { loadConfig } from '../../src/env';
+import { appendAll, barrier } from '../helpers/append-loop';
 
 const [url, home, countArg, label, processes] = process.argv.slice(2);
 const config = loadConfig({ LOKI_HOME: home, LOKI_DATABASE_URL: url }, { home: home!, cwd: home! });
@@ -24,28 +23,8 @@ const storage = {
   },
 };
 const { audit } = await createPgNodeAudit(config, storage);
-if (processes) {
-  writeFileSync(path.join(home!, `ready-${label}`), '');
-  const ready = () => readdirSync(home!).filter((f) => f.startsWith('ready-')).length;
-  while (ready() < Number(processes)) await new Promise((r) => setTimeout(r, 5));
-}
-let pending: Promise<unknown>[] = [];
-for (let i = 1; i <= Number(countArg); i++) {
-  pending.push(
-    audit.append({
-      ts: Date.now(),
-      action: 'test.append',
-      actor: { type: 'system', id: null, name: label! },
-      outcome: { status: null, success: true, error: null },
-      details: { label, i },
-    }),
-  );
-  if (pending.length >= 40) {
-    await Promise.all(pending);
-    pending = [];
-  }
-}
-await Promise.all(pending);
+if (processes) await barrier(home!, label!, Number(processes));
+await appendAll(audit, label!, Number(countArg), 40);
 // No shutdown checkpoint here (close() would write one): only what the appends produced.
 await audit.drain();
 await backend.close();

@@ -4,22 +4,18 @@
  * (with PROCESSES, each one waits until that many are set up and ready, so their
  * appends really overlap however slowly each one started).
  */
-import { readdirSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import { loadConfig } from '../../src/env';
 import { createNodeAudit } from '../../src/audit/node-audit';
 import { migrate, openSqlite } from '../../src/db/sqlite';
+import { appendAll, barrier } from './append-loop';
 
 const [home, countArg, label, processes] = process.argv.slice(2);
 const config = loadConfig({ LOKI_HOME: home }, { home: home!, cwd: home! });
 const db = openSqlite(config.dbPath);
 migrate(db);
 const { audit, close } = await createNodeAudit(config, db);
-const count = Number(countArg);
 if (processes) {
-  writeFileSync(path.join(home!, `ready-${label}`), '');
-  const ready = () => readdirSync(home!).filter((f) => f.startsWith('ready-')).length;
-  while (ready() < Number(processes)) await new Promise((r) => setTimeout(r, 5));
+  await barrier(home!, label!, Number(processes));
   // The last one in may still be reading the directory: a moment so all start together.
   await new Promise((r) => setTimeout(r, 20));
 }
@@ -28,27 +24,12 @@ async function othersCommitted(n: number): Promise<void> {
   const until = Date.now() + 60_000;
   while ((q.get() as { n: number }).n < n && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
 }
-let pending: Promise<unknown>[] = [];
-for (let i = 1; i <= count; i++) {
-  pending.push(
-    audit.append({
-      ts: Date.now(),
-      action: 'test.append',
-      actor: { type: 'system', id: null, name: label! },
-      outcome: { status: null, success: true, error: null },
-      details: { label, i },
-    }),
-  );
-  if (pending.length >= 50) {
-    await Promise.all(pending);
-    pending = [];
-    // After the first committed batch, wait (up to 60 s) until every process has
-    // committed one too: the chain then interleaves by construction, however the
-    // machine schedules the processes (a loaded CI host once ran them one after another).
-    if (processes && i === 50) await othersCommitted(Number(processes));
-  }
-}
-await Promise.all(pending);
+// After the first committed batch, wait (up to 60 s) until every process has
+// committed one too: the chain then interleaves by construction, however the
+// machine schedules the processes (a loaded CI host once ran them one after another).
+await appendAll(audit, label!, Number(countArg), 50, async (i) => {
+  if (processes && i === 50) await othersCommitted(Number(processes));
+});
 await close();
 db.close();
 process.stdout.write('done\n');
