@@ -6,10 +6,11 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { canConnect, completeLines, until } from './receiver';
 
 export const RSYSLOGD = '/usr/sbin/rsyslogd';
 const LOOPBACK = '127.0.0.1';
@@ -234,18 +235,8 @@ export async function createRsyslog(options: RsyslogOptions): Promise<Rsyslog> {
   }
 
   async function messages(): Promise<ReceivedMessage[]> {
-    let text: string;
-    try {
-      text = await readFile(outFile, 'utf8');
-    } catch {
-      return [];
-    }
     // Only complete lines: rsyslog may be in the middle of writing the last one.
-    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
-    return complete
-      .split('\n')
-      .filter((l) => l.length > 0)
-      .map((line) => {
+    return (await completeLines(outFile)).map((line) => {
         const f = line.split('\t');
         return {
           pri: Number(f[0]),
@@ -263,17 +254,7 @@ export async function createRsyslog(options: RsyslogOptions): Promise<Rsyslog> {
   }
 
   async function parsed(): Promise<ParsedByRsyslog[]> {
-    let text: string;
-    try {
-      text = await readFile(parsedFile, 'utf8');
-    } catch {
-      return [];
-    }
-    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
-    return complete
-      .split('\n')
-      .filter((l) => l.length > 0)
-      .map((l) => JSON.parse(l) as ParsedByRsyslog);
+    return (await completeLines(parsedFile)).map((l) => JSON.parse(l) as ParsedByRsyslog);
   }
 
   await start();
@@ -302,25 +283,6 @@ export async function createRsyslog(options: RsyslogOptions): Promise<Rsyslog> {
       return found;
     },
   };
-}
-
-async function until(check: () => Promise<boolean>, deadline: number, why: () => string): Promise<void> {
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(why());
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: LOOPBACK, port });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 }
 
 function sendUdp(port: number, text: string): Promise<void> {

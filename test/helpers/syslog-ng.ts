@@ -17,10 +17,10 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { canConnect, completeLines, until } from './receiver';
 import { freePort } from './rsyslog';
 
 const LOOPBACK = '127.0.0.1';
@@ -183,17 +183,7 @@ export async function createSyslogNg(options: SyslogNgOptions = {}): Promise<Sys
   }
 
   async function messages(): Promise<ParsedMessage[]> {
-    let text: string;
-    try {
-      text = await readFile(outFile, 'utf8');
-    } catch {
-      return [];
-    }
-    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
-    return complete
-      .split('\n')
-      .filter((l) => l.length > 0)
-      .map((l) => JSON.parse(l) as ParsedMessage);
+    return (await completeLines(outFile)).map((l) => JSON.parse(l) as ParsedMessage);
   }
 
   async function stop(): Promise<void> {
@@ -232,21 +222,3 @@ export async function createSyslogNg(options: SyslogNgOptions = {}): Promise<Sys
   };
 }
 
-async function until(check: () => Promise<boolean>, deadline: number, why: () => string, dead: () => boolean = () => false): Promise<void> {
-  for (;;) {
-    if (await check()) return;
-    if (dead() || Date.now() > deadline) throw new Error(why());
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: LOOPBACK, port });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
