@@ -23,6 +23,7 @@ import { pathSafety } from './http/middleware/paths';
 import { FailureLimiter } from './http/middleware/rate-limit';
 import { requestId } from './http/middleware/request-id';
 import { securityHeaders } from './http/middleware/security-headers';
+import { openApiRoutes } from './http/openapi';
 import { errorResponse } from './http/respond';
 import { requestHeader } from './http/headers';
 import { auditRoutes } from './http/routes/audit';
@@ -119,6 +120,7 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
   wsRoutes(app, route, deps, authenticator);
   dashboardRoutes(route, deps);
   metricsRoutes(route, deps);
+  openApiRoutes(app, route, deps.version);
 
   app.notFound(async (c) => {
     // No route ran its guard: name the caller for the audit trail when it presents a credential

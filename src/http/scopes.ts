@@ -51,6 +51,7 @@ export const ROUTES: readonly RouteSpec[] = [
   { method: 'GET', path: '/', scope: 'public' },
   { method: 'GET', path: '/assets/:file', scope: 'public' },
   { method: 'GET', path: '/metrics', scope: 'read' },
+  { method: 'GET', path: '/api/openapi.json', scope: 'public' },
 ];
 
 export function routeSpec(method: string, path: string): RouteSpec | undefined {

@@ -307,6 +307,7 @@ describe('route table', () => {
         'GET /api/enterprise/status',
         'GET /',
         'GET /assets/:file',
+        'GET /api/openapi.json',
       ]);
     } finally {
       await s.stop();

@@ -4,7 +4,7 @@ import { proveRecord, proveTree } from '../../audit/tlog/merkle';
 import { toBase64, utf8 } from '../../audit/tlog/sha256';
 import { ENTRIES_LEVEL, EntryBundleError, formatEntryBundle, parseTilePath, TILE_WIDTH, type Tile, TilePathError } from '../../audit/tlog/tiles';
 import type { AppDeps } from '../context';
-import type { DefineRoute } from '../define-route';
+import type { TypedRoute } from '../define-route';
 import { ApiError, ErrorCode } from '../errors';
 import { validate } from '../validate';
 
@@ -48,9 +48,9 @@ const auditQuery = z.object({
 
 const verifyQuery = z.object({ checkpoint: z.string().max(4096).optional() });
 
-export function auditRoutes(route: DefineRoute, deps: AppDeps): void {
+export function auditRoutes(route: TypedRoute, deps: AppDeps): void {
   route('GET', '/api/enterprise/audit', validate('query', auditQuery), async (c) => {
-    const q = c.req.valid('query' as never) as z.infer<typeof auditQuery>;
+    const q = c.req.valid('query');
     c.set('auditAction', 'audit.read');
     c.set('auditDetails', { filters: q });
     const rows = await deps.audit.query({
@@ -66,7 +66,7 @@ export function auditRoutes(route: DefineRoute, deps: AppDeps): void {
   });
 
   route('GET', '/api/enterprise/audit/verify', validate('query', verifyQuery), async (c) => {
-    const q = c.req.valid('query' as never) as z.infer<typeof verifyQuery>;
+    const q = c.req.valid('query');
     c.set('auditAction', 'audit.verify');
     await deps.audit.drain();
     const result = await deps.audit.verify({ external: q.checkpoint ?? null });
@@ -120,7 +120,7 @@ export function auditRoutes(route: DefineRoute, deps: AppDeps): void {
   });
 
   route('GET', `${TLOG}/proof/inclusion`, validate('query', inclusionQuery), async (c) => {
-    const q = c.req.valid('query' as never) as z.infer<typeof inclusionQuery>;
+    const q = c.req.valid('query');
     c.set('auditAction', 'audit.tlog_read');
     c.set('auditDetails', { proof: 'inclusion', index: q.index, size: q.size });
     const treeSize = await deps.audit.treeSizeFor(q.size);
@@ -132,7 +132,7 @@ export function auditRoutes(route: DefineRoute, deps: AppDeps): void {
   });
 
   route('GET', `${TLOG}/proof/consistency`, validate('query', consistencyQuery), async (c) => {
-    const q = c.req.valid('query' as never) as z.infer<typeof consistencyQuery>;
+    const q = c.req.valid('query');
     c.set('auditAction', 'audit.tlog_read');
     c.set('auditDetails', { proof: 'consistency', old: q.old, new: q.new });
     const treeSize = await deps.audit.treeSizeFor(q.new);

@@ -1,5 +1,5 @@
 import type { AppContext, AppDeps } from '../context';
-import type { DefineRoute } from '../define-route';
+import type { TypedRoute } from '../define-route';
 import { ErrorCode } from '../errors';
 import { PAGE_CSP } from '../middleware/security-headers';
 import { errorResponse } from '../respond';
@@ -7,7 +7,7 @@ import { errorResponse } from '../respond';
 const ASSET_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,100}\.(?:js|css|svg|png|ico)$/;
 
 /** The dashboard page and its static assets (no user data is ever in these files). */
-export function dashboardRoutes(route: DefineRoute, deps: AppDeps): void {
+export function dashboardRoutes(route: TypedRoute, deps: AppDeps): void {
   // Re-emit through the context so the security headers apply, with the page's own CSP.
   const serve = async (c: AppContext, rel: string) => {
     const res = deps.staticFiles ? await deps.staticFiles(rel) : null;

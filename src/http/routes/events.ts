@@ -14,7 +14,7 @@ import type { Authenticator } from '../../auth/authenticate';
 import type { EventRecord } from '../../db/store';
 import { type CloseReason, LiveGroup, type LiveSink, LiveStream, parseCursor, parseSession, parseTypes } from '../../events/live';
 import type { AppContext, AppDeps, Identity } from '../context';
-import type { DefineRoute } from '../define-route';
+import type { TypedRoute } from '../define-route';
 import { ErrorCode } from '../errors';
 import { errorResponse } from '../respond';
 
@@ -92,7 +92,7 @@ export function liveAuditDetails(q: LiveQuery) {
   return { after: q.after ?? null, session: q.sessionId ?? null, types: q.types ?? null };
 }
 
-export function eventsRoutes(route: DefineRoute, deps: AppDeps, authenticator: Authenticator): void {
+export function eventsRoutes(route: TypedRoute, deps: AppDeps, authenticator: Authenticator): void {
   const now = deps.now ?? Date.now;
   const ctx: LiveContext = { deps, authenticator, group: new LiveGroup(deps.shutdownSignal), now };
 

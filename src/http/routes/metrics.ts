@@ -10,7 +10,7 @@
 import type { MiddlewareHandler } from 'hono';
 import { matchedRoutes } from 'hono/route';
 import type { AppEnv } from '../context';
-import type { DefineRoute } from '../define-route';
+import type { TypedRoute } from '../define-route';
 import { ErrorCode } from '../errors';
 import { errorResponse } from '../respond';
 import { ROUTES } from '../scopes';
@@ -41,7 +41,7 @@ export function requestMetrics(port: MetricsPort): MiddlewareHandler<AppEnv> {
   };
 }
 
-export function metricsRoutes(route: DefineRoute, deps: AppDeps): void {
+export function metricsRoutes(route: TypedRoute, deps: AppDeps): void {
   route('GET', '/metrics', async (c) => {
     if (!deps.metrics) return errorResponse(c, 501, ErrorCode.notImplemented, 'metrics are served by the Node server only (not on Workers)');
     const { contentType, body } = await deps.metrics.render();

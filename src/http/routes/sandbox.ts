@@ -3,7 +3,7 @@ import type { AuditActor } from '../../audit/chain';
 import { claimBody, eventsBody, workerIdSchema } from '../../sessions/api';
 import { SessionService } from '../../sessions/service';
 import type { AppContext, AppDeps } from '../context';
-import type { DefineRoute } from '../define-route';
+import type { TypedRoute } from '../define-route';
 import { ApiError, ErrorCode } from '../errors';
 import { validate } from '../validate';
 
@@ -35,11 +35,11 @@ function actorOf(c: AppContext): AuditActor {
  * event posts (heartbeat, output, state, container, branch, budget, notice), and
  * the list of sessions a worker id still holds (for its orphan check).
  */
-export function sandboxRoutes(route: DefineRoute, deps: AppDeps): void {
+export function sandboxRoutes(route: TypedRoute, deps: AppDeps): void {
   const sessions = new SessionService(deps);
 
   route('POST', '/api/sandbox/jobs/claim', validate('json', claimBody), async (c) => {
-    const body = c.req.valid('json' as never) as z.infer<typeof claimBody>;
+    const body = c.req.valid('json');
     c.set('auditAction', 'sandbox.claim');
     c.set('auditDetails', { worker_id: body.worker_id });
     checkWorkerId(c, body.worker_id);
@@ -53,7 +53,7 @@ export function sandboxRoutes(route: DefineRoute, deps: AppDeps): void {
 
   route('POST', '/api/sandbox/jobs/:id/events', validate('json', eventsBody), async (c) => {
     const id = c.req.param('id') ?? '';
-    const body = c.req.valid('json' as never) as z.infer<typeof eventsBody>;
+    const body = c.req.valid('json');
     c.set('auditAction', 'sandbox.events');
     c.set('auditResource', { type: 'session', id });
     const counts: Record<string, number> = {};
@@ -66,7 +66,7 @@ export function sandboxRoutes(route: DefineRoute, deps: AppDeps): void {
   });
 
   route('GET', '/api/sandbox/jobs', validate('query', jobsQuery), async (c) => {
-    const q = c.req.valid('query' as never) as z.infer<typeof jobsQuery>;
+    const q = c.req.valid('query');
     c.set('auditAction', 'sandbox.jobs');
     c.set('auditDetails', { worker_id: q.worker_id });
     checkWorkerId(c, q.worker_id);

@@ -4,7 +4,7 @@ import { SESSION_STATES, TERMINAL_STATES } from '../../db/store';
 import { createSessionBody } from '../../sessions/api';
 import { SessionService, sessionView } from '../../sessions/service';
 import type { AppContext, AppDeps, AppEnv } from '../context';
-import type { DefineRoute } from '../define-route';
+import type { TypedRoute } from '../define-route';
 import { ApiError, ErrorCode } from '../errors';
 import { isExponentForm, topLevelNumberSources } from '../json-source';
 import { validate } from '../validate';
@@ -57,11 +57,11 @@ function actorName(c: AppContext): string {
 }
 
 /** The sessions API: start, list, read, logs, stop. */
-export function sessionRoutes(route: DefineRoute, deps: AppDeps): void {
+export function sessionRoutes(route: TypedRoute, deps: AppDeps): void {
   const sessions = new SessionService(deps);
 
   route('POST', '/api/sessions', plainBudget, validate('json', createSessionBody), async (c) => {
-    const body = c.req.valid('json' as never) as z.infer<typeof createSessionBody>;
+    const body = c.req.valid('json');
     c.set('auditAction', 'session.start');
     c.set('auditResource', { type: 'session', id: null });
     c.set('auditDetails', { workspace: body.workspace, prd: body.prd, sandbox: body.sandbox ?? null, name: body.name ?? null });
@@ -81,7 +81,7 @@ export function sessionRoutes(route: DefineRoute, deps: AppDeps): void {
   });
 
   route('GET', '/api/sessions', validate('query', listQuery), async (c) => {
-    const q = c.req.valid('query' as never) as z.infer<typeof listQuery>;
+    const q = c.req.valid('query');
     const limit = q.limit ?? 50;
     let before: { createdAt: number; id: string } | undefined;
     if (q.cursor) {
@@ -97,13 +97,13 @@ export function sessionRoutes(route: DefineRoute, deps: AppDeps): void {
   });
 
   route('GET', '/api/sessions/:id', validate('param', idParam), async (c) => {
-    const { id } = c.req.valid('param' as never) as z.infer<typeof idParam>;
+    const { id } = c.req.valid('param');
     return c.json(sessionView(await sessions.get(id)));
   });
 
   route('GET', '/api/sessions/:id/logs', validate('param', idParam), validate('query', logsQuery), async (c) => {
-    const { id } = c.req.valid('param' as never) as z.infer<typeof idParam>;
-    const q = c.req.valid('query' as never) as z.infer<typeof logsQuery>;
+    const { id } = c.req.valid('param');
+    const q = c.req.valid('query');
     // Read the status first: when it is terminal, every line was stored before it.
     const s = await sessions.get(id);
     const after = q.after ?? 0;
@@ -119,7 +119,7 @@ export function sessionRoutes(route: DefineRoute, deps: AppDeps): void {
 
   /** A copy (non-git) workspace's result: the agent's changes as a git patch (`git apply` it). */
   route('GET', '/api/sessions/:id/patch', validate('param', idParam), async (c) => {
-    const { id } = c.req.valid('param' as never) as z.infer<typeof idParam>;
+    const { id } = c.req.valid('param');
     const s = await sessions.get(id);
     const patch = await deps.store.sessions.resultPatch(id);
     if (patch === null) {
@@ -132,7 +132,7 @@ export function sessionRoutes(route: DefineRoute, deps: AppDeps): void {
   });
 
   route('POST', '/api/sessions/:id/stop', validate('param', idParam), async (c) => {
-    const { id } = c.req.valid('param' as never) as z.infer<typeof idParam>;
+    const { id } = c.req.valid('param');
     c.set('auditAction', 'session.stop');
     c.set('auditResource', { type: 'session', id });
     const before = await deps.store.sessions.get(id);

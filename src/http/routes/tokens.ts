@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { createToken, publicToken, revokeToken, TokenInputError } from '../../auth/token-service';
 import type { AppDeps } from '../context';
-import type { DefineRoute } from '../define-route';
+import type { TypedRoute } from '../define-route';
 import { ErrorCode } from '../errors';
 import { errorResponse } from '../respond';
 import { validate } from '../validate';
@@ -14,7 +14,7 @@ const createBody = z.object({
   expires_days: z.union([z.number(), z.null()]).optional(),
 });
 
-export function tokenRoutes(route: DefineRoute, deps: AppDeps): void {
+export function tokenRoutes(route: TypedRoute, deps: AppDeps): void {
   const now = deps.now ?? Date.now;
 
   route('GET', '/api/enterprise/tokens', async (c) => {
@@ -24,7 +24,7 @@ export function tokenRoutes(route: DefineRoute, deps: AppDeps): void {
   });
 
   route('POST', '/api/enterprise/tokens', validate('json', createBody), async (c) => {
-    const body = c.req.valid('json' as never) as z.infer<typeof createBody>;
+    const body = c.req.valid('json');
     c.set('auditAction', 'token.create');
     try {
       const identity = c.get('identity');

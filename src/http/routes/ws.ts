@@ -31,7 +31,7 @@ import type { Authenticator } from '../../auth/authenticate';
 import type { EventRecord } from '../../db/store';
 import { type CloseReason, LiveGroup, type LiveSink, type LiveStream, parseCursor, parseSession, parseTypes } from '../../events/live';
 import type { AppContext, AppDeps, AppEnv } from '../context';
-import type { DefineRoute } from '../define-route';
+import type { TypedRoute } from '../define-route';
 import { ErrorCode } from '../errors';
 import { allowedOrigins, originAllowed } from '../middleware/cors';
 import { FailureLimiter } from '../middleware/rate-limit';
@@ -82,7 +82,7 @@ interface RawSocket {
   on?: (event: 'pong', fn: () => void) => void;
 }
 
-export function wsRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps, authenticator: Authenticator): void {
+export function wsRoutes(app: Hono<AppEnv>, route: TypedRoute, deps: AppDeps, authenticator: Authenticator): void {
   const now = deps.now ?? Date.now;
   const attempts = new FailureLimiter(deps.config.wsAttemptsPerMinute, 60_000, now);
   const pingEvery = deps.config.wsPingIntervalMs;
