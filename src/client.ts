@@ -1,11 +1,17 @@
 /**
  * The typed fetch client for the Loki API, used by `loki start` and the sandbox
  * worker. Every response is parsed with the same zod schemas the server's wire
- * types come from (src/sessions/api.ts); every failure is an `ApiClientError`
+ * types come from (src/sessions/api.ts); every call is checked at compile time
+ * against the OpenAPI document's generated types (src/http/openapi-types.ts):
+ * its path and method must be a documented operation, its path parameters,
+ * query and body the documented ones, and its parse schema must accept the
+ * documented success body. Every failure is an `ApiClientError`
  * carrying the contract's error `code` (or `unreachable` / `timeout` /
  * `bad_response` when there is no contract answer). Runtime-free (global fetch).
  */
-import { z } from 'zod';
+import type { z } from 'zod';
+import type { paths } from './http/openapi-types';
+import { type ServerStatus, serverStatusSchema } from './http/schemas';
 import {
   type ClaimInput,
   type CreateSessionInput,
@@ -25,18 +31,7 @@ import {
   workerJobsSchema,
 } from './sessions/api';
 
-/** `GET /api/status`: the fields `loki status` reads; the rest is kept as sent. */
-export const serverStatusSchema = z.looseObject({
-  status: z.string(),
-  version: z.string(),
-  uptime_seconds: z.number(),
-  runtime: z.string().optional(),
-  flags: z.record(z.string(), z.unknown()).optional(),
-  sessions: z.object({ total: z.number(), by_status: z.record(z.string(), z.number()) }).optional(),
-  audit: z.looseObject({ seq: z.number(), head_hash: z.string() }).nullable().optional(),
-  streams: z.record(z.string(), z.unknown()).optional(),
-});
-export type ServerStatus = z.infer<typeof serverStatusSchema>;
+export { type ServerStatus, serverStatusSchema };
 
 export class ApiClientError extends Error {
   constructor(
@@ -71,10 +66,33 @@ export interface LokiClientOptions {
   fetch?: typeof fetch;
 }
 
-interface RequestOptions<S extends z.ZodType> {
-  body?: unknown;
-  query?: Record<string, string | number | undefined>;
-  schema: S;
+type HttpMethod = 'get' | 'post' | 'delete';
+/** The server-sent events route (read by `watchEvents` with its own stream parser). */
+const EVENTS_PATH = '/api/events' satisfies keyof paths;
+/** A documented path. */
+export type ApiPath = keyof paths;
+/** The documented methods of a path. */
+export type ApiMethod<P extends ApiPath> = { [M in HttpMethod]-?: undefined extends paths[P][M] ? never : M }[HttpMethod];
+type Operation<P extends ApiPath, M extends ApiMethod<P>> = NonNullable<paths[P][M]>;
+type PathParams<P extends ApiPath, M extends ApiMethod<P>> = Operation<P, M> extends { parameters: { path: infer T } } ? T : never;
+type QueryOf<P extends ApiPath, M extends ApiMethod<P>> = Operation<P, M> extends { parameters: { query?: infer T } } ? T : never;
+/** The documented JSON request body. */
+export type ApiBody<P extends ApiPath, M extends ApiMethod<P>> = Operation<P, M> extends { requestBody?: { content: { 'application/json': infer T } } } ? T : never;
+/** The documented JSON body of a success (2xx) response. */
+export type ApiResult<P extends ApiPath, M extends ApiMethod<P>> = Operation<P, M> extends { responses: infer R }
+  ? { [S in keyof R]: S extends 200 | 201 | 202 ? (R[S] extends { content: { 'application/json': infer T } } ? T : never) : never }[keyof R]
+  : never;
+/** Refuses (at compile time) a parse schema that would not accept the documented success body. */
+type Accepting<S extends z.ZodType, P extends ApiPath, M extends ApiMethod<P>> = [ApiResult<P, M>] extends [z.input<S>]
+  ? S
+  : { 'the schema does not accept the documented response': ApiResult<P, M> };
+
+interface RequestOptions<P extends ApiPath, M extends ApiMethod<P>, S extends z.ZodType> {
+  /** The path's `{name}` parameters. */
+  params?: PathParams<P, M>;
+  query?: { [K in keyof QueryOf<P, M>]?: string | number };
+  body?: ApiBody<P, M>;
+  schema: Accepting<S, P, M>;
   signal?: AbortSignal;
   timeoutMs?: number;
   /** Resolve null on 204 instead of parsing a body. */
@@ -97,37 +115,37 @@ export class LokiClient {
   // ---- sessions ----------------------------------------------------------
 
   createSession(input: CreateSessionInput, signal?: AbortSignal): Promise<SessionView> {
-    return this.request('POST', '/api/sessions', { body: input, schema: sessionSchema, signal });
+    return this.request('post', '/api/sessions', { body: input, schema: sessionSchema, signal });
   }
 
   listSessions(q: { limit?: number; status?: string; cursor?: string } = {}): Promise<SessionList> {
-    return this.request('GET', '/api/sessions', { query: q, schema: sessionListSchema });
+    return this.request('get', '/api/sessions', { query: q, schema: sessionListSchema });
   }
 
   getSession(id: string, signal?: AbortSignal): Promise<SessionView> {
-    return this.request('GET', `/api/sessions/${encodeURIComponent(id)}`, { schema: sessionSchema, signal });
+    return this.request('get', '/api/sessions/{id}', { params: { id }, schema: sessionSchema, signal });
   }
 
   sessionLogs(id: string, q: { after?: number; limit?: number } = {}, signal?: AbortSignal): Promise<LogsPage> {
-    return this.request('GET', `/api/sessions/${encodeURIComponent(id)}/logs`, { query: q, schema: logsPageSchema, signal });
+    return this.request('get', '/api/sessions/{id}/logs', { params: { id }, query: q, schema: logsPageSchema, signal });
   }
 
   stopSession(id: string): Promise<StopResult> {
-    return this.request('POST', `/api/sessions/${encodeURIComponent(id)}/stop`, { schema: stopResultSchema });
+    return this.request('post', '/api/sessions/{id}/stop', { params: { id }, schema: stopResultSchema });
   }
 
   // ---- server ------------------------------------------------------------
 
   /** `GET /api/status`: version, uptime, flags, session counts, audit tip, streams (and whatever else the server adds). */
   serverStatus(signal?: AbortSignal): Promise<ServerStatus> {
-    return this.request('GET', '/api/status', { schema: serverStatusSchema, signal });
+    return this.request('get', '/api/status', { schema: serverStatusSchema, signal });
   }
 
   // ---- worker protocol ---------------------------------------------------
 
   /** Long-poll for a job; null when none came within `wait_ms`. */
   async claimJob(input: ClaimInput, signal?: AbortSignal): Promise<Job | null> {
-    const r = await this.request('POST', '/api/sandbox/jobs/claim', {
+    const r = await this.request('post', '/api/sandbox/jobs/claim', {
       body: input,
       schema: claimResponseSchema,
       signal,
@@ -138,12 +156,12 @@ export class LokiClient {
   }
 
   postJobEvents(sessionId: string, input: EventsInput, signal?: AbortSignal): Promise<EventsAck> {
-    return this.request('POST', `/api/sandbox/jobs/${encodeURIComponent(sessionId)}/events`, { body: input, schema: eventsAckSchema, signal });
+    return this.request('post', '/api/sandbox/jobs/{id}/events', { params: { id: sessionId }, body: input, schema: eventsAckSchema, signal });
   }
 
   /** Running sessions the server has leased to this worker id. */
   async workerSessionIds(workerId: string, signal?: AbortSignal): Promise<string[]> {
-    const r = await this.request('GET', '/api/sandbox/jobs', { query: { worker_id: workerId }, schema: workerJobsSchema, signal });
+    const r = await this.request('get', '/api/sandbox/jobs', { query: { worker_id: workerId }, schema: workerJobsSchema, signal });
     return r.session_ids;
   }
 
@@ -159,7 +177,7 @@ export class LokiClient {
     onEvent: (e: LiveEvent) => void,
     signal: AbortSignal,
   ): Promise<void> {
-    const url = new URL(`${this.url}/api/events`);
+    const url = new URL(`${this.url}${EVENTS_PATH}`);
     if (q.session) url.searchParams.set('session', q.session);
     if (q.types?.length) url.searchParams.set('types', q.types.join(','));
     if (q.after !== undefined) url.searchParams.set('after', String(q.after));
@@ -208,11 +226,23 @@ export class LokiClient {
 
   // ---- transport ---------------------------------------------------------
 
-  async request<S extends z.ZodType>(method: string, path: string, opts: RequestOptions<S> & { allowNoContent: true }): Promise<z.infer<S> | null>;
-  async request<S extends z.ZodType>(method: string, path: string, opts: RequestOptions<S>): Promise<z.infer<S>>;
-  async request<S extends z.ZodType>(method: string, path: string, opts: RequestOptions<S>): Promise<z.infer<S> | null> {
+  async request<P extends ApiPath, M extends ApiMethod<P>, S extends z.ZodType>(
+    method: M,
+    template: P,
+    opts: RequestOptions<P, M, S> & { allowNoContent: true },
+  ): Promise<z.infer<S> | null>;
+  async request<P extends ApiPath, M extends ApiMethod<P>, S extends z.ZodType>(method: M, template: P, opts: RequestOptions<P, M, S>): Promise<z.infer<S>>;
+  async request<P extends ApiPath, M extends ApiMethod<P>, S extends z.ZodType>(
+    lowerMethod: M,
+    template: P,
+    opts: RequestOptions<P, M, S>,
+  ): Promise<z.infer<S> | null> {
+    const method = lowerMethod.toUpperCase();
+    const params = (opts.params ?? {}) as Record<string, string>;
+    const path = (template as string).replace(/\{([^}]+)\}/g, (_, name: string) => encodeURIComponent(params[name] ?? ''));
+    const schema = opts.schema as unknown as S;
     const url = new URL(this.url + path);
-    for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
+    for (const [k, v] of Object.entries((opts.query ?? {}) as Record<string, string | number | undefined>)) if (v !== undefined) url.searchParams.set(k, String(v));
     const headers: Record<string, string> = { Accept: 'application/json' };
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
@@ -254,7 +284,7 @@ export class LokiClient {
       if (e && typeof e.code === 'string' && typeof e.message === 'string') throw new ApiClientError(res.status, e.code, e.message, requestId);
       throw new ApiClientError(res.status, `http_${res.status}`, `${method} ${path} failed with HTTP ${res.status}`, requestId);
     }
-    const parsed = opts.schema.safeParse(json);
+    const parsed = schema.safeParse(json);
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
       throw new ApiClientError(

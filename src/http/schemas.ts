@@ -5,7 +5,20 @@
  * validators the routes run. Runtime-free.
  */
 import { z } from 'zod';
+import { jobSchema, sessionPolicySchema, sessionResultSchema, sessionSchema } from '../sessions/api';
 import { ErrorCode } from './errors';
+
+/**
+ * Named components of the document (`#/components/schemas/<id>`), so the shapes
+ * shared by several routes are written once and have a name in the generated types.
+ */
+const named: [z.ZodType, string][] = [
+  [sessionSchema, 'Session'],
+  [sessionPolicySchema, 'SessionPolicy'],
+  [sessionResultSchema, 'SessionResult'],
+  [jobSchema, 'Job'],
+];
+for (const [schema, id] of named) if (!z.globalRegistry.has(schema)) z.globalRegistry.add(schema, { id });
 
 const isoTime = z.string().describe('ISO 8601');
 const hex64 = z.string().regex(/^[0-9a-f]{64}$/);
@@ -32,7 +45,7 @@ export const tokenSchema = z.object({
   source: z.string(),
   worker_id: z.string().nullable(),
   status: z.enum(['active', 'expired', 'revoked']),
-});
+}).meta({ id: 'Token' });
 export const tokenListSchema = z.object({ tokens: z.array(tokenSchema) });
 export const createdTokenSchema = tokenSchema.extend({ token: z.string().describe('the plaintext secret, shown this once') });
 export const revokedTokenSchema = z.object({ revoked: z.literal(true), token: tokenSchema });
@@ -49,7 +62,7 @@ export const auditEntrySchema = z.object({
   details: z.record(z.string(), z.unknown()).nullable().optional(),
   hash: hex64,
   prev_hash: hex64,
-});
+}).meta({ id: 'AuditEntry' });
 export const auditPageSchema = z.object({
   entries: z.array(auditEntrySchema),
   count: z.number().int(),

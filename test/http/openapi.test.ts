@@ -4,11 +4,12 @@
  * validator, against the app's registered routes and scopes, and against real
  * responses of a running server (ajv, JSON Schema 2020-12).
  */
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { Validator } from '@seriousme/openapi-schema-validator';
 import { Ajv2020 } from 'ajv/dist/2020';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuditLog } from '../../src/audit/log';
+import { TYPES_FILE, typesFromDocument } from '../../scripts/openapi-types';
 import { createLokiApp } from '../../src/app';
 import { ROUTES } from '../../src/http/scopes';
 import { rawRequest } from '../helpers/raw-http';
@@ -260,6 +261,17 @@ describe('GET /api/openapi.json (real server, auth on)', () => {
     const refused = JSON.parse(traversal.body);
     expect(refused.error.code).toBe('invalid_path');
     expect(check('GET', '/api/sessions/:id', 400, refused)).toEqual([]);
+  });
+
+  it('the committed types (src/http/openapi-types.ts, used by the client and the dashboard) are what the served document generates', async () => {
+    const committed = readFileSync(TYPES_FILE, 'utf8');
+    expect(await typesFromDocument(doc), 'run `npm run openapi:types`').toBe(committed);
+    // A drift shows: the same document with a field renamed generates other types.
+    const drifted = structuredClone(doc);
+    const props = drifted.components.schemas.Session.properties;
+    props.workspace_path = props.workspace;
+    delete props.workspace;
+    expect(await typesFromDocument(drifted)).not.toBe(committed);
   });
 
   it('the checks can fail: a body that does not fit is refused', () => {
