@@ -25,7 +25,9 @@ export interface Target {
   stop(): Promise<void>;
 }
 
-export async function startTarget(mode: 'bare' | 'full', env: Record<string, string> = {}): Promise<Target> {
+export type TargetMode = 'trivial' | 'bare' | 'full';
+
+export async function startTarget(mode: TargetMode, env: Record<string, string> = {}): Promise<Target> {
   const port = await freePort();
   const home = env.LOKI_HOME ?? mkdtempSync(path.join(os.tmpdir(), 'loki-bench-'));
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'scripts/bench/serve-target.ts'), mode], {

@@ -3,6 +3,8 @@
  * generator does not share its event loop. Modes:
  *   bare  Hono with the same handlers as the dashboard's system routes, no middleware
  *   full  the real server (startServer) configured by the LOKI_* environment
+ *   trivial  Hono with one route, `GET /api/status` → `{"ok":true}`, no middleware
+ *            (the floor any Hono handler is measured against)
  * Prints `READY <port>` on stdout, exits on SIGTERM.
  */
 import { serve } from '@hono/node-server';
@@ -18,7 +20,17 @@ const mode = process.argv[2];
 const config = configOrExit();
 const logger = createLogger({ quiet: true });
 
-if (mode === 'bare') {
+if (mode === 'trivial') {
+  const app = new Hono();
+  app.get('/api/status', (c) => c.json({ ok: true }));
+  const server = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: config.port }, () => {
+    process.stdout.write(`READY ${config.port}\n`);
+  });
+  process.on('SIGTERM', () => {
+    server.close();
+    process.exit(0);
+  });
+} else if (mode === 'bare') {
   const runtime = await buildNodeRuntime({ ...config, auditEnabled: false }, { logger });
   const app = new Hono<AppEnv>();
   const route: DefineRoute = (method, path, ...handlers) => {
@@ -40,6 +52,6 @@ if (mode === 'bare') {
     void server.stop(2000).then(() => process.exit(0));
   });
 } else {
-  process.stderr.write('usage: serve-target.ts bare|full\n');
+  process.stderr.write('usage: serve-target.ts trivial|bare|full\n');
   process.exit(2);
 }
