@@ -14,6 +14,7 @@ import {
   type TokenRecord,
   UniqueViolation,
 } from './store';
+import { type CountsCacheOptions, withCountsCache } from './session-counts';
 
 // biome-ignore lint/suspicious/noExplicitAny: driver-agnostic drizzle handle
 export type AnyDb = BaseSQLiteDatabase<'sync' | 'async', any, typeof schema>;
@@ -43,9 +44,10 @@ function isUnique(err: unknown): boolean {
   return /UNIQUE constraint failed/i.test(msg) || /UNIQUE constraint failed/i.test(cause);
 }
 
-export function createDrizzleStore(db: AnyDb, kind: 'sqlite' | 'd1'): Store {
+export function createDrizzleStore(db: AnyDb, kind: 'sqlite' | 'd1', counts: CountsCacheOptions = {}): Store {
   const { tokens, sessions, sessionLogs, events } = schema;
-  return {
+  // Session counts are cached (src/db/session-counts.ts): /api/status asks on every request.
+  return withCountsCache({
     kind,
     async ping() {
       await db.run(sql`select 1`);
@@ -284,5 +286,5 @@ export function createDrizzleStore(db: AnyDb, kind: 'sqlite' | 'd1'): Store {
         return byAge.length + byCount.length;
       },
     },
-  };
+  }, counts);
 }

@@ -17,6 +17,7 @@ import {
   type TokenRecord,
   UniqueViolation,
 } from './store';
+import { type CountsCacheOptions, withCountsCache } from './session-counts';
 
 type TokenRow = typeof schema.tokens.$inferSelect;
 type SessionRow = typeof schema.sessions.$inferSelect;
@@ -56,10 +57,11 @@ function isUnique(err: unknown): boolean {
 /** The advisory lock key event inserts hold to their commit ('loki' 03; 01 migrations, 02 audit). */
 export const LOCK_EVENTS = 0x6c6f6b69_03;
 
-export function createPgStore(pool: pg.Pool): Store {
+export function createPgStore(pool: pg.Pool, counts: CountsCacheOptions = {}): Store {
   const db = drizzle(pool, { schema });
   const { tokens, sessions, sessionLogs, events } = schema;
-  return {
+  // Session counts are cached (src/db/session-counts.ts): /api/status asks on every request.
+  return withCountsCache({
     kind: 'postgres',
     async ping() {
       await db.execute(sql`select 1`);
@@ -308,5 +310,5 @@ export function createPgStore(pool: pg.Pool): Store {
         return byAge.length + byCount.length;
       },
     },
-  };
+  }, counts);
 }

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { drizzle } from 'drizzle-orm/better-sqlite3';
 import { createDrizzleStore } from './drizzle-store';
+import type { CountsCacheOptions } from './session-counts';
 import * as schema from './schema';
 import type { Store } from './store';
 
@@ -73,6 +74,6 @@ export function migrate(db: SqliteDb, dir = MIGRATIONS_DIR): string[] {
   return applied;
 }
 
-export function createSqliteStore(db: SqliteDb): Store {
-  return createDrizzleStore(drizzle(db, { schema }), 'sqlite');
+export function createSqliteStore(db: SqliteDb, counts: CountsCacheOptions = {}): Store {
+  return createDrizzleStore(drizzle(db, { schema }), 'sqlite', counts);
 }
