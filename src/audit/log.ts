@@ -72,7 +72,18 @@ export interface AuditLogOptions {
   verification: { rangeChecker: RangeChecker } | { sha256: (s: string) => string };
   /** Tree hashing (Node injects node:crypto; default: the plain TypeScript SHA-256). */
   hasher?: TreeHasher;
+  /** How long `tip()` uses a tip read from the storage (default TIP_TTL_MS; 0: read every time). */
+  tipTtlMs?: number;
+  /** The monotonic clock (ms) for that (default performance.now). */
+  monotonic?: () => number;
 }
+
+/**
+ * `AuditLog.tip()` reads the storage at most once per this many ms: entries this
+ * process commits show at once, another process's (the CLI, a second server on
+ * PostgreSQL) within it.
+ */
+export const TIP_TTL_MS = 1_000;
 
 interface Pending {
   input: AuditInput;
@@ -91,6 +102,9 @@ export class AuditLog {
   readonly enabled: boolean;
   private queue: Pending[] = [];
   private flushing: Promise<void> | null = null;
+  /** Batches handed to a pipelined storage and not yet settled. */
+  private readonly inFlight = new Set<Promise<void>>();
+  private inFlightEntries = 0;
   private timer: ReturnType<typeof setInterval> | null = null;
   private committedSinceStart = 0;
   private failures = 0;
@@ -98,6 +112,10 @@ export class AuditLog {
   private readonly maxBatch: number;
   private readonly now: () => number;
   private readonly batchObservers = new Set<AuditBatchObserver>();
+  private knownTip: Tip | null = null;
+  private tipReadAt = 0;
+  /** Bumped by every commit here: a storage read that started before one does not replace its tip. */
+  private commits = 0;
 
   constructor(private readonly opts: AuditLogOptions) {
     this.enabled = opts.enabled;
@@ -145,8 +163,24 @@ export class AuditLog {
     return root;
   }
 
+  /**
+   * The log's tip (for `/api/status`): the storage is read at most once per
+   * `tipTtlMs`; in between, the newest of that read and this process's own commits.
+   */
+  async tip(): Promise<Tip> {
+    const ttl = this.opts.tipTtlMs ?? TIP_TTL_MS;
+    const t = (this.opts.monotonic ?? clock)();
+    if (this.knownTip && t - this.tipReadAt < ttl) return this.knownTip;
+    const before = this.commits;
+    const read = await this.opts.storage.tip();
+    // The storage is the authority (a tail deleted elsewhere shows too), unless a commit here is newer.
+    if (before === this.commits || !this.knownTip || read.seq > this.knownTip.seq) this.knownTip = read;
+    this.tipReadAt = t;
+    return this.knownTip;
+  }
+
   stats() {
-    return { queued: this.queue.length, committed: this.committedSinceStart, write_failures: this.failures };
+    return { queued: this.queue.length + this.inFlightEntries, committed: this.committedSinceStart, write_failures: this.failures };
   }
 
   /** Observe each group commit (`entries` null when it failed); returns the unsubscribe. */
@@ -184,36 +218,55 @@ export class AuditLog {
     try {
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, this.maxBatch);
-        let tips: Tip[];
-        const started = clock();
-        try {
-          tips = await this.opts.storage.appendBatch(batch.map((p) => p.input));
-        } catch (err) {
-          this.failures++;
-          this.notifyBatch(null, batch.length, (clock() - started) / 1000);
-          this.opts.onError?.(err);
-          const e = new AuditUnavailableError('the audit log cannot be written');
-          for (const p of batch) p.reject(e);
+        if (!this.opts.storage.pipelined) {
+          await this.commitBatch(batch);
           continue;
         }
-        const seconds = (clock() - started) / 1000;
-        this.committedSinceStart += tips.length;
-        for (const [i, p] of batch.entries()) p.resolve(tips[i]!);
-        try {
-          const committed = batch.map((p, i) => ({ seq: tips[i]!.seq, hash: tips[i]!.hash, input: p.input }));
-          this.notifyBatch(committed, committed.length, seconds);
-          this.opts.onCommitted?.(committed);
-        } catch (err) {
-          this.opts.onError?.(err);
-        }
-        // A signed checkpoint at every multiple of `checkpointEvery` (whichever process wrote it).
-        const due = this.opts.signer ? tips.filter((t) => t.seq % this.every === 0).pop() : undefined;
-        if (due) await this.checkpoint('periodic', due).catch((err) => this.opts.onError?.(err));
+        // A pipelined storage commits batches in the order given while this loop
+        // hands it the next: track the batch, do not wait for it here.
+        this.inFlightEntries += batch.length;
+        const done = this.commitBatch(batch).finally(() => {
+          this.inFlight.delete(done);
+          this.inFlightEntries -= batch.length;
+        });
+        this.inFlight.add(done);
       }
     } finally {
       this.flushing = null;
       if (this.queue.length > 0) this.flushing = this.flushLoop();
     }
+  }
+
+  /** Commit one batch; each request's promise settles with its outcome (never rejects itself). */
+  private async commitBatch(batch: Pending[]): Promise<void> {
+    let tips: Tip[];
+    const started = clock();
+    try {
+      tips = await this.opts.storage.appendBatch(batch.map((p) => p.input));
+    } catch (err) {
+      this.failures++;
+      this.notifyBatch(null, batch.length, (clock() - started) / 1000);
+      this.opts.onError?.(err);
+      const e = new AuditUnavailableError('the audit log cannot be written');
+      for (const p of batch) p.reject(e);
+      return;
+    }
+    const seconds = (clock() - started) / 1000;
+    this.committedSinceStart += tips.length;
+    const last = tips.at(-1);
+    if (last && (!this.knownTip || last.seq > this.knownTip.seq)) this.knownTip = last;
+    this.commits++;
+    for (const [i, p] of batch.entries()) p.resolve(tips[i]!);
+    try {
+      const committed = batch.map((p, i) => ({ seq: tips[i]!.seq, hash: tips[i]!.hash, input: p.input }));
+      this.notifyBatch(committed, committed.length, seconds);
+      this.opts.onCommitted?.(committed);
+    } catch (err) {
+      this.opts.onError?.(err);
+    }
+    // A signed checkpoint at every multiple of `checkpointEvery` (whichever process wrote it).
+    const due = this.opts.signer ? tips.filter((t) => t.seq % this.every === 0).pop() : undefined;
+    if (due) await this.checkpoint('periodic', due).catch((err) => this.opts.onError?.(err));
   }
 
   /** Also checkpoint on a timer (when anything new was committed since the last one). */
@@ -227,7 +280,10 @@ export class AuditLog {
 
   /** Wait for everything queued to be committed. */
   async drain(): Promise<void> {
-    while (this.flushing) await this.flushing;
+    while (this.flushing || this.inFlight.size > 0) {
+      if (this.flushing) await this.flushing;
+      else await Promise.all(this.inFlight);
+    }
   }
 
   /**

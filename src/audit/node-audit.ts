@@ -7,6 +7,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createSqliteAuditStorage, sha256Hex } from '../db/sqlite-audit';
+import { withAppendThread } from '../db/sqlite-audit-thread';
 import { ensurePrivateDir, type SqliteDb } from '../db/sqlite';
 import type { Config } from '../env';
 import type { Logger } from '../http/context';
@@ -89,11 +90,35 @@ export interface NodeAuditOptions {
   createKeys?: boolean;
   /** Backfill the Merkle tree for entries made before it existed (default true; verification does not write). */
   syncTree?: boolean;
+  /**
+   * SQLite: commit appends on a writer thread with its own connection
+   * (src/db/sqlite-audit-thread.ts), so the event loop is not blocked by the
+   * commit's fsync. The server sets it; the CLI's few appends do not need it.
+   */
+  appendThread?: boolean;
 }
 
 /** SQLite: the storage on the file, verified by the parallel worker threads. */
 export async function createNodeAudit(config: Config, db: SqliteDb, opts: NodeAuditOptions = {}): Promise<NodeAudit> {
-  return createNodeAuditOn(config, createSqliteAuditStorage(db), createParallelChecker(config.dbPath), opts);
+  const storage = createSqliteAuditStorage(db);
+  if (!opts.appendThread || !config.auditEnabled) return createNodeAuditOn(config, storage, createParallelChecker(config.dbPath), opts);
+  // The tree backfill (createNodeAuditOn) runs on this connection before any append goes to the thread.
+  const threaded = withAppendThread(storage, config.dbPath);
+  try {
+    // The thread is up (its connection open) before anything is appended or served.
+    await threaded.ready;
+    const node = await createNodeAuditOn(config, threaded, createParallelChecker(config.dbPath), opts);
+    return {
+      ...node,
+      async close() {
+        await node.close();
+        await threaded.close();
+      },
+    };
+  } catch (err) {
+    await threaded.close();
+    throw err;
+  }
 }
 
 /**

@@ -45,6 +45,11 @@ export interface TreeStatus {
 export interface AuditStorage {
   /** Append entries atomically after the current tip; returns their positions. */
   appendBatch(inputs: AuditInput[]): Promise<Tip[]>;
+  /**
+   * true: `appendBatch` may be called again before an earlier call settled; the
+   * batches are committed (and settle) in call order (the SQLite writer thread).
+   */
+  readonly pipelined?: boolean;
   tip(): Promise<Tip>;
   query(q: AuditQuery): Promise<ChainRow[]>;
   /** Rows with seq in [from, to], ascending. */

@@ -152,9 +152,10 @@ describe.skipIf(TEST_STORE === 'postgres')('fail closed', () => {
     try {
       expect((await s.req('/api/status')).status).toBe(200);
       await s.runtime.audit.drain();
-      // The database is "full": SQLite refuses to grow it (SQLITE_FULL), as on a full disk.
-      const pages = s.runtime.db.pragma('page_count', { simple: true }) as number;
-      s.runtime.db.pragma(`max_page_count = ${pages}`);
+      // The database refuses every audit insert, as a full disk would. A trigger, not
+      // `max_page_count`: that pragma holds for one connection only, and the server
+      // commits its entries on its writer thread's own connection.
+      s.runtime.db.exec("CREATE TRIGGER test_audit_full BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END");
       let first503: Response | null = null;
       for (let i = 0; i < 500 && !first503; i++) {
         const r = await s.req(`/api/status?pad=${'x'.repeat(300)}`);
@@ -166,7 +167,7 @@ describe.skipIf(TEST_STORE === 'postgres')('fail closed', () => {
       expect(body.error).toMatchObject({ code: 'audit_unavailable', message: 'the audit log cannot be written; the request was not completed' });
       for (let i = 0; i < 3; i++) expect((await s.req(`/api/status?pad=${'x'.repeat(300)}`)).status).toBe(503);
       expect((await s.req('/health')).status).toBe(200);
-      s.runtime.db.pragma('max_page_count = 1073741823');
+      s.runtime.db.exec('DROP TRIGGER test_audit_full');
       expect((await s.req('/api/status')).status).toBe(200);
       const v = await s.runtime.audit.verify();
       expect(v.valid).toBe(true);

@@ -31,7 +31,7 @@ export function systemRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDep
   );
 
   const status = async (c: Parameters<Parameters<DefineRoute>[2]>[0]) => {
-    const [sessions, tip] = await Promise.all([deps.store.sessions.counts(), deps.audit.enabled ? deps.audit.storage.tip() : null]);
+    const [sessions, tip] = await Promise.all([deps.store.sessions.counts(), deps.audit.enabled ? deps.audit.tip() : null]);
     return c.json({
       status: 'running',
       service: 'loki-dashboard',
