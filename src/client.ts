@@ -10,7 +10,7 @@
  * `bad_response` when there is no contract answer). Runtime-free (global fetch).
  */
 import type { z } from 'zod';
-import type { paths } from './http/openapi-types';
+import type { ApiBody, ApiMethod, ApiPath, ApiQuery, ApiResult, PathParams } from './http/api-types';
 import { type ServerStatus, serverStatusSchema } from './http/schemas';
 import {
   type ClaimInput,
@@ -66,22 +66,8 @@ export interface LokiClientOptions {
   fetch?: typeof fetch;
 }
 
-type HttpMethod = 'get' | 'post' | 'delete';
 /** The server-sent events route (read by `watchEvents` with its own stream parser). */
-const EVENTS_PATH = '/api/events' satisfies keyof paths;
-/** A documented path. */
-export type ApiPath = keyof paths;
-/** The documented methods of a path. */
-export type ApiMethod<P extends ApiPath> = { [M in HttpMethod]-?: undefined extends paths[P][M] ? never : M }[HttpMethod];
-type Operation<P extends ApiPath, M extends ApiMethod<P>> = NonNullable<paths[P][M]>;
-type PathParams<P extends ApiPath, M extends ApiMethod<P>> = Operation<P, M> extends { parameters: { path: infer T } } ? T : never;
-type QueryOf<P extends ApiPath, M extends ApiMethod<P>> = Operation<P, M> extends { parameters: { query?: infer T } } ? T : never;
-/** The documented JSON request body. */
-export type ApiBody<P extends ApiPath, M extends ApiMethod<P>> = Operation<P, M> extends { requestBody?: { content: { 'application/json': infer T } } } ? T : never;
-/** The documented JSON body of a success (2xx) response. */
-export type ApiResult<P extends ApiPath, M extends ApiMethod<P>> = Operation<P, M> extends { responses: infer R }
-  ? { [S in keyof R]: S extends 200 | 201 | 202 ? (R[S] extends { content: { 'application/json': infer T } } ? T : never) : never }[keyof R]
-  : never;
+const EVENTS_PATH = '/api/events' satisfies ApiPath;
 /** Refuses (at compile time) a parse schema that would not accept the documented success body. */
 type Accepting<S extends z.ZodType, P extends ApiPath, M extends ApiMethod<P>> = [ApiResult<P, M>] extends [z.input<S>]
   ? S
@@ -90,7 +76,7 @@ type Accepting<S extends z.ZodType, P extends ApiPath, M extends ApiMethod<P>> =
 interface RequestOptions<P extends ApiPath, M extends ApiMethod<P>, S extends z.ZodType> {
   /** The path's `{name}` parameters. */
   params?: PathParams<P, M>;
-  query?: { [K in keyof QueryOf<P, M>]?: string | number };
+  query?: ApiQuery<P, M>;
   body?: ApiBody<P, M>;
   schema: Accepting<S, P, M>;
   signal?: AbortSignal;
@@ -118,7 +104,7 @@ export class LokiClient {
     return this.request('post', '/api/sessions', { body: input, schema: sessionSchema, signal });
   }
 
-  listSessions(q: { limit?: number; status?: string; cursor?: string } = {}): Promise<SessionList> {
+  listSessions(q: { limit?: number; status?: NonNullable<ApiQuery<'/api/sessions', 'get'>['status']>; cursor?: string } = {}): Promise<SessionList> {
     return this.request('get', '/api/sessions', { query: q, schema: sessionListSchema });
   }
 

@@ -1,8 +1,16 @@
+// @ts-check
 /**
  * API access for the dashboard. The token lives in sessionStorage (this tab
  * only) and travels in the Authorization header, never in a URL. Live events
  * come from GET /api/events read with fetch streaming, since EventSource cannot
  * send headers.
+ *
+ * Calls are type-checked (`npm run typecheck`, tsconfig.dashboard.json) against
+ * the OpenAPI document's generated types: a path must be a documented one for
+ * its method, its `{name}` parameters, query and body the documented ones, and
+ * the result is the documented success body.
+ *
+ * @typedef {import('../../src/http/api-types').HttpMethod} HttpMethod
  */
 
 const TOKEN_KEY = 'loki.token';
@@ -25,6 +33,11 @@ export function setToken(token) {
 }
 
 export class ApiError extends Error {
+  /**
+   * @param {number} status
+   * @param {string} code
+   * @param {string} message
+   */
   constructor(status, code, message) {
     super(message);
     this.status = status;
@@ -32,6 +45,7 @@ export class ApiError extends Error {
   }
 }
 
+/** @param {HeadersInit} extra */
 function headers(extra) {
   const h = new Headers(extra);
   const token = getToken();
@@ -39,13 +53,58 @@ function headers(extra) {
   return h;
 }
 
-/** Call the API; resolves to the JSON body, rejects with ApiError (its message is shown as text). */
-export async function api(path, { method = 'GET', body, signal } = {}) {
+/**
+ * `GET` a documented path; resolves to its JSON body.
+ * @template {import('../../src/http/api-types').PathWith<'get'>} P
+ * @param {P} path e.g. `/api/sessions/{id}`, its parameters in `opts.params`
+ * @param {import('../../src/http/api-types').CallOptions<P, 'get'>} [opts]
+ * @returns {Promise<import('../../src/http/api-types').ApiResult<P, 'get'>>}
+ */
+export function apiGet(path, opts) {
+  return call('GET', path, opts ?? {});
+}
+
+/**
+ * `POST` to a documented path.
+ * @template {import('../../src/http/api-types').PathWith<'post'>} P
+ * @param {P} path
+ * @param {import('../../src/http/api-types').CallOptions<P, 'post'>} [opts]
+ * @returns {Promise<import('../../src/http/api-types').ApiResult<P, 'post'>>}
+ */
+export function apiPost(path, opts) {
+  return call('POST', path, opts ?? {});
+}
+
+/**
+ * `DELETE` a documented path.
+ * @template {import('../../src/http/api-types').PathWith<'delete'>} P
+ * @param {P} path
+ * @param {import('../../src/http/api-types').CallOptions<P, 'delete'>} [opts]
+ * @returns {Promise<import('../../src/http/api-types').ApiResult<P, 'delete'>>}
+ */
+export function apiDelete(path, opts) {
+  return call('DELETE', path, opts ?? {});
+}
+
+/**
+ * Call the API; resolves to the JSON body, rejects with ApiError (its message is shown as text).
+ * @param {string} method
+ * @param {string} template
+ * @param {{ params?: object, query?: object, body?: unknown, signal?: AbortSignal }} opts
+ * @returns {Promise<any>}
+ */
+async function call(method, template, { params, query: q, body, signal }) {
+  const values = /** @type {Record<string, string>} */ (params ?? {});
+  const path = template.replace(/\{([^}]+)\}/g, (_, name) => {
+    if (values[name] === undefined) throw new ApiError(0, 'bad_call', `${template}: no value for {${name}}`);
+    return encodeURIComponent(values[name]);
+  });
+  /** @type {RequestInit} */
   const init = { method, headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }), signal, cache: 'no-store' };
   if (body !== undefined) init.body = JSON.stringify(body);
   let res;
   try {
-    res = await fetch(path, init);
+    res = await fetch(path + query(q ?? {}), init);
   } catch (err) {
     throw new ApiError(0, 'network', `cannot reach the server (${err?.message ?? 'network error'})`);
   }
@@ -65,7 +124,10 @@ export async function api(path, { method = 'GET', body, signal } = {}) {
   return data;
 }
 
-/** Build a query string from an object, skipping empty values. */
+/**
+ * Build a query string from an object, skipping empty values.
+ * @param {Record<string, unknown>} params
+ */
 export function query(params) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== '') q.set(k, String(v));
@@ -81,6 +143,8 @@ export function query(params) {
  * without a cursor starts at the newest event and says so in its first comment
  * (`: connected after N`); the page then reopens it once from N - backlog, so the
  * backlog and everything after N arrive in order on the same stream.
+ *
+ * @param {{ types?: string, session?: string, backlog?: number, onEvent: (e: LiveEvent) => void, onState: (text: string) => void }} opts
  */
 export function followEvents({ types, session, backlog = 0, onEvent, onState }) {
   const controller = new AbortController();
@@ -91,11 +155,12 @@ export function followEvents({ types, session, backlog = 0, onEvent, onState }) 
 
   const run = async () => {
     while (!stopped) {
+      /** @type {string | typeof REOPEN} */
       let message = 'disconnected';
       try {
         const h = headers({ Accept: 'text/event-stream' });
         if (lastId !== null) h.set('Last-Event-ID', String(lastId));
-        const res = await fetch(`/api/events${query({ types, session })}`, { headers: h, signal: controller.signal, cache: 'no-store' });
+        const res = await fetch(`${EVENTS}${query({ types, session })}`, { headers: h, signal: controller.signal, cache: 'no-store' });
         if (!res.ok || !res.body) {
           let text = `HTTP ${res.status}`;
           try {
@@ -151,6 +216,12 @@ export function followEvents({ types, session, backlog = 0, onEvent, onState }) 
 
 const REOPEN = Symbol('reopen');
 
+/** The event stream's documented path (a rename in the server fails the type check). */
+/** @type {import('../../src/http/api-types').PathWith<'get'>} */
+const EVENTS = '/api/events';
+
+/** One event of the stream: `data:` of a message frame. @typedef {{ id: number, type: string, session_id: string | null, data: any, ts: number }} LiveEvent */
+
 /** Read SSE frames until the stream ends (its close reason) or onComment asks to reopen it (REOPEN). */
 async function readStream(body, onFrame, onComment) {
   const reader = body.getReader();
@@ -165,6 +236,7 @@ async function readStream(body, onFrame, onComment) {
     while (end >= 0) {
       const raw = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
+      /** @type {{ id: string | null, event: string, data: string }} */
       const frame = { id: null, event: 'message', data: '' };
       const data = [];
       for (const line of raw.split('\n')) {

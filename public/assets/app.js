@@ -1,9 +1,10 @@
+// @ts-check
 /**
  * The dashboard: a token field (sessionStorage, sent as a bearer header) and
  * five panels. One event stream feeds the event feed, live session output and
  * refreshes. All text is rendered through dom.js (textContent only).
  */
-import { api, followEvents, getToken, setToken } from './api.js';
+import { apiGet, followEvents, getToken, setToken } from './api.js';
 import { el, replace } from './dom.js';
 import { auditPanel } from './panel-audit.js';
 import { eventsPanel } from './panel-events.js';
@@ -38,7 +39,7 @@ function describeAuth(enterprise) {
 let enterprise = null;
 async function loadEnterprise() {
   try {
-    enterprise = await api('/api/enterprise/status');
+    enterprise = await apiGet('/api/enterprise/status');
   } catch {
     enterprise = null;
   }
@@ -53,7 +54,7 @@ function startEvents() {
     onEvent: (e) => {
       for (const p of panels) p.onEvent?.(e);
     },
-    onState: (text) => feed.onStreamState(text),
+    onState: (text) => feed?.onStreamState(text),
   });
 }
 

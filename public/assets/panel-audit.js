@@ -1,4 +1,5 @@
-import { api, query } from './api.js';
+// @ts-check
+import { apiGet } from './api.js';
 import { el, json, replace, time } from './dom.js';
 
 /** `token:ci-bot`, `oidc:alice@example.com`, `anonymous` (no trailing colon when there is neither a name nor an id). */
@@ -27,9 +28,9 @@ export function auditPanel() {
 
   async function refresh() {
     try {
-      const body = await api(
-        `/api/enterprise/audit${query({ action: f.action.value.trim(), actor: f.actor.value.trim(), since: f.since.value.trim(), limit: f.limit.value, order: 'desc' })}`,
-      );
+      const body = await apiGet('/api/enterprise/audit', {
+        query: { action: f.action.value.trim(), actor: f.actor.value.trim(), since: f.since.value.trim(), limit: f.limit.value, order: 'desc' },
+      });
       replace(
         tbody,
         (body?.entries ?? []).map((e) =>
@@ -55,7 +56,7 @@ export function auditPanel() {
   async function verify() {
     verifyOut.textContent = 'verifying…';
     try {
-      const r = await api('/api/enterprise/audit/verify');
+      const r = await apiGet('/api/enterprise/audit/verify');
       const lines = [
         r.valid ? `VALID: ${r.entries_checked} entries checked` : `INVALID at #${r.first_invalid_seq}: ${r.reason}`,
         `last hash: ${r.last_hash}`,
@@ -72,7 +73,7 @@ export function auditPanel() {
 
   async function checkpoint() {
     try {
-      const { checkpoint: cp } = await api('/api/enterprise/audit/checkpoint');
+      const { checkpoint: cp } = await apiGet('/api/enterprise/audit/checkpoint');
       checkpointOut.textContent = cp
         ? [`kind: ${cp.kind}`, `size: ${cp.size}`, `head hash: ${cp.head_hash}`, `time: ${time(cp.time)}`, `signature (JWS): ${cp.jws ?? 'none'}`].join('\n')
         : 'no checkpoint yet';

@@ -1,4 +1,5 @@
-import { api, query } from './api.js';
+// @ts-check
+import { apiGet, apiPost } from './api.js';
 import { el, replace, time } from './dom.js';
 
 const MAX_LINES = 5000;
@@ -142,13 +143,14 @@ export function sessionsPanel() {
 
   async function start(ev) {
     ev.preventDefault();
+    /** @type {import('../../src/http/api-types').ApiBody<'/api/sessions', 'post'>} */
     const body = { workspace: f.workspace.value.trim(), prd: f.prd.value.trim() };
     if (f.name.value.trim()) body.name = f.name.value.trim();
     if (f.budget.value) body.budget_usd = Number(f.budget.value);
     // Every session is sandboxed unless a host session is asked for (the operator decides).
     body.sandbox = !f.host.checked;
     try {
-      await api('/api/sessions', { method: 'POST', body });
+      await apiPost('/api/sessions', { body });
       showError(null);
       await refresh();
     } catch (err) {
@@ -159,7 +161,7 @@ export function sessionsPanel() {
   async function stop(id, button) {
     button.disabled = true;
     try {
-      await api(`/api/sessions/${encodeURIComponent(id)}/stop`, { method: 'POST' });
+      await apiPost('/api/sessions/{id}/stop', { params: { id } });
       showError(null);
       await refresh();
     } catch (err) {
@@ -188,7 +190,7 @@ export function sessionsPanel() {
     replace(outputTitle, 'Output of ', pick(session, 'name') ?? selected);
     replace(output);
     try {
-      const body = await api(`/api/sessions/${encodeURIComponent(selected)}/logs${query({ limit: 1000 })}`);
+      const body = await apiGet('/api/sessions/{id}/logs', { params: { id: selected }, query: { limit: 1000 } });
       appendLines(linesOf(body));
       showError(null);
     } catch (err) {
@@ -222,7 +224,7 @@ export function sessionsPanel() {
 
   async function refresh() {
     try {
-      const body = await api(`/api/sessions${query({ limit: 100 })}`);
+      const body = await apiGet('/api/sessions', { query: { limit: 100 } });
       const list = listOf(body, 'sessions', 'items');
       listed.clear();
       for (const s of list) listed.set(pick(s, 'id'), { cost: pick(s, 'cost_usd', 'costUsd'), budget: pick(s, 'budget_usd', 'budgetUsd') });

@@ -1,4 +1,5 @@
-import { api, getToken } from './api.js';
+// @ts-check
+import { apiGet, getToken } from './api.js';
 import { el, replace, time } from './dom.js';
 
 /**
@@ -150,7 +151,7 @@ export function statusPanel() {
     if (!s.audit) return { value: null };
     if (denied && denied.token === getToken()) return { error: denied.message };
     try {
-      const r = await api('/api/enterprise/audit/checkpoint');
+      const r = await apiGet('/api/enterprise/audit/checkpoint');
       return { value: r?.checkpoint ?? null };
     } catch (err) {
       if (err.status === 403) denied = { token: getToken(), message: err.message };
@@ -160,7 +161,7 @@ export function statusPanel() {
 
   async function refresh() {
     try {
-      const s = await api('/api/status');
+      const s = await apiGet('/api/status');
       const checkpoint = await loadCheckpoint(s);
       error.hidden = true;
       updated.textContent = `updated ${time(Date.now())}`;

@@ -1,4 +1,5 @@
-import { api, query } from './api.js';
+// @ts-check
+import { apiDelete, apiGet, apiPost } from './api.js';
 import { el, replace, time } from './dom.js';
 
 const ROLES = ['viewer', 'operator', 'auditor', 'admin', 'worker'];
@@ -51,10 +52,11 @@ export function tokensPanel() {
 
   async function create(ev) {
     ev.preventDefault();
+    /** @type {import('../../src/http/api-types').ApiBody<'/api/enterprise/tokens', 'post'>} */
     const body = { name: f.name.value, role: f.role.value };
     if (f.expires.value) body.expires_days = Number(f.expires.value);
     try {
-      const record = await api('/api/enterprise/tokens', { method: 'POST', body });
+      const record = await apiPost('/api/enterprise/tokens', { body });
       showSecret(record);
       f.name.value = '';
       showError(null);
@@ -76,7 +78,7 @@ export function tokensPanel() {
       }
       button.disabled = true;
       try {
-        await api(`/api/enterprise/tokens/${encodeURIComponent(t.id)}`, { method: 'DELETE' });
+        await apiDelete('/api/enterprise/tokens/{id}', { params: { id: t.id } });
         showError(null);
         await refresh();
       } catch (err) {
@@ -89,7 +91,7 @@ export function tokensPanel() {
 
   async function refresh() {
     try {
-      const body = await api(`/api/enterprise/tokens${query({ all: 'true' })}`);
+      const body = await apiGet('/api/enterprise/tokens', { query: { all: 'true' } });
       replace(
         tbody,
         (body?.tokens ?? []).map((t) =>
