@@ -173,6 +173,16 @@ describe('Workers (wrangler dev, local D1)', () => {
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('not_implemented');
   });
 
+  it('GET /api/openapi.json without a token: the same OpenAPI 3.1 document as on Node (hono-openapi runs on workerd)', async () => {
+    const res = await fetch(`${authOn!.url}/api/openapi.json`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+    const doc = (await res.json()) as { openapi: string; paths: Record<string, Record<string, { security: unknown }>> };
+    expect(doc.openapi).toBe('3.1.0');
+    expect(doc.paths['/api/sessions']?.post?.security).toEqual([{ bearer: ['control'] }]);
+    expect(Object.keys(doc.paths)).toContain('/api/enterprise/audit/tlog/tile/{tile}');
+  });
+
   it('answers an unknown route with the JSON error shape', async () => {
     const res = await fetch(`${authOn!.url}/no/such/route`);
     expect(res.status).toBe(404);
