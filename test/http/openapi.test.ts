@@ -56,6 +56,13 @@ describe('GET /api/openapi.json (real server, auth on)', () => {
     return validate(body) ? [] : (validate.errors ?? []).map((e) => `${e.instancePath} ${e.message}`);
   }
 
+  /** The errors of a request body against the document's request schema; [] when it fits. */
+  function checkRequest(method: string, path: string, body: unknown): string[] {
+    const ref = `openapi.json#/paths/${pointer(docPath(path))}/${method.toLowerCase()}/requestBody/content/application~1json/schema`;
+    const validate = ajv.getSchema(ref) ?? ajv.compile({ $ref: ref });
+    return validate(body) ? [] : (validate.errors ?? []).map((e) => `${e.instancePath} ${e.message}`);
+  }
+
   /** A real response: its status as expected, JSON, and its body fitting the document. */
   async function conforms(r: Response, method: string, path: string, status: number): Promise<Json> {
     expect(r.status).toBe(status);
@@ -188,6 +195,19 @@ describe('GET /api/openapi.json (real server, auth on)', () => {
       s.req('/api/enterprise/tokens', { method: 'POST', token: admin, headers: json, body: JSON.stringify({ name: 'never', role: 'viewer' }) }),
     );
     expect((await conforms(failing, 'POST', '/api/enterprise/tokens', 503)).error.code).toBe('audit_unavailable');
+  });
+
+  it('request bodies: what the server accepts fits the documented schema, what its validator refuses does not', () => {
+    expect(checkRequest('POST', '/api/sessions', { workspace: ws, prd: 'prd.md', budget_usd: '5.00', name: 'doc' })).toEqual([]);
+    expect(checkRequest('POST', '/api/sessions', { workspace: ws, prd: 'prd.md', sandbox: false, provider: 'codex', budget_usd: 5 })).toEqual([]);
+    expect(checkRequest('POST', '/api/sessions', { workspace: 5 }).length).toBeGreaterThan(0);
+    expect(checkRequest('POST', '/api/sessions', { workspace: ws, prd: 'prd.md', provider: 'gpt' }).length).toBeGreaterThan(0);
+    expect(checkRequest('POST', '/api/enterprise/tokens', { name: 'ci', role: 'operator', expires_days: 30 })).toEqual([]);
+    expect(checkRequest('POST', '/api/enterprise/tokens', { role: 'operator' }).length).toBeGreaterThan(0);
+    expect(checkRequest('POST', '/api/sandbox/jobs/claim', { worker_id: 'w1', wait_ms: 0 })).toEqual([]);
+    expect(checkRequest('POST', '/api/sandbox/jobs/claim', { worker_id: '../w1' }).length).toBeGreaterThan(0);
+    expect(checkRequest('POST', '/api/sandbox/jobs/:id/events', { worker_id: 'w1', lease_id: 'l', events: [{ seq: 1, type: 'heartbeat', data: {} }] })).toEqual([]);
+    expect(checkRequest('POST', '/api/sandbox/jobs/:id/events', { worker_id: 'w1', lease_id: 'l', events: [{ seq: 1, type: 'teleport', data: {} }] }).length).toBeGreaterThan(0);
   });
 
   it('real session and worker responses fit the document', async () => {
