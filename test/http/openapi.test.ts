@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuditLog } from '../../src/audit/log';
 import { TYPES_FILE, typesFromDocument } from '../../scripts/openapi-types';
 import { createLokiApp } from '../../src/app';
+import { DOCUMENTED_ROUTES } from '../../src/http/openapi';
 import { ROUTES } from '../../src/http/scopes';
 import { rawRequest } from '../helpers/raw-http';
 import { startTestServer, type TestServer } from '../helpers/server';
@@ -143,6 +144,10 @@ describe('GET /api/openapi.json (real server, auth on)', () => {
       expect(Object.keys(op.responses).includes('401'), key).toBe(spec!.scope !== 'public');
       expect(Object.keys(op.responses).includes('503'), key).toBe(true);
     }
+  });
+
+  it('describes exactly the routes of the route table (no stale entry)', () => {
+    expect([...DOCUMENTED_ROUTES].sort()).toEqual(ROUTES.map((r) => `${r.method} ${r.path}`).sort());
   });
 
   it('describes parameters and bodies from the validators the routes run', () => {
