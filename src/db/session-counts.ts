@@ -42,7 +42,8 @@ export function withCountsCache(store: Store, opts: CountsCacheOptions = {}): St
     ...inner,
     async counts() {
       const t = now();
-      if (cached && t - cached.at < ttl) return { ...cached.value };
+      // A wall clock stepped back (t before the read) does not stretch the TTL.
+      if (cached && t >= cached.at && t - cached.at < ttl) return { ...cached.value };
       const g = generation;
       const value = await inner.counts();
       if (g === generation) cached = { value, at: t };
