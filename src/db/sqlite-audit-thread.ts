@@ -22,16 +22,14 @@ export interface ThreadedAuditStorage extends AuditStorage {
 }
 
 export function withAppendThread(storage: AuditStorage, dbPath: string): ThreadedAuditStorage {
-  const pending = new Map<number, { resolve: (t: Tip[]) => void; reject: (e: unknown) => void }>();
+  type Pending = { resolve: (t: Tip[]) => void; reject: (e: unknown) => void };
+  /** Each thread's unanswered batches: a thread that dies fails its own, never its replacement's. */
+  const pendingOf = new WeakMap<Worker, Map<number, Pending>>();
   let nextId = 1;
   let worker: Worker | null = null;
   let closed = false;
   let ready!: Promise<void>;
 
-  const failAll = (err: unknown) => {
-    for (const p of pending.values()) p.reject(err);
-    pending.clear();
-  };
   const start = (): Worker => {
     const w = new Worker(new URL('./sqlite-audit-writer.js', import.meta.url), {
       workerData: { dbPath },
@@ -40,6 +38,8 @@ export function withAppendThread(storage: AuditStorage, dbPath: string): Threade
     });
     // An idle thread does not keep the process alive; one with batches in flight does.
     w.unref();
+    const pending = new Map<number, Pending>();
+    pendingOf.set(w, pending);
     let started!: () => void;
     let failed!: (e: unknown) => void;
     ready = new Promise<void>((resolve, reject) => {
@@ -60,7 +60,8 @@ export function withAppendThread(storage: AuditStorage, dbPath: string): Threade
     const gone = (err: unknown) => {
       if (worker === w) worker = null;
       failed(err);
-      failAll(err);
+      for (const p of pending.values()) p.reject(err);
+      pending.clear();
     };
     w.on('error', gone);
     w.on('exit', (code) => gone(new Error(`the audit writer thread exited (code ${code})`)));
@@ -79,6 +80,7 @@ export function withAppendThread(storage: AuditStorage, dbPath: string): Threade
       // A thread that died (its batches were rejected) is replaced for the next batch.
       worker ??= start();
       const w = worker;
+      const pending = pendingOf.get(w)!;
       return new Promise<Tip[]>((resolve, reject) => {
         const id = nextId++;
         pending.set(id, { resolve, reject });
