@@ -1,0 +1,93 @@
+/**
+ * Review: the server commits its audit entries on a writer thread (its own
+ * connection) while another process (the CLI) appends to the same SQLite file.
+ * Flood the server, append from a second process at the same time, SIGKILL the
+ * server mid-flood: one linear chain, a Merkle tree that matches it, valid
+ * checkpoints, every acknowledged request on disk and every CLI entry present.
+ */
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { createNodeAudit } from '../../src/audit/node-audit';
+import { loadConfig } from '../../src/env';
+import { migrate, openSqlite } from '../../src/db/sqlite';
+import { ROOT, spawnServer, tempHome } from '../helpers/server';
+
+function run(args: string[]): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
+    child.stderr.on('data', (d) => {
+      out += d;
+    });
+    child.once('close', (code) => resolve({ code, out }));
+  });
+}
+
+describe('server writer thread beside a CLI appender, then SIGKILL', () => {
+  it('keeps one chain and one tree; no acknowledged entry is lost', async () => {
+    const home = tempHome('loki-review-cc-');
+    const srv = await spawnServer({}, home);
+    const acked: string[] = [];
+    let stop = false;
+    let n = 0;
+    const client = async () => {
+      while (!stop) {
+        const id = `ack-${n++}-${Math.random().toString(36).slice(2, 10)}`;
+        try {
+          const r = await fetch(`${srv.url}/api/status`, { headers: { 'X-Request-Id': id } });
+          if (r.status === 200) acked.push(id);
+          await r.arrayBuffer();
+        } catch {
+          return; // the server is gone
+        }
+      }
+    };
+    const clients = Array.from({ length: 12 }, client);
+    const cli = run([path.join(ROOT, 'test/helpers/append-proc.ts'), home, '20000', 'cli']);
+    // Kill the server once the CLI is appending (its start-up is slow on a loaded host).
+    const watch = openSqlite(loadConfig({ LOKI_HOME: home }, { home, cwd: home }).dbPath);
+    const cliSoFar = watch.prepare("SELECT count(*) AS n FROM audit_log WHERE json_extract(entry, '$.actor.name') = 'cli'").pluck();
+    const until = Date.now() + 60_000;
+    while ((cliSoFar.get() as number) < 300 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    watch.close();
+    srv.child.kill('SIGKILL');
+    stop = true;
+    await Promise.all(clients);
+    expect((await srv.exited).signal).toBe('SIGKILL');
+    expect(await cli).toMatchObject({ code: 0, out: 'done\n' });
+    expect(acked.length).toBeGreaterThan(50);
+
+    const config = loadConfig({ LOKI_HOME: home }, { home, cwd: home });
+    const db = openSqlite(config.dbPath);
+    migrate(db);
+    const node = await createNodeAudit(config, db, { syncTree: false });
+    try {
+      const { count, lo, hi } = db.prepare('SELECT count(*) AS count, min(seq) AS lo, max(seq) AS hi FROM audit_log').get() as {
+        count: number;
+        lo: number;
+        hi: number;
+      };
+      expect([lo, hi]).toEqual([1, count]);
+      // The tree was extended by every append, from either connection: it covers the whole log.
+      expect(await node.audit.storage.treeStatus()).toMatchObject({ state: 'complete', size: count, logSize: count });
+      const v = await node.audit.verify();
+      expect(v).toMatchObject({ valid: true, entries_checked: count, first_invalid_seq: null });
+      const cliCount = db.prepare("SELECT count(*) AS n FROM audit_log WHERE json_extract(entry, '$.actor.name') = 'cli'").get() as { n: number };
+      expect(cliCount.n).toBe(20000);
+      const ids = new Set((db.prepare("SELECT json_extract(entry, '$.request.id') AS id FROM audit_log").all() as { id: string }[]).map((r) => r.id));
+      expect(acked.filter((id) => !ids.has(id))).toEqual([]);
+      // Interleaved: the two writers really overlapped.
+      const names = (db.prepare("SELECT json_extract(entry, '$.actor.name') = 'cli' AS c FROM audit_log ORDER BY seq").all() as { c: number }[]).map((r) => r.c);
+      let switches = 0;
+      for (let i = 1; i < names.length; i++) if (names[i] !== names[i - 1]) switches++;
+      expect(switches).toBeGreaterThan(2);
+    } finally {
+      await node.close();
+      db.close();
+    }
+  }, 120_000);
+});
