@@ -225,7 +225,12 @@ export class LokiClient {
   ): Promise<z.infer<S> | null> {
     const method = lowerMethod.toUpperCase();
     const params = (opts.params ?? {}) as Record<string, string>;
-    const path = (template as string).replace(/\{([^}]+)\}/g, (_, name: string) => encodeURIComponent(params[name] ?? ''));
+    const path = (template as string).replace(/\{([^}]+)\}/g, (_, name: string) => {
+      const value = params[name] ?? '';
+      // `.` and `..` would be resolved by the URL parser (encoded or not): the request would go elsewhere.
+      if (value === '.' || value === '..') throw new ApiClientError(0, 'validation_error', `${name} cannot be "${value}"`);
+      return encodeURIComponent(value);
+    });
     const schema = opts.schema as unknown as S;
     const url = new URL(this.url + path);
     for (const [k, v] of Object.entries((opts.query ?? {}) as Record<string, string | number | undefined>)) if (v !== undefined) url.searchParams.set(k, String(v));
