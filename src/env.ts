@@ -52,6 +52,11 @@ export interface Config {
   auditEnabled: boolean;
   /** `LOKI_AUDIT_READS`: `all` (default) records every request; `failures` leaves out successful reads and the worker's polling. */
   auditReads: 'all' | 'failures';
+  /**
+   * `LOKI_AUDIT_WRITER_THREAD` (SQLite): commit audit batches on a writer thread
+   * instead of the event loop (default off: on the 2-core benchmark VM it measured slower).
+   */
+  auditWriterThread: boolean;
   /** `LOKI_AUDIT_RETENTION_DAYS`: the server prunes entries older than this behind a signed cut; null = off. */
   auditRetentionDays: number | null;
   /** `LOKI_AUDIT_RETENTION_INTERVAL_S`: how often the server applies the retention. */
@@ -349,6 +354,7 @@ export function loadConfig(env: Env, defaults: { home: string; cwd: string }): C
     oidc,
     auditEnabled: auditForced || !auditDisabled,
     auditReads: oneOf(env, 'LOKI_AUDIT_READS', ['all', 'failures'] as const, 'all'),
+    auditWriterThread: bool(env, 'LOKI_AUDIT_WRITER_THREAD', false),
     auditRetentionDays: read(env, 'LOKI_AUDIT_RETENTION_DAYS') === undefined ? null : int(env, 'LOKI_AUDIT_RETENTION_DAYS', 0, 1, 36_500),
     auditRetentionIntervalMs: int(env, 'LOKI_AUDIT_RETENTION_INTERVAL_S', 3_600, 1, 86_400) * 1000,
     auditOrigin: auditOriginFrom(env),

@@ -234,7 +234,7 @@ export async function buildNodeRuntime(config: Config, opts: NodeRuntimeOptions 
     applied = migrate(db);
     tightenDbFiles(config.dbPath);
     store = createSqliteStore(db);
-    nodeAudit = await createNodeAudit(config, db, { logger, appendThread: true });
+    nodeAudit = await createNodeAudit(config, db, { logger, appendThread: config.auditWriterThread });
   }
   const sqlite = db;
   const audit = nodeAudit.audit;

@@ -13,7 +13,7 @@ import { spawnServer, tempHome } from '../helpers/server';
 describe('SIGTERM under load with the audit writer thread', () => {
   it('drains: no acknowledged entry lost, the shutdown checkpoint signs the final tip', async () => {
     const home = tempHome('loki-review-drain-');
-    const srv = await spawnServer({}, home);
+    const srv = await spawnServer({ LOKI_AUDIT_WRITER_THREAD: 'true' }, home);
     const acked: string[] = [];
     let stop = false;
     let n = 0;

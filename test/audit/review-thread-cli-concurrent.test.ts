@@ -30,7 +30,7 @@ function run(args: string[]): Promise<{ code: number | null; out: string }> {
 describe('server writer thread beside a CLI appender, then SIGKILL', () => {
   it('keeps one chain and one tree; no acknowledged entry is lost', async () => {
     const home = tempHome('loki-review-cc-');
-    const srv = await spawnServer({}, home);
+    const srv = await spawnServer({ LOKI_AUDIT_WRITER_THREAD: 'true' }, home);
     const acked: string[] = [];
     let stop = false;
     let n = 0;

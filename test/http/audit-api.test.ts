@@ -147,14 +147,17 @@ describe('audit trail of API requests (real server, auth on)', () => {
 
 // SQLite's full disk; on PostgreSQL the same rule is tested with the database stopped (test/audit/pg-audit.test.ts).
 describe.skipIf(TEST_STORE === 'postgres')('fail closed', () => {
-  it('when the audit entry cannot be committed: 503, no success reported, server keeps running; resumes after space returns', async () => {
-    const s = await startTestServer();
+  it.each([
+    ['on the event loop', {}],
+    ['on the writer thread (LOKI_AUDIT_WRITER_THREAD)', { LOKI_AUDIT_WRITER_THREAD: 'true' }],
+  ])('when the audit entry cannot be committed (%s): 503, no success reported, server keeps running; resumes after space returns', async (_, env) => {
+    const s = await startTestServer(env);
     try {
       expect((await s.req('/api/status')).status).toBe(200);
       await s.runtime.audit.drain();
       // The database refuses every audit insert, as a full disk would. A trigger, not
-      // `max_page_count`: that pragma holds for one connection only, and the server
-      // commits its entries on its writer thread's own connection.
+      // `max_page_count`: that pragma holds for one connection only, and with
+      // LOKI_AUDIT_WRITER_THREAD the entries are committed on the thread's own connection.
       s.runtime.db.exec("CREATE TRIGGER test_audit_full BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END");
       let first503: Response | null = null;
       for (let i = 0; i < 500 && !first503; i++) {
