@@ -137,8 +137,8 @@ export function auditIntent(action: string, opts: AuditIntentOptions): Middlewar
 export function requestEntry(c: AppContext, opts: Pick<AuditTrailOptions, 'clientAddress' | 'rawPath' | 'now'>): AuditInput {
   const status = c.res.status;
   const identity = c.get('identity');
-  const url = new URL(c.req.url);
-  const raw = opts.rawPath?.(c) ?? url.pathname + url.search;
+  // The raw path as received (Node); parsing the URL only where the runtime has none.
+  const raw = opts.rawPath?.(c) ?? pathAndQuery(c.req.url);
   // Without an identity the caller chooses these freely: keep them short.
   const anonymous = identity === null;
   const pathMax = anonymous ? ANONYMOUS_PATH_MAX : PATH_MAX;
@@ -153,6 +153,11 @@ export function requestEntry(c: AppContext, opts: Pick<AuditTrailOptions, 'clien
     outcome: { status, success: status < 400, error: status >= 400 ? (c.get('errorCode') ?? `http_${status}`) : null },
     details: redactValue(c.get('auditDetails') ?? {}),
   };
+}
+
+function pathAndQuery(href: string): string {
+  const url = new URL(href);
+  return url.pathname + url.search;
 }
 
 /** At most `n` characters, the last being `…` when something was cut. */
