@@ -513,7 +513,8 @@ describe('loki audit witness: usage errors', () => {
     const port = await runCli(['audit', 'witness', 'serve', '--state', state, '--port', '70000'], { LOKI_HOME: home });
     expect(port).toEqual({ code: 2, stdout: '', stderr: 'loki: --port must be an integer from 0 to 65535 (got "70000")\n' });
     rmSync(home, { recursive: true, force: true });
-  });
+    // Ten CLI processes one after another: on a loaded 2-core host each can take several seconds to start.
+  }, 180_000);
 });
 
 describe('LOKI_AUDIT_WITNESSES', () => {
