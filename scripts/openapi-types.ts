@@ -32,14 +32,14 @@ export async function typesFromDocument(doc: Record<string, unknown>): Promise<s
 async function main(): Promise<void> {
   const { loadConfig } = await import('../src/env');
   const { buildNodeRuntime } = await import('../src/server');
-  const { buildOpenApiDocument } = await import('../src/http/openapi');
+  const { API_VERSION, buildOpenApiDocument } = await import('../src/http/openapi');
   const { createLogger } = await import('../src/util/logger');
   const home = mkdtempSync(path.join(os.tmpdir(), 'loki-openapi-'));
   try {
     const config = loadConfig({ LOKI_HOME: home, LOKI_EMBEDDED_WORKER: 'off' }, { home, cwd: home });
     const runtime = await buildNodeRuntime(config, { logger: createLogger({ quiet: true }) });
     try {
-      const doc = await buildOpenApiDocument(runtime.loki.app, runtime.deps.version);
+      const doc = await buildOpenApiDocument(runtime.loki.app, API_VERSION);
       writeFileSync(TYPES_FILE, await typesFromDocument(doc));
       process.stdout.write(`wrote ${path.relative(process.cwd(), TYPES_FILE)}\n`);
     } finally {

@@ -23,7 +23,7 @@ import { pathSafety } from './http/middleware/paths';
 import { FailureLimiter } from './http/middleware/rate-limit';
 import { requestId } from './http/middleware/request-id';
 import { securityHeaders } from './http/middleware/security-headers';
-import { openApiRoutes } from './http/openapi';
+import { API_VERSION, openApiRoutes } from './http/openapi';
 import { errorResponse } from './http/respond';
 import { requestHeader } from './http/headers';
 import { auditRoutes } from './http/routes/audit';
@@ -120,7 +120,7 @@ export function createLokiApp(appDeps: AppDeps): LokiApp {
   wsRoutes(app, route, deps, authenticator);
   dashboardRoutes(route, deps);
   metricsRoutes(route, deps);
-  openApiRoutes(app, route, deps.version);
+  openApiRoutes(app, route, API_VERSION);
 
   app.notFound(async (c) => {
     // No route ran its guard: name the caller for the audit trail when it presents a credential

@@ -370,6 +370,12 @@ export function openApiPath(path: string): string {
   return path.replace(/:([A-Za-z_][A-Za-z0-9_]*)/g, '{$1}').replace(/\/\*$/, '/{tile}');
 }
 
+/**
+ * The document's `info.version`: the version of the API it describes, not the server's
+ * release (that stays behind the `read` scope on /api/status; the document is public).
+ */
+export const API_VERSION = '1.0.0';
+
 /** Build the document from the app's registered routes. */
 export async function buildOpenApiDocument(app: Hono<AppEnv>, version: string): Promise<Record<string, unknown>> {
   // hono-openapi leaves out a wildcard path: the tile route is written here, with its parameter.

@@ -113,7 +113,8 @@ describe('GET /api/openapi.json (real server, auth on)', () => {
     expect(res.valid).toBe(true);
     expect(validator.version).toBe('3.1');
     expect(doc.openapi).toBe('3.1.0');
-    expect(doc.info.version).toBe('0.1.0');
+    // The API's version, not the server's release (public document; the release is behind `read`).
+    expect(doc.info.version).toBe('1.0.0');
     expect(doc.components.securitySchemes).toEqual({ bearer: expect.objectContaining({ type: 'http', scheme: 'bearer' }) });
   });
 
