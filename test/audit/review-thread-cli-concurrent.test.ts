@@ -51,8 +51,15 @@ describe('server writer thread beside a CLI appender, then SIGKILL', () => {
     // Kill the server once the CLI is appending (its start-up is slow on a loaded host).
     const watch = openSqlite(loadConfig({ LOKI_HOME: home }, { home, cwd: home }).dbPath);
     const cliSoFar = watch.prepare("SELECT count(*) AS n FROM audit_log WHERE json_extract(entry, '$.actor.name') = 'cli'").pluck();
+    // ... and once the server has committed after the CLI's first entry (so the writers
+    // overlapped by construction: a loaded host can otherwise let the CLI hold the lock).
+    const serverAfterCli = watch
+      .prepare(
+        "SELECT count(*) FROM audit_log WHERE json_extract(entry, '$.actor.name') IS NOT 'cli' AND seq > (SELECT min(seq) FROM audit_log WHERE json_extract(entry, '$.actor.name') = 'cli')",
+      )
+      .pluck();
     const until = Date.now() + 60_000;
-    while ((cliSoFar.get() as number) < 300 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    while (((cliSoFar.get() as number) < 300 || (serverAfterCli.get() as number) < 1) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
     watch.close();
     srv.child.kill('SIGKILL');
     stop = true;
