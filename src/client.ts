@@ -233,7 +233,7 @@ export class LokiClient {
     });
     const schema = opts.schema as unknown as S;
     const url = new URL(this.url + path);
-    for (const [k, v] of Object.entries((opts.query ?? {}) as Record<string, string | number | undefined>)) if (v !== undefined) url.searchParams.set(k, String(v));
+    for (const [k, v] of Object.entries((opts.query ?? {}) as Record<string, string | number | null | undefined>)) if (v !== undefined && v !== null) url.searchParams.set(k, String(v));
     const headers: Record<string, string> = { Accept: 'application/json' };
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
