@@ -23,7 +23,8 @@ if (!hasPostgres && process.env.CI !== 'true') {
 export default defineConfig({
   test: {
     environment: 'node',
-    testTimeout: 60_000,
+    // Many tests start CLI processes (tsx compiles at start-up: 5-8 s each at a load average of 10).
+    testTimeout: 120_000,
     hookTimeout: 120_000,
     pool: 'forks',
     maxWorkers: 2,
