@@ -100,6 +100,10 @@ export function withAppendThread(storage: AuditStorage, dbPath: string): Threade
       if (!w) return;
       // `worker` is cleared when the thread exits, so this one is still running.
       const exited = new Promise<void>((r) => w.once('exit', () => r()));
+      // Held until it exits: an idle thread is unref'd, and waiting on an unref'd thread
+      // let the process end right here, before the rest of the shutdown (closing the
+      // database, the last log line) ran.
+      w.ref();
       w.postMessage({ close: true } satisfies WriterRequest);
       await exited;
     },

@@ -26,8 +26,12 @@ function slowPost(port: number): { sendRest(): void; done: Promise<number> } {
 }
 
 describe('signals on a real server process', () => {
-  it('SIGTERM: stops accepting, lets the in-flight request finish, closes the database, exits 0', async () => {
-    const srv = await spawnServer();
+  // Also with the audit writer thread: waiting on its idle (unref'd) thread once ended the process before the database was closed.
+  it.each([
+    ['', {}],
+    [' (audit writer thread)', { LOKI_AUDIT_WRITER_THREAD: 'true' }],
+  ])('SIGTERM%s: stops accepting, lets the in-flight request finish, closes the database, exits 0', async (_, env) => {
+    const srv = await spawnServer(env);
     const inflight = slowPost(srv.port);
     await new Promise((r) => setTimeout(r, 200));
     srv.child.kill('SIGTERM');
