@@ -9,8 +9,9 @@
  * order rotated from run to run so drift on a shared machine hits them alike.
  * Ratios full/bare and bare/trivial are computed within each run; the JSON gives
  * every run, the median and the spread (min–max) over `--runs` (default 5).
- * `--extras` adds two more servers to each run, to show where the limit is: the
- * full stack with LOKI_AUDIT_READS=failures and with the audit log disabled.
+ * `--extras` adds three more servers to each run, to show where the limit is: the
+ * full stack with LOKI_AUDIT_READS=failures, with the audit log disabled, and with
+ * the audit commits on a writer thread (LOKI_AUDIT_WRITER_THREAD=true).
  */
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
@@ -49,6 +50,7 @@ if (extras) {
   for (const [name, env] of [
     ['full_reads_failures', { LOKI_AUDIT_READS: 'failures' }],
     ['full_audit_off', { LOKI_AUDIT_DISABLED: 'true' }],
+    ['full_writer_thread', { LOKI_AUDIT_WRITER_THREAD: 'true' }],
   ] as const) {
     const h = home(name);
     const d = openSqlite(path.join(h, 'dashboard', 'loki.db'));
