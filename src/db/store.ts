@@ -69,6 +69,38 @@ export interface SessionRecord {
   result: string | null;
 }
 
+/** The fields a new session is created with; the rest start empty (queued, nothing run, nothing spent). */
+export type NewSession = Pick<SessionRecord, 'id' | 'workspace' | 'prd' | 'sandbox' | 'createdBy' | 'createdAt'> &
+  Partial<Pick<SessionRecord, 'name' | 'budgetUsd' | 'policy' | 'policySha256'>>;
+
+/** A queued session's record, as `POST /api/sessions` inserts it. */
+export function queuedSession(s: NewSession): SessionRecord {
+  return {
+    name: null,
+    budgetUsd: null,
+    policy: null,
+    policySha256: null,
+    ...s,
+    costUsd: 0,
+    status: 'queued',
+    reason: null,
+    exitCode: null,
+    startedAt: null,
+    endedAt: null,
+    workerId: null,
+    leaseId: null,
+    leaseExpiresAt: null,
+    stopRequested: false,
+    lastEventSeq: 0,
+    logBytes: 0,
+    logLines: 0,
+    containerId: null,
+    baseBranch: null,
+    agentBranch: null,
+    result: null,
+  };
+}
+
 export interface LogLine {
   line: number;
   stream: string;

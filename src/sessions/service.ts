@@ -11,7 +11,7 @@
  */
 import type { AuditActor, AuditInput } from '../audit/chain';
 import { randomId, sha256Hex } from '../auth/tokens';
-import { type SessionRecord, type SessionState, TERMINAL_STATES } from '../db/store';
+import { queuedSession, type SessionRecord, type SessionState, TERMINAL_STATES } from '../db/store';
 import type { AppDeps, SessionValidator } from '../http/context';
 import { ApiError, ErrorCode } from '../http/errors';
 import { redactString, redactValue } from '../util/redact';
@@ -173,35 +173,18 @@ export class SessionService {
       sandbox: this.deps.config.sandboxMode ? true : input.sandbox,
       provider: input.provider,
     });
-    const record: SessionRecord = {
+    const record = queuedSession({
       id: randomId('ses_', 8),
       name: input.name ?? null,
       workspace: checked.workspace,
       prd: checked.prd,
       sandbox: checked.policy.sandbox,
       budgetUsd,
-      costUsd: 0,
-      status: 'queued',
-      reason: null,
-      exitCode: null,
       createdBy,
       createdAt: this.now(),
-      startedAt: null,
-      endedAt: null,
-      workerId: null,
-      leaseId: null,
-      leaseExpiresAt: null,
-      stopRequested: false,
-      lastEventSeq: 0,
-      logBytes: 0,
-      logLines: 0,
-      containerId: null,
-      baseBranch: null,
-      agentBranch: null,
       policy: checked.policyJson,
       policySha256: checked.policySha256,
-      result: null,
-    };
+    });
     await this.deps.store.sessions.insert(record);
     await this.publishState(record, null);
     return record;

@@ -6,42 +6,14 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migratePg, openPgPool, openPostgresBackend, type PostgresBackend } from '../../src/db/pg';
-import { type SessionRecord, UniqueViolation } from '../../src/db/store';
+import { queuedSession, type SessionRecord, UniqueViolation } from '../../src/db/store';
 import { postgresMissing, startPostgres, type TestPostgres } from '../helpers/postgres';
 
 const missing = postgresMissing();
 if (missing && process.env.CI === 'true') throw new Error(missing);
 
 function session(id: string, createdAt: number): SessionRecord {
-  return {
-    id,
-    name: null,
-    workspace: '/w',
-    prd: 'prd.md',
-    sandbox: true,
-    budgetUsd: 5,
-    costUsd: 0,
-    status: 'queued',
-    reason: null,
-    exitCode: null,
-    createdBy: 'test',
-    createdAt,
-    startedAt: null,
-    endedAt: null,
-    workerId: null,
-    leaseId: null,
-    leaseExpiresAt: null,
-    stopRequested: false,
-    lastEventSeq: 0,
-    logBytes: 0,
-    logLines: 0,
-    containerId: null,
-    baseBranch: null,
-    agentBranch: null,
-    policy: null,
-    policySha256: null,
-    result: null,
-  };
+  return queuedSession({ id, workspace: '/w', prd: 'prd.md', sandbox: true, budgetUsd: 5, createdBy: 'test', createdAt });
 }
 
 describe.skipIf(missing !== null)(`PostgreSQL store${missing ? ` (skipped: ${missing})` : ''}`, () => {

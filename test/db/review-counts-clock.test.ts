@@ -9,39 +9,11 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { SESSION_COUNTS_TTL_MS } from '../../src/db/session-counts';
 import { createSqliteStore, migrate, openSqlite } from '../../src/db/sqlite';
-import type { SessionRecord } from '../../src/db/store';
+import { queuedSession, type SessionRecord } from '../../src/db/store';
 import { tempHome } from '../helpers/server';
 
 function queued(id: string): SessionRecord {
-  return {
-    id,
-    name: null,
-    workspace: '/w',
-    prd: 'prd.md',
-    sandbox: true,
-    budgetUsd: 5,
-    costUsd: 0,
-    status: 'queued',
-    reason: null,
-    exitCode: null,
-    createdBy: 'test',
-    createdAt: 1,
-    startedAt: null,
-    endedAt: null,
-    workerId: null,
-    leaseId: null,
-    leaseExpiresAt: null,
-    stopRequested: false,
-    lastEventSeq: 0,
-    logBytes: 0,
-    logLines: 0,
-    containerId: null,
-    baseBranch: null,
-    agentBranch: null,
-    policy: null,
-    policySha256: null,
-    result: null,
-  };
+  return queuedSession({ id, workspace: '/w', prd: 'prd.md', sandbox: true, budgetUsd: 5, createdBy: 'test', createdAt: 1 });
 }
 
 describe('session counts cache and the wall clock', () => {

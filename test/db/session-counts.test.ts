@@ -11,40 +11,12 @@ import { openPostgresBackend, type PostgresBackend } from '../../src/db/pg';
 import { createPgStore } from '../../src/db/pg-store';
 import { SESSION_COUNTS_TTL_MS } from '../../src/db/session-counts';
 import { createSqliteStore, migrate, openSqlite } from '../../src/db/sqlite';
-import type { SessionRecord, Store } from '../../src/db/store';
+import { queuedSession, type SessionRecord, type Store } from '../../src/db/store';
 import { postgresMissing, startPostgres, type TestPostgres } from '../helpers/postgres';
 import { startTestServer, tempHome } from '../helpers/server';
 
 function session(id: string, createdAt: number): SessionRecord {
-  return {
-    id,
-    name: null,
-    workspace: '/w',
-    prd: 'prd.md',
-    sandbox: true,
-    budgetUsd: 5,
-    costUsd: 0,
-    status: 'queued',
-    reason: null,
-    exitCode: null,
-    createdBy: 'test',
-    createdAt,
-    startedAt: null,
-    endedAt: null,
-    workerId: null,
-    leaseId: null,
-    leaseExpiresAt: null,
-    stopRequested: false,
-    lastEventSeq: 0,
-    logBytes: 0,
-    logLines: 0,
-    containerId: null,
-    baseBranch: null,
-    agentBranch: null,
-    policy: null,
-    policySha256: null,
-    result: null,
-  };
+  return queuedSession({ id, workspace: '/w', prd: 'prd.md', sandbox: true, budgetUsd: 5, createdBy: 'test', createdAt });
 }
 
 /** `here` caches with the clock `t`; `elsewhere` is another process's store on the same database. */
