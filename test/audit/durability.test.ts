@@ -1,24 +1,10 @@
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/env';
 import { createNodeAudit } from '../../src/audit/node-audit';
 import { migrate, openSqlite } from '../../src/db/sqlite';
 import { ROOT, spawnServer, tempHome } from '../helpers/server';
-
-function run(args: string[]): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    child.stderr.on('data', (d) => {
-      out += d;
-    });
-    child.once('close', (code) => resolve({ code, out }));
-  });
-}
+import { runTsx } from '../helpers/process';
 
 async function openAudit(home: string) {
   const config = loadConfig({ LOKI_HOME: home }, { home, cwd: home });
@@ -32,7 +18,7 @@ describe('audit durability and concurrency', () => {
   it('three processes appending 2,000 entries each keep one linear chain', async () => {
     const home = tempHome();
     const script = path.join(ROOT, 'test/helpers/append-proc.ts');
-    const results = await Promise.all(['a', 'b', 'c'].map((l) => run([script, home, '2000', l, '3'])));
+    const results = await Promise.all(['a', 'b', 'c'].map((l) => runTsx([script, home, '2000', l, '3'])));
     for (const r of results) expect(r).toMatchObject({ code: 0, out: 'done\n' });
     const { db, audit, close } = await openAudit(home);
     try {

@@ -3,7 +3,6 @@
  * one tree; migrations run concurrently; a server whose database restarts
  * answers 503 audit_unavailable meanwhile and recovers without a restart.
  */
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPgNodeAudit } from '../../src/audit/node-audit';
@@ -11,24 +10,11 @@ import { openPostgresBackend } from '../../src/db/pg';
 import { loadConfig } from '../../src/env';
 import { postgresMissing, startPostgres, type TestPostgres } from '../helpers/postgres';
 import { ROOT, runCli, startTestServer, tempHome } from '../helpers/server';
+import { runTsx } from '../helpers/process';
 import { makeToken } from '../helpers/tokens';
 
 const missing = postgresMissing();
 if (missing && process.env.CI === 'true') throw new Error(missing);
-
-function run(args: string[]): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    child.stderr.on('data', (d) => {
-      out += d;
-    });
-    child.once('close', (code) => resolve({ code, out }));
-  });
-}
 
 async function openAudit(url: string, home: string) {
   const config = loadConfig({ LOKI_HOME: home, LOKI_DATABASE_URL: url }, { home, cwd: home });
@@ -60,7 +46,7 @@ describe.skipIf(missing !== null)(`audit log on PostgreSQL${missing ? ` (skipped
     const first = await openAudit(url, home);
     await first.close();
     const script = path.join(ROOT, 'test/audit/pg-append-proc.ts');
-    const results = await Promise.all(['a', 'b', 'c'].map((l) => run([script, url, home, '700', l, '3'])));
+    const results = await Promise.all(['a', 'b', 'c'].map((l) => runTsx([script, url, home, '700', l, '3'])));
     for (const r of results) expect(r).toMatchObject({ code: 0, out: 'done\n' });
     const { backend, audit, close } = await openAudit(url, home);
     try {

@@ -5,27 +5,13 @@
  * server mid-flood: one linear chain, a Merkle tree that matches it, valid
  * checkpoints, every acknowledged request on disk and every CLI entry present.
  */
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createNodeAudit } from '../../src/audit/node-audit';
 import { loadConfig } from '../../src/env';
 import { migrate, openSqlite } from '../../src/db/sqlite';
 import { ROOT, spawnServer, tempHome } from '../helpers/server';
-
-function run(args: string[]): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    child.stderr.on('data', (d) => {
-      out += d;
-    });
-    child.once('close', (code) => resolve({ code, out }));
-  });
-}
+import { runTsx } from '../helpers/process';
 
 describe('server writer thread beside a CLI appender, then SIGKILL', () => {
   it('keeps one chain and one tree; no acknowledged entry is lost', async () => {
@@ -47,7 +33,7 @@ describe('server writer thread beside a CLI appender, then SIGKILL', () => {
       }
     };
     const clients = Array.from({ length: 12 }, client);
-    const cli = run([path.join(ROOT, 'test/helpers/append-proc.ts'), home, '20000', 'cli']);
+    const cli = runTsx([path.join(ROOT, 'test/helpers/append-proc.ts'), home, '20000', 'cli']);
     // Kill the server once the CLI is appending (its start-up is slow on a loaded host).
     const watch = openSqlite(loadConfig({ LOKI_HOME: home }, { home, cwd: home }).dbPath);
     const cliSoFar = watch.prepare("SELECT count(*) AS n FROM audit_log WHERE json_extract(entry, '$.actor.name') = 'cli'").pluck();

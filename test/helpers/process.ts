@@ -1,4 +1,8 @@
 import { spawn } from 'node:child_process';
+import path from 'node:path';
+
+/** The repository's root. */
+export const ROOT = path.resolve(import.meta.dirname, '../..');
 
 export interface Ran {
   code: number | null;
@@ -25,6 +29,24 @@ export function runProcess(
     child.once('error', reject);
     child.stdin.end(opts.input ?? '');
     child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/**
+ * Run a TypeScript file of this repository with tsx (`args[0]`, then its arguments) to
+ * completion, no time limit; `out` is its stdout and stderr as they arrived.
+ */
+export function runTsx(args: string[]): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
+    child.stderr.on('data', (d) => {
+      out += d;
+    });
+    child.once('close', (code) => resolve({ code, out }));
   });
 }
 

@@ -12,9 +12,9 @@ import { loadConfig } from '../../src/env';
 import { type RunningServer, startServer } from '../../src/server';
 import type { Logger } from '../../src/http/context';
 import { knownStoreEnv, testStoreEnv } from './postgres';
-import { runProcess } from './process';
+import { ROOT, runProcess } from './process';
 
-export const ROOT = path.resolve(import.meta.dirname, '../..');
+export { ROOT };
 export const LOKI_BIN = path.join(ROOT, 'bin/loki.js');
 
 export function tempHome(prefix = 'loki-test-'): string {
