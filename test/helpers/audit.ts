@@ -54,3 +54,14 @@ export async function makeAuditLog(opts: { entries?: number; checkpointEvery?: n
   await audit.drain();
   return { dir, dbPath, keyPath, db, audit, sequential, close: () => db.close() };
 }
+
+/** The audit log refuses every write (as a full disk would) while `fn` runs. */
+export async function withAuditFailing<T>(audit: AuditLog, fn: () => Promise<T>): Promise<T> {
+  const append = audit.append;
+  audit.append = () => Promise.reject(new Error('SQLITE_FULL: database or disk is full'));
+  try {
+    return await fn();
+  } finally {
+    audit.append = append;
+  }
+}

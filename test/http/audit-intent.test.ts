@@ -5,23 +5,12 @@
  */
 import { rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AuditLog } from '../../src/audit/log';
 import { startTestServer, type TestServer } from '../helpers/server';
+import { withAuditFailing } from '../helpers/audit';
 import { makeToken } from '../helpers/tokens';
 import { makeWorkspace, tempRoot } from '../sessions/helpers';
 
 const AUDIT_503 = { code: 'audit_unavailable', message: 'the audit log cannot be written; the request was not completed' };
-
-/** The audit storage refuses every write (as a full disk would) while `fn` runs. */
-async function withAuditFailing<T>(audit: AuditLog, fn: () => Promise<T>): Promise<T> {
-  const append = audit.append;
-  audit.append = () => Promise.reject(new Error('SQLITE_FULL: database or disk is full'));
-  try {
-    return await fn();
-  } finally {
-    audit.append = append;
-  }
-}
 
 async function entries(s: TestServer) {
   await s.runtime.audit.drain();

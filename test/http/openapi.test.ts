@@ -8,13 +8,13 @@ import { readFileSync, rmSync } from 'node:fs';
 import { Validator } from '@seriousme/openapi-schema-validator';
 import { Ajv2020 } from 'ajv/dist/2020';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AuditLog } from '../../src/audit/log';
 import { TYPES_FILE, typesFromDocument } from '../../scripts/openapi-types';
 import { createLokiApp } from '../../src/app';
 import { DOCUMENTED_ROUTES } from '../../src/http/openapi';
 import { ROUTES } from '../../src/http/scopes';
 import { rawRequest } from '../helpers/raw-http';
 import { startTestServer, type TestServer } from '../helpers/server';
+import { withAuditFailing } from '../helpers/audit';
 import { makeToken } from '../helpers/tokens';
 import { makeWorkspace, tempRoot } from '../sessions/helpers';
 
@@ -24,16 +24,6 @@ type Json = any;
 /** Hono's pattern as the document writes it. */
 const docPath = (p: string) => p.replace(/:([A-Za-z_]\w*)/g, '{$1}').replace(/\/\*$/, '/{tile}');
 const pointer = (s: string) => s.replace(/~/g, '~0').replace(/\//g, '~1');
-
-async function withAuditFailing<T>(audit: AuditLog, fn: () => Promise<T>): Promise<T> {
-  const append = audit.append;
-  audit.append = () => Promise.reject(new Error('SQLITE_FULL: database or disk is full'));
-  try {
-    return await fn();
-  } finally {
-    audit.append = append;
-  }
-}
 
 describe('GET /api/openapi.json (real server, auth on)', () => {
   let s: TestServer;
