@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/env';
 import { createNodeAudit } from '../../src/audit/node-audit';
 import { migrate, openSqlite } from '../../src/db/sqlite';
-import { ROOT, spawnServer, tempHome } from '../helpers/server';
+import { floodStatus, ROOT, spawnServer, tempHome } from '../helpers/server';
 import { runTsx } from '../helpers/process';
 
 async function openAudit(home: string) {
@@ -44,26 +44,11 @@ describe('audit durability and concurrency', () => {
   it('a SIGKILLed server loses no acknowledged entry', async () => {
     const home = tempHome();
     const srv = await spawnServer({}, home);
-    const acked: string[] = [];
-    let stop = false;
-    let n = 0;
-    const client = async () => {
-      while (!stop) {
-        const id = `ack-${n++}-${Math.random().toString(36).slice(2, 10)}`;
-        try {
-          const r = await fetch(`${srv.url}/api/status`, { headers: { 'X-Request-Id': id } });
-          if (r.status >= 200 && r.status < 300) acked.push(id);
-          await r.arrayBuffer();
-        } catch {
-          return; // the server is gone
-        }
-      }
-    };
-    const clients = Array.from({ length: 16 }, client);
+    const flood = floodStatus(srv.url, 16, 'ack');
+    const acked = flood.acked;
     await new Promise((r) => setTimeout(r, 1500));
     srv.child.kill('SIGKILL');
-    stop = true;
-    await Promise.all(clients);
+    await flood.stop();
     expect((await srv.exited).signal).toBe('SIGKILL');
     expect(acked.length).toBeGreaterThan(50);
 

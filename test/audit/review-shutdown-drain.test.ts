@@ -8,33 +8,18 @@ import { describe, expect, it } from 'vitest';
 import { createNodeAudit } from '../../src/audit/node-audit';
 import { loadConfig } from '../../src/env';
 import { migrate, openSqlite } from '../../src/db/sqlite';
-import { spawnServer, tempHome } from '../helpers/server';
+import { floodStatus, spawnServer, tempHome } from '../helpers/server';
 
 describe('SIGTERM under load with the audit writer thread', () => {
   it('drains: no acknowledged entry lost, the shutdown checkpoint signs the final tip', async () => {
     const home = tempHome('loki-review-drain-');
     const srv = await spawnServer({ LOKI_AUDIT_WRITER_THREAD: 'true' }, home);
-    const acked: string[] = [];
-    let stop = false;
-    let n = 0;
-    const client = async () => {
-      while (!stop) {
-        const id = `drain-${n++}-${Math.random().toString(36).slice(2, 10)}`;
-        try {
-          const r = await fetch(`${srv.url}/api/status`, { headers: { 'X-Request-Id': id } });
-          if (r.status === 200) acked.push(id);
-          await r.arrayBuffer();
-        } catch {
-          return; // the server has stopped listening
-        }
-      }
-    };
-    const clients = Array.from({ length: 12 }, client);
+    const flood = floodStatus(srv.url, 12, 'drain');
+    const acked = flood.acked;
     await new Promise((r) => setTimeout(r, 1500));
     srv.child.kill('SIGTERM');
     const exit = await srv.exited;
-    stop = true;
-    await Promise.all(clients);
+    await flood.stop();
     expect(exit).toEqual({ code: 0, signal: null });
     expect(acked.length).toBeGreaterThan(50);
 

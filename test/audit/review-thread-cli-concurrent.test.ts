@@ -10,29 +10,15 @@ import { describe, expect, it } from 'vitest';
 import { createNodeAudit } from '../../src/audit/node-audit';
 import { loadConfig } from '../../src/env';
 import { migrate, openSqlite } from '../../src/db/sqlite';
-import { ROOT, spawnServer, tempHome } from '../helpers/server';
+import { floodStatus, ROOT, spawnServer, tempHome } from '../helpers/server';
 import { runTsx } from '../helpers/process';
 
 describe('server writer thread beside a CLI appender, then SIGKILL', () => {
   it('keeps one chain and one tree; no acknowledged entry is lost', async () => {
     const home = tempHome('loki-review-cc-');
     const srv = await spawnServer({ LOKI_AUDIT_WRITER_THREAD: 'true' }, home);
-    const acked: string[] = [];
-    let stop = false;
-    let n = 0;
-    const client = async () => {
-      while (!stop) {
-        const id = `ack-${n++}-${Math.random().toString(36).slice(2, 10)}`;
-        try {
-          const r = await fetch(`${srv.url}/api/status`, { headers: { 'X-Request-Id': id } });
-          if (r.status === 200) acked.push(id);
-          await r.arrayBuffer();
-        } catch {
-          return; // the server is gone
-        }
-      }
-    };
-    const clients = Array.from({ length: 12 }, client);
+    const flood = floodStatus(srv.url, 12, 'ack');
+    const acked = flood.acked;
     const cli = runTsx([path.join(ROOT, 'test/helpers/append-proc.ts'), home, '20000', 'cli']);
     // Kill the server once the CLI is appending (its start-up is slow on a loaded host).
     const watch = openSqlite(loadConfig({ LOKI_HOME: home }, { home, cwd: home }).dbPath);
@@ -48,8 +34,7 @@ describe('server writer thread beside a CLI appender, then SIGKILL', () => {
     while (((cliSoFar.get() as number) < 300 || (serverAfterCli.get() as number) < 1) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
     watch.close();
     srv.child.kill('SIGKILL');
-    stop = true;
-    await Promise.all(clients);
+    await flood.stop();
     expect((await srv.exited).signal).toBe('SIGKILL');
     expect(await cli).toMatchObject({ code: 0, out: 'done\n' });
     expect(acked.length).toBeGreaterThan(50);

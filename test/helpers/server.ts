@@ -152,3 +152,34 @@ export function runCli(
     timeoutMs: opts.timeoutMs,
   });
 }
+
+/**
+ * `clients` loops sending `GET /api/status`, each with its own `X-Request-Id`
+ * (`<prefix>-<n>-<random>`), until `stop()` or the server goes away; `acked` holds
+ * the ids answered 2xx (which must then be in the audit log).
+ */
+export function floodStatus(url: string, clients: number, prefix: string): { acked: string[]; stop(): Promise<void> } {
+  const acked: string[] = [];
+  let stopped = false;
+  let n = 0;
+  const client = async () => {
+    while (!stopped) {
+      const id = `${prefix}-${n++}-${Math.random().toString(36).slice(2, 10)}`;
+      try {
+        const r = await fetch(`${url}/api/status`, { headers: { 'X-Request-Id': id } });
+        if (r.status >= 200 && r.status < 300) acked.push(id);
+        await r.arrayBuffer();
+      } catch {
+        return; // the server is gone
+      }
+    }
+  };
+  const running = Array.from({ length: clients }, client);
+  return {
+    acked,
+    async stop() {
+      stopped = true;
+      await Promise.all(running);
+    },
+  };
+}
