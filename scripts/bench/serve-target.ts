@@ -8,12 +8,13 @@
  * Prints `READY <port>` on stdout, exits on SIGTERM.
  */
 import { serve } from '@hono/node-server';
-import { Hono } from 'hono';
+import { Hono, type MiddlewareHandler } from 'hono';
 import { configOrExit } from '../../src/node';
 import { buildNodeRuntime, startServer } from '../../src/server';
 import { systemRoutes } from '../../src/http/routes/system';
 import type { AppEnv } from '../../src/http/context';
-import type { DefineRoute } from '../../src/http/define-route';
+import type { TypedRoute } from '../../src/http/define-route';
+import type { Method } from '../../src/http/scopes';
 import { createLogger } from '../../src/util/logger';
 
 const mode = process.argv[2];
@@ -33,10 +34,10 @@ if (mode === 'trivial') {
 } else if (mode === 'bare') {
   const runtime = await buildNodeRuntime({ ...config, auditEnabled: false }, { logger });
   const app = new Hono<AppEnv>();
-  const route: DefineRoute = (method, path, ...handlers) => {
-    // biome-ignore lint/suspicious/noExplicitAny: hono's overloads
-    (app.on as any)(method, path, ...handlers);
-  };
+  // The same handlers, registered without the guard or any middleware.
+  const route = ((method: Method, path: string, first: MiddlewareHandler<AppEnv>, ...rest: MiddlewareHandler<AppEnv>[]) => {
+    app.on(method, path, first, ...rest);
+  }) as TypedRoute;
   systemRoutes(app, route, runtime.deps);
   const server = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: config.port }, () => {
     process.stdout.write(`READY ${config.port}\n`);

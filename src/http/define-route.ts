@@ -9,9 +9,6 @@ import { type Method, routeSpec } from './scopes';
 type M<P extends string, I extends Input> = MiddlewareHandler<AppEnv, P, I>;
 type H<P extends string, I extends Input> = Handler<AppEnv, P, I>;
 
-// biome-ignore lint/suspicious/noExplicitAny: handlers carry validator-specific input types
-export type DefineRoute = (method: Method, path: string, ...handlers: (Handler<AppEnv, any, any> | MiddlewareHandler<AppEnv, any, any>)[]) => void;
-
 /**
  * Registers a route. Typed like Hono's own `app.on`: each validator's output
  * (`validate()`) reaches the handler, so `c.req.valid('json')` is typed and
@@ -38,11 +35,11 @@ export interface TypedRoute {
  * guard carries the route's OpenAPI operation (scope, responses) for
  * `/api/openapi.json`.
  */
-export function routeDefiner(app: Hono<AppEnv>, guardOpts: GuardOptions, intentOpts?: AuditIntentOptions): TypedRoute & DefineRoute {
+export function routeDefiner(app: Hono<AppEnv>, guardOpts: GuardOptions, intentOpts?: AuditIntentOptions): TypedRoute {
   return ((method: Method, path: string, ...handlers: MiddlewareHandler<AppEnv>[]) => {
     const spec = routeSpec(method, path);
     if (!spec) throw new Error(`route ${method} ${path} is missing from the scope table (src/http/scopes.ts)`);
     const chain = spec.intent && intentOpts ? [...handlers.slice(0, -1), auditIntent(spec.intent, intentOpts), ...handlers.slice(-1)] : handlers;
     app.on(method, path, describeGuard(guard(spec, guardOpts), spec), ...chain);
-  }) as TypedRoute & DefineRoute;
+  }) as TypedRoute;
 }

@@ -1,8 +1,8 @@
 import type { Hono } from 'hono';
-import type { AppDeps, AppEnv } from '../context';
-import type { DefineRoute } from '../define-route';
+import type { AppContext, AppDeps, AppEnv } from '../context';
+import type { TypedRoute } from '../define-route';
 
-export function systemRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDeps): void {
+export function systemRoutes(app: Hono<AppEnv>, route: TypedRoute, deps: AppDeps): void {
   const now = deps.now ?? Date.now;
   // A load balancer's check: the database must answer (within 2 s), else 503.
   route('GET', '/health', async (c) => {
@@ -30,7 +30,7 @@ export function systemRoutes(app: Hono<AppEnv>, route: DefineRoute, deps: AppDep
     }),
   );
 
-  const status = async (c: Parameters<Parameters<DefineRoute>[2]>[0]) => {
+  const status = async (c: AppContext) => {
     const [sessions, tip] = await Promise.all([deps.store.sessions.counts(), deps.audit.enabled ? deps.audit.tip() : null]);
     return c.json({
       status: 'running',
