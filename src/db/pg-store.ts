@@ -38,7 +38,6 @@ function toSession(r: Omit<SessionRow, 'resultPatch'>): SessionRecord {
   return { ...r, status: r.status as SessionState };
 }
 
-/** unique_violation (SQLSTATE 23505), on the error or on drizzle's wrapper's cause. */
 /**
  * PostgreSQL text cannot hold U+0000, which a patch can (git diffs a file whose NUL
  * byte comes after its first 8000 bytes as text): such a patch, and one that
@@ -49,6 +48,7 @@ const storedPatch = (p: string | null): string | null =>
   p !== null && (p.includes('\u0000') || p.startsWith(ENCODED_PATCH)) ? ENCODED_PATCH + Buffer.from(p, 'utf8').toString('base64') : p;
 const readPatch = (p: string | null): string | null => (p?.startsWith(ENCODED_PATCH) ? Buffer.from(p.slice(ENCODED_PATCH.length), 'base64').toString('utf8') : p);
 
+/** unique_violation (SQLSTATE 23505), on the error or on drizzle's wrapper's cause. */
 function isUnique(err: unknown): boolean {
   const code = (e: unknown) => (e as { code?: unknown } | null)?.code;
   return code(err) === '23505' || code((err as { cause?: unknown } | null)?.cause) === '23505';
