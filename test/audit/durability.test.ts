@@ -1,18 +1,8 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadConfig } from '../../src/env';
-import { createNodeAudit } from '../../src/audit/node-audit';
-import { migrate, openSqlite } from '../../src/db/sqlite';
+import { missingRequestIds, openHomeAudit } from '../helpers/audit';
 import { floodStatus, ROOT, spawnServer, tempHome } from '../helpers/server';
 import { runTsx } from '../helpers/process';
-
-async function openAudit(home: string) {
-  const config = loadConfig({ LOKI_HOME: home }, { home, cwd: home });
-  const db = openSqlite(config.dbPath);
-  migrate(db);
-  const a = await createNodeAudit(config, db);
-  return { db, audit: a.audit, close: () => db.close() };
-}
 
 describe('audit durability and concurrency', () => {
   it('three processes appending 2,000 entries each keep one linear chain', async () => {
@@ -20,7 +10,7 @@ describe('audit durability and concurrency', () => {
     const script = path.join(ROOT, 'test/helpers/append-proc.ts');
     const results = await Promise.all(['a', 'b', 'c'].map((l) => runTsx([script, home, '2000', l, '3'])));
     for (const r of results) expect(r).toMatchObject({ code: 0, out: 'done\n' });
-    const { db, audit, close } = await openAudit(home);
+    const { db, audit, close } = await openHomeAudit(home);
     try {
       const v = await audit.verify();
       expect(v).toMatchObject({ valid: true, entries_checked: 6000, first_invalid_seq: null });
@@ -37,7 +27,7 @@ describe('audit durability and concurrency', () => {
       for (let i = 1; i < labels.length; i++) if (labels[i] !== labels[i - 1]) switches++;
       expect(switches).toBeGreaterThan(2);
     } finally {
-      close();
+      await close();
     }
   });
 
@@ -56,14 +46,12 @@ describe('audit durability and concurrency', () => {
     const again = await spawnServer({}, home);
     again.child.kill('SIGTERM');
     await again.exited;
-    const { db, audit, close } = await openAudit(home);
+    const { db, audit, close } = await openHomeAudit(home);
     try {
       expect((await audit.verify()).valid).toBe(true);
-      const ids = new Set((db.prepare("SELECT json_extract(entry, '$.request.id') AS id FROM audit_log").all() as { id: string }[]).map((r) => r.id));
-      const missing = acked.filter((id) => !ids.has(id));
-      expect(missing).toEqual([]);
+      expect(missingRequestIds(db, acked)).toEqual([]);
     } finally {
-      close();
+      await close();
     }
   });
 });

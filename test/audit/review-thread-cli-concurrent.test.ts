@@ -7,9 +7,9 @@
  */
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { createNodeAudit } from '../../src/audit/node-audit';
 import { loadConfig } from '../../src/env';
-import { migrate, openSqlite } from '../../src/db/sqlite';
+import { openSqlite } from '../../src/db/sqlite';
+import { missingRequestIds, openHomeAudit } from '../helpers/audit';
 import { floodStatus, ROOT, spawnServer, tempHome } from '../helpers/server';
 import { runTsx } from '../helpers/process';
 
@@ -39,10 +39,7 @@ describe('server writer thread beside a CLI appender, then SIGKILL', () => {
     expect(await cli).toMatchObject({ code: 0, out: 'done\n' });
     expect(acked.length).toBeGreaterThan(50);
 
-    const config = loadConfig({ LOKI_HOME: home }, { home, cwd: home });
-    const db = openSqlite(config.dbPath);
-    migrate(db);
-    const node = await createNodeAudit(config, db, { syncTree: false });
+    const { db, audit, close } = await openHomeAudit(home, { syncTree: false });
     try {
       const { count, lo, hi } = db.prepare('SELECT count(*) AS count, min(seq) AS lo, max(seq) AS hi FROM audit_log').get() as {
         count: number;
@@ -51,21 +48,19 @@ describe('server writer thread beside a CLI appender, then SIGKILL', () => {
       };
       expect([lo, hi]).toEqual([1, count]);
       // The tree was extended by every append, from either connection: it covers the whole log.
-      expect(await node.audit.storage.treeStatus()).toMatchObject({ state: 'complete', size: count, logSize: count });
-      const v = await node.audit.verify();
+      expect(await audit.storage.treeStatus()).toMatchObject({ state: 'complete', size: count, logSize: count });
+      const v = await audit.verify();
       expect(v).toMatchObject({ valid: true, entries_checked: count, first_invalid_seq: null });
       const cliCount = db.prepare("SELECT count(*) AS n FROM audit_log WHERE json_extract(entry, '$.actor.name') = 'cli'").get() as { n: number };
       expect(cliCount.n).toBe(20000);
-      const ids = new Set((db.prepare("SELECT json_extract(entry, '$.request.id') AS id FROM audit_log").all() as { id: string }[]).map((r) => r.id));
-      expect(acked.filter((id) => !ids.has(id))).toEqual([]);
+      expect(missingRequestIds(db, acked)).toEqual([]);
       // Interleaved: the two writers really overlapped.
       const names = (db.prepare("SELECT json_extract(entry, '$.actor.name') = 'cli' AS c FROM audit_log ORDER BY seq").all() as { c: number }[]).map((r) => r.c);
       let switches = 0;
       for (let i = 1; i < names.length; i++) if (names[i] !== names[i - 1]) switches++;
       expect(switches).toBeGreaterThan(2);
     } finally {
-      await node.close();
-      db.close();
+      await close();
     }
   }, 120_000);
 });

@@ -5,6 +5,8 @@ import { createParallelChecker } from '../../src/audit/parallel-verify';
 import { createFileSigner } from '../../src/audit/signer';
 import { migrate, openSqlite, type SqliteDb } from '../../src/db/sqlite';
 import { createSqliteAuditStorage, sha256Hex } from '../../src/db/sqlite-audit';
+import { createNodeAudit, type NodeAuditOptions } from '../../src/audit/node-audit';
+import { loadConfig } from '../../src/env';
 import { tempHome } from './server';
 
 export function sampleEntry(i: number): AuditInput {
@@ -64,4 +66,26 @@ export async function withAuditFailing<T>(audit: AuditLog, fn: () => Promise<T>)
   } finally {
     audit.append = append;
   }
+}
+
+/** A LOKI_HOME's audit log opened as the server opens it (after the server stopped or died). */
+export async function openHomeAudit(home: string, opts: NodeAuditOptions = {}) {
+  const config = loadConfig({ LOKI_HOME: home }, { home, cwd: home });
+  const db = openSqlite(config.dbPath);
+  migrate(db);
+  const node = await createNodeAudit(config, db, opts);
+  return {
+    db,
+    audit: node.audit,
+    async close() {
+      await node.close();
+      db.close();
+    },
+  };
+}
+
+/** Of the request ids a client saw acknowledged, those with no entry in the log. */
+export function missingRequestIds(db: SqliteDb, acked: string[]): string[] {
+  const ids = new Set((db.prepare("SELECT json_extract(entry, '$.request.id') AS id FROM audit_log").all() as { id: string }[]).map((r) => r.id));
+  return acked.filter((id) => !ids.has(id));
 }
